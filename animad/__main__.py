@@ -1,0 +1,3 @@
+from animad.cli import main
+
+raise SystemExit(main())

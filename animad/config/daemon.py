@@ -1,0 +1,139 @@
+"""animad.yaml: the daemon's own config (dirs, model sets, tokenizers, windows, settle time).
+
+Relative paths are resolved against the folder that holds animad.yaml. The config is found at
+--config, $ANIMAD_CONFIG, ./animad.yaml or ~/.config/animad/animad.yaml, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from animad.config.problems import ConfigError, Problems
+from animad.config.schema import option, parse, section, template
+from animad.config.yamlio import load_yaml_file
+
+
+@dataclasses.dataclass
+class DirsConfig:
+    inbox: str = option("inbox", "Drop dataset folders here.")
+    outbox: str = option("outbox", "Review packages appear here.")
+    state: str = option("state", "Queue database, frozen jobs, logs and per-job work folders.")
+    cache: str = option("cache", "Latent and text-embedding cache, shared by all jobs.")
+
+
+@dataclasses.dataclass
+class ModelSet:
+    dit: str = option("", "Anima DiT .safetensors (ComfyUI models/diffusion_models/).")
+    text_encoder: str = option("", "qwen_3_06b_base.safetensors (ComfyUI models/text_encoders/).")
+    vae: str = option("", "qwen_image_vae.safetensors (ComfyUI models/vae/).")
+
+
+@dataclasses.dataclass
+class DaemonConfig:
+    dirs: DirsConfig = section(DirsConfig, "Folders (relative to this file).")
+    default_model: str = option("anima-base-1.0", "The model set used when job.yaml names none.")
+    models: dict[str, ModelSet] = option(
+        {"anima-base-1.0": ModelSet(
+            dit="~/ComfyUI/models/diffusion_models/anima-base-v1.0.safetensors",
+            text_encoder="~/ComfyUI/models/text_encoders/qwen_3_06b_base.safetensors",
+            vae="~/ComfyUI/models/vae/qwen_image_vae.safetensors")},
+        "Named model sets. A job picks one with 'base_model: NAME'.")
+    tokenizers: list[str] = option(
+        [], "Extra folders to search for the Qwen3 (vocab.json + merges.txt, or tokenizer.json) and T5\n"
+            "(spiece.model or tokenizer.json) tokenizers, before ComfyUI, sd-scripts and the HF cache.",
+        example=["~/ComfyUI/comfy/text_encoders"])
+    comfyui: str | None = option(None, "A ComfyUI install to find tokenizers in (default: guessed from "
+                                       "the model paths).", example="~/ComfyUI")
+    sd_scripts: str | None = option(None, "An sd-scripts checkout to find tokenizers in (configs/qwen3_06b, "
+                                          "configs/t5_old).", example="~/sd-scripts")
+    windows: list[str] = option(["22:00-07:00"], "When training may run, local time: 'HH:MM-HH:MM' (may cross\n"
+                                                 "midnight), optionally with days ('mon-fri 22:00-07:00',\n"
+                                                 "'sat,sun 09:00-18:00'), or 'always'.")
+    settle_seconds: float = option(30.0, "A dropped folder is taken after this many quiet seconds.", min=0)
+    poll_seconds: float = option(0.0, "Use a polling watcher with this interval (0 = inotify, with a "
+                                      "polling fallback).", min=0)
+    stop_grace_seconds: float = option(120.0, "How long a job may take to save its state when told to stop.",
+                                       min=1)
+    keep_epochs: str = option("all", "Retention of epoch files after a job is done: 'all' or 'shortlist'.",
+                              choices=("all", "shortlist"))
+    inhibit_sleep: bool = option(True, "Hold a systemd-inhibit sleep lock while a job trains (if available).")
+    tensorboard_port: int = option(6006, "Port for 'animad tensorboard JOB' (always bound to 127.0.0.1).",
+                                   min=1024, max=65535)
+
+
+def find_config_path(explicit: str | None = None) -> Path | None:
+    candidates = [explicit, os.environ.get("ANIMAD_CONFIG"), "animad.yaml",
+                  str(Path.home() / ".config" / "animad" / "animad.yaml")]
+    for candidate in candidates:
+        if candidate and Path(candidate).expanduser().is_file():
+            return Path(candidate).expanduser().resolve()
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    return None
+
+
+def resolve_path(base: Path, value: str | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(os.path.expandvars(value)).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+@dataclasses.dataclass
+class Daemon:
+    """A validated daemon config plus the folder its relative paths are resolved against."""
+
+    config: DaemonConfig
+    base: Path
+    path: Path | None
+
+    def dir(self, name: str) -> Path:
+        return resolve_path(self.base, getattr(self.config.dirs, name))
+
+    def model_set(self, name: str | None) -> dict[str, Path] | None:
+        entry = self.config.models.get(name or self.config.default_model)
+        if entry is None:
+            return None
+        return {k: resolve_path(self.base, getattr(entry, k)) for k in ("dit", "text_encoder", "vae")}
+
+    def tokenizer_dirs(self) -> list[Path]:
+        return [resolve_path(self.base, d) for d in self.config.tokenizers]
+
+
+def load_daemon_config(path: Path | None) -> Daemon:
+    """Load and validate animad.yaml; without one, defaults apply relative to the current folder.
+
+    Raises ConfigError listing every problem.
+    """
+    problems = Problems()
+    if path is None:
+        return Daemon(DaemonConfig(), Path.cwd(), None)
+    data = load_yaml_file(path, problems)
+    config = parse(DaemonConfig, data, path, problems) if data is not None else None
+    if config is not None:
+        check_daemon_logic(config, path, problems)
+    if problems or config is None:
+        raise ConfigError(problems, f"Daemon config {path}")
+    return Daemon(config, Path(path).parent, Path(path))
+
+
+def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
+    from animad.daemon.window import parse_windows
+
+    try:
+        parse_windows(config.windows)
+    except ValueError as error:
+        problems.error(path, "windows", str(error), "use e.g. '22:00-07:00', 'mon-fri 22:00-07:00' or 'always'")
+    if config.default_model not in config.models:
+        problems.error(path, "default_model", f"'{config.default_model}' is not a model set under 'models'",
+                       f"use one of: {', '.join(config.models) or '(none defined)'}")
+
+
+def init_text() -> str:
+    header = (
+        "# animad daemon config. Every key is optional; these are the defaults.\n"
+        "# Relative paths are relative to this file. Start the daemon with: animad run\n\n"
+    )
+    return header + template(DaemonConfig) + "\n"

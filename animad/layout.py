@@ -1,0 +1,69 @@
+"""Where a job's files live. Every part (daemon, train, select) goes through these names.
+
+A job folder looks like this:
+
+    <job>/
+      dataset/               the frozen dataset (daemon jobs; `animad train DIR` points at DIR instead)
+      job.resolved.yaml      the config with every default filled in
+      job.json               identity: name, dataset path, model files, created time
+      report.json            validation problems (warnings travel to the review package)
+      epochs/NAME-e0001.safetensors   every epoch, with its true number
+      epochs.jsonl           one JSON object per finished epoch (what select/ reads)
+      tb/                    TensorBoard events
+      state/resume.pt        the resume state (written atomically; only the last is kept)
+      train.log              the job's log
+      selection/             previews rendered for the review package
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class JobPaths:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def dataset(self) -> Path:
+        meta = self.read_meta()
+        if meta.get("dataset"):
+            return Path(meta["dataset"])
+        return self.root / "dataset"
+
+    resolved = property(lambda self: self.root / "job.resolved.yaml")
+    meta = property(lambda self: self.root / "job.json")
+    report = property(lambda self: self.root / "report.json")
+    epochs_dir = property(lambda self: self.root / "epochs")
+    epochs_log = property(lambda self: self.root / "epochs.jsonl")
+    tensorboard = property(lambda self: self.root / "tb")
+    state_dir = property(lambda self: self.root / "state")
+    resume_state = property(lambda self: self.root / "state" / "resume.pt")
+    log = property(lambda self: self.root / "train.log")
+    selection = property(lambda self: self.root / "selection")
+    progress = property(lambda self: self.root / "progress.json")
+
+    def epoch_file(self, name: str, epoch: int) -> Path:
+        return self.epochs_dir / f"{name}-e{epoch:04d}.safetensors"
+
+    def read_meta(self) -> dict:
+        try:
+            return json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def read_epochs_log(path: Path) -> list[dict]:
+    """Records from epochs.jsonl, skipping a torn last line from a crash mid-write."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

@@ -1,0 +1,261 @@
+"""Scan a dataset folder: images, captions and subsets, with every problem recorded (not raised).
+
+A dataset folder holds images (png, jpg/jpeg, webp) with `<stem>.txt` captions, and job.yaml.
+Every folder that holds images is a subset; a kohya-style `10_name` folder means 10 repeats. Per-subset
+settings come from `data.subsets.<folder>` in job.yaml, falling back to the `data` defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from animad.config.job import JobConfig, SubsetConfig
+from animad.config.problems import Problems
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+FORMAT_EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+MAX_PIXELS = 64_000_000  # 8K x 8K; larger files are almost always a mistake or a decompression bomb
+OWN_FILES = {"job.yaml", "ERRORS.txt", "README.md", "README.txt", "WARNINGS.txt"}
+REPEATS_PREFIX = re.compile(r"^(\d+)_(.+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    name: str  # folder relative to the dataset root, posix style; "" is the root
+    repeats: int
+    keep_tokens: int
+    class_tokens: str | None
+    shuffle_captions: bool
+    tag_dropout: float
+    caption_dropout: float
+    flip: bool
+    alpha_mask: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    rel: str  # image path relative to the dataset root, posix style
+    caption: str
+    has_caption_file: bool
+    subset: int  # index into Dataset.subsets
+    width: int
+    height: int
+    has_alpha: bool
+    sha256: str
+
+
+@dataclasses.dataclass
+class Dataset:
+    root: Path
+    subsets: list[Subset]
+    items: list[Item]
+
+    def path(self, item: Item) -> Path:
+        return self.root / item.rel
+
+    def samples_per_epoch(self) -> int:
+        return sum(self.subsets[i.subset].repeats for i in self.items)
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """Per-subset tag counts, as sd-scripts writes into ss_tag_frequency."""
+        out: dict[str, dict[str, int]] = {}
+        for item in self.items:
+            counts = out.setdefault(self.subsets[item.subset].name or ".", {})
+            for tag in split_tags(item.caption):
+                counts[tag] = counts.get(tag, 0) + 1
+        return out
+
+
+def split_tags(caption: str) -> list[str]:
+    return [t.strip() for t in caption.split(",") if t.strip()]
+
+
+def subset_settings(config: JobConfig, folder: str) -> Subset:
+    """Merge data defaults, a 'N_name' repeats prefix and data.subsets overrides for one folder."""
+    data = config.data
+    leaf = folder.rsplit("/", 1)[-1]
+    override = data.subsets.get(folder) or data.subsets.get(leaf) or SubsetConfig()
+    repeats = data.repeats
+    match = REPEATS_PREFIX.match(leaf)
+    if match:
+        repeats = int(match.group(1))
+
+    def pick(key, default):
+        value = getattr(override, key)
+        return default if value is None else value
+
+    return Subset(
+        name=folder,
+        repeats=pick("repeats", repeats),
+        keep_tokens=pick("keep_tokens", data.keep_tokens),
+        class_tokens=pick("class_tokens", None),
+        shuffle_captions=pick("shuffle_captions", data.shuffle_captions),
+        tag_dropout=pick("tag_dropout", data.tag_dropout),
+        caption_dropout=pick("caption_dropout", data.caption_dropout),
+        flip=pick("flip", data.flip),
+        alpha_mask=pick("alpha_mask", data.alpha_mask),
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, bool, str] | None:
+    """Decode an image fully; return (width, height, has_alpha, sha256) or None after recording why not."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        problems.error(rel, "", f"cannot read image: {error.strerror}", "check the file's permissions")
+        return None
+    expected = IMAGE_FORMATS[path.suffix.lower()]
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        import io
+
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as image:
+                actual = image.format
+                width, height = image.size
+                image.load()  # decodes every pixel, so a truncated file fails here and not at 3 a.m.
+                has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+                    image.mode == "P" and "transparency" in image.info)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        problems.error(rel, "", f"image is larger than {MAX_PIXELS // 1_000_000} megapixels "
+                       "(or claims to be: a decompression bomb)", "downscale it to at most 4096 px per side")
+        return None
+    except Image.UnidentifiedImageError:
+        problems.error(rel, "", "not an image that can be decoded (corrupt, or not an image at all)",
+                       "re-export the image, or remove it from the folder")
+        return None
+    except (OSError, SyntaxError, ValueError) as error:
+        problems.error(rel, "", f"image is truncated or corrupt ({error})",
+                       "re-copy or re-export the image, or remove it")
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+    if actual != expected:
+        right = FORMAT_EXTENSION.get(actual, f".{str(actual).lower()}")
+        problems.error(rel, "", f"the file is {actual} data but is named {path.suffix}",
+                       f"rename it to {Path(rel).stem}{right} (or re-save it as {expected})")
+        return None
+    return width, height, has_alpha, hashlib.sha256(raw).hexdigest()
+
+
+def read_caption(path: Path, rel: str, problems: Problems) -> str | None:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        problems.error(rel, "", f"cannot read caption: {error.strerror}", "check the file's permissions")
+        return None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        problems.error(rel, f"byte {error.start}", "caption is not UTF-8 text",
+                       "re-save the caption as UTF-8 (most editors offer 'Save with encoding')")
+        return None
+    # Multi-line captions become one comma-separated line, which is what taggers mean by them.
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    return ", ".join(lines)
+
+
+def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
+    """Walk the dataset folder and return every usable image; problems record everything else."""
+    root = Path(root)
+    ext = config.data.caption_extension
+    subsets: dict[str, int] = {}
+    subset_list: list[Subset] = []
+    items: list[Item] = []
+    images_seen: set[str] = set()
+    caption_files: set[str] = set()
+    all_files = sorted(p for p in root.rglob("*") if p.name not in (".", ".."))
+    for path in all_files:
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in Path(rel).parts):
+            continue  # hidden files and our own temp files
+        if path.is_symlink() and not _inside(path, root):
+            problems.error(rel, "", "symlink points outside the dataset folder",
+                           "copy the file into the folder instead of linking to it")
+            continue
+        if path.is_dir():
+            continue
+        if rel in OWN_FILES or path.name in OWN_FILES and path.parent == root:
+            continue
+        suffix = path.suffix.lower()
+        if suffix == ext.lower():
+            caption_files.add(rel)
+            continue
+        if suffix not in IMAGE_FORMATS:
+            problems.warning(rel, "", "not an image or caption; ignored", "remove it if it was not meant to be here")
+            continue
+        images_seen.add(Path(rel).with_suffix("").as_posix())
+        folder = Path(rel).parent.as_posix()
+        folder = "" if folder == "." else folder
+        info = inspect_image(path, rel, problems)
+        if info is None:
+            continue
+        width, height, has_alpha, digest = info
+        if folder not in subsets:
+            subsets[folder] = len(subset_list)
+            subset_list.append(subset_settings(config, folder))
+        subset = subset_list[subsets[folder]]
+        caption_path = path.with_suffix(ext)
+        caption_rel = caption_path.relative_to(root).as_posix()
+        if caption_path.is_file():
+            caption = read_caption(caption_path, caption_rel, problems)
+            if caption is None:
+                continue
+            has_caption = True
+        else:
+            caption, has_caption = subset.class_tokens or "", False
+            fix = (f"write {caption_rel}" if not subset.class_tokens else "")
+            if not subset.class_tokens:
+                problems.warning(rel, "", f"no caption file ({Path(caption_rel).name}); trained with an empty caption",
+                                 fix or "this is fine if intended")
+        if has_alpha is False and subset.alpha_mask:
+            problems.warning(rel, "", "alpha_mask is on but the image has no alpha channel; the whole image counts",
+                             "save it as a PNG with transparency, or ignore this")
+        if min(width, height) < config.data.min_bucket:
+            problems.warning(rel, "", f"image is small ({width}x{height}); it trains at its own size, below "
+                             f"min_bucket {config.data.min_bucket}", "use a larger source image if you have one")
+        items.append(Item(rel, caption, has_caption, subsets[folder], width, height, has_alpha, digest))
+    for caption_rel in sorted(caption_files):
+        if Path(caption_rel).with_suffix("").as_posix() not in images_seen:
+            problems.warning(caption_rel, "", "caption without an image; ignored",
+                             "check the image's file name matches the caption's")
+    dataset = Dataset(root, subset_list, items)
+    check_dataset(dataset, config, problems)
+    return dataset
+
+
+def check_dataset(dataset: Dataset, config: JobConfig, problems: Problems) -> None:
+    """Checks over the whole dataset: emptiness, trigger word, batch size."""
+    if not dataset.items:
+        problems.error(str(dataset.root), "", "no usable images found",
+                       "put .png/.jpg/.webp images (with .txt captions) into the folder or its subfolders")
+        return
+    trigger = config.trigger
+    if trigger:
+        missing = [i.rel for i in dataset.items
+                   if (split_tags(i.caption) or [""])[0] != trigger]
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            problems.warning("job.yaml", "trigger", f"'{trigger}' is not the first tag in {len(missing)} of "
+                             f"{len(dataset.items)} captions: {shown}",
+                             f"start those captions with '{trigger}, ' (keep_tokens keeps it first)")
+    count = len(dataset.items)
+    if config.data.batch_size > max(1, count // 10) and config.data.batch_size > 1:
+        problems.warning("job.yaml", "data.batch_size", f"batch size {config.data.batch_size} is over 10% of "
+                         f"the {count} images", "a smaller batch (1-2) usually trains small datasets better")

@@ -1,0 +1,129 @@
+"""Validate a dataset folder before anything is queued: yaml, schema, images, captions, models, disk.
+
+`check_folder` never raises for bad user input; it returns every problem it found, so the report
+names all of them at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from animad.config.daemon import Daemon
+from animad.config.job import JobConfig, load_job_file
+from animad.config.problems import Problems
+from animad.fsutil import free_bytes, human_bytes
+from animad.model.files import ModelFiles, resolve_model_files
+from animad.train.dataset import Dataset, scan_dataset
+
+
+@dataclasses.dataclass
+class CheckResult:
+    folder: Path
+    config: JobConfig | None
+    problems: Problems
+    dataset: Dataset | None
+    files: ModelFiles | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems.errors and self.config is not None
+
+    def report(self) -> str:
+        title = f"animad check {self.folder}"
+        if self.ok:
+            lines = [f"{title}: OK ({len(self.dataset.items)} images in {len(self.dataset.subsets)} subset(s), "
+                     f"{self.dataset.samples_per_epoch()} samples per epoch)"]
+            if self.problems.warnings:
+                lines.append(self.problems.render("Warnings (training will go ahead)"))
+            return "\n".join(lines) + "\n"
+        return self.problems.render(title)
+
+
+def job_name(folder: Path, config: JobConfig | None) -> str:
+    return (config.name if config and config.name else Path(folder).name).strip() or "lora"
+
+
+def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) -> CheckResult:
+    """Check everything a job needs; work_dir is where its epochs will be written (for the disk check)."""
+    folder = Path(folder)
+    problems = Problems()
+    job_file = folder / "job.yaml"
+    config = load_job_file(job_file, problems)
+    if config is None:
+        # The yaml is unusable; still check the images so the user gets every problem in one report.
+        from animad.config.job import JobConfig as Defaults
+
+        scan_dataset(folder, Defaults(), problems)
+        return CheckResult(folder, None, problems, None, None)
+    name = job_name(folder, config)
+    if any(c in name for c in "/\\\0") or name in (".", ".."):
+        problems.error(job_file, "name", f"'{name}' cannot be used as a file name",
+                       "use letters, digits, '-' and '_'")
+    dataset = scan_dataset(folder, config, problems)
+    files = resolve_model_files(config, daemon, folder, problems, job_file)
+    if config.network.init_from:
+        from animad.config.daemon import resolve_path
+
+        init = resolve_path(folder, config.network.init_from)
+        if not init.is_file():
+            problems.error(job_file, "network.init_from", f"LoRA file not found: {init}",
+                           "put the .safetensors next to job.yaml or give an absolute path")
+    if files is not None:
+        check_models(files, config, job_file, problems)
+    if files is not None and dataset.items:
+        check_disk(files, config, dataset, work_dir or daemon.dir("state"), job_file, problems)
+    return CheckResult(folder, config, problems, dataset, files)
+
+
+def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Problems) -> None:
+    """Read the three headers (no weights) so a wrong or truncated file is caught before queueing."""
+    from animad.errors import ModelFileError
+    from animad.model.load import dit_layout, read_header, text_encoder_layout
+
+    try:
+        _, _, _, dit_config, adapter_config = dit_layout(files.dit)
+        _, _, qwen_config = text_encoder_layout(files.text_encoder)
+        read_header(files.vae, "vae")
+        from animad.model.load import check_compatible
+
+        check_compatible(dit_config, adapter_config, qwen_config, None, files)
+    except ModelFileError as error:
+        problems.error(job_file, "model files", str(error), "fix the path in job.yaml or animad.yaml")
+        return
+    blocks = config.network.blocks or []
+    bad = [b for b in blocks if b >= dit_config.depth]
+    if bad:
+        problems.error(job_file, "network.blocks", f"block(s) {bad} do not exist; the DiT has {dit_config.depth}",
+                       f"use indices 0..{dit_config.depth - 1}")
+
+
+def estimate_lora_bytes(files: ModelFiles, config: JobConfig) -> int:
+    """Size of one saved epoch file, from the DiT header's shapes (no weights read)."""
+    from animad.model.load import dit_layout
+    from animad.train.lora import select_targets
+
+    _, shapes, _, _, _ = dit_layout(files.dit)
+    linear = {k[: -len(".weight")]: v[1] for k, v in shapes.items() if k.endswith(".weight") and len(v[1]) == 2}
+    names = select_targets(list(linear), config.network)
+    bytes_per = 4 if config.precision.save == "fp32" else 2
+    return sum(config.network.dim * (linear[n][0] + linear[n][1]) for n in names) * bytes_per
+
+
+def check_disk(files: ModelFiles, config: JobConfig, dataset: Dataset, work_dir: Path, job_file,
+               problems: Problems) -> None:
+    epoch_bytes = estimate_lora_bytes(files, config)
+    # Resume state: fp32 LoRA + up to 4 optimizer buffers per parameter (Prodigy), written via a temp copy.
+    state_bytes = epoch_bytes * (4 if config.precision.save != "fp32" else 2) * 5 * 2
+    cache_bytes = len(dataset.items) * 2 * (16 * 4 * 1024 * 1024 // 64) * 2
+    epochs = config.schedule.max_epochs
+    need_min = state_bytes + cache_bytes + epoch_bytes * min(epochs, 20)
+    need_all = state_bytes + cache_bytes + epoch_bytes * epochs
+    free = free_bytes(work_dir)
+    if free < need_min:
+        problems.error(str(work_dir), "disk space", f"{human_bytes(free)} free; the run needs at least "
+                       f"{human_bytes(need_min)} ({human_bytes(epoch_bytes)} per epoch file)",
+                       "free some space, or lower network.dim / schedule.max_epochs")
+    elif free < need_all:
+        problems.warning(str(work_dir), "disk space", f"{human_bytes(free)} free; all {epochs} epochs would need "
+                         f"{human_bytes(need_all)}", "fine if the floor stops training early; otherwise free space")
