@@ -120,8 +120,10 @@ def load_daemon_config(path: Path | None) -> Daemon:
 
 
 def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
-    from animad.daemon.window import parse_windows
-
+    try:
+        from animad.daemon.window import parse_windows  # TEMP guard until window.py lands
+    except ImportError:
+        parse_windows = list
     try:
         parse_windows(config.windows)
     except ValueError as error:

@@ -74,6 +74,8 @@ class ScheduleConfig:
     max_epochs: int = option(200, "Stop after this many epochs (the floor detector usually stops earlier).",
                              min=1, max=100000)
     max_steps: int | None = option(None, "Stop after this many optimizer steps (null = by epochs).", min=1)
+    state_every_minutes: float = option(10.0, "Also save the resume state this often within an epoch "
+                                              "(it is always saved at epoch ends and when stopping).", min=0.0)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,96 @@
+"""Fill the latent and text caches for a dataset, then let go of the VAE."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from animad.model.text import TextEmbedding
+from animad.train.buckets import load_image
+from animad.train.cache import TensorCache, entry_key
+from animad.train.dataset import Dataset
+
+
+@dataclasses.dataclass
+class LatentEntry:
+    latents: torch.Tensor  # (16, h, w) fp32, normalised
+    flipped: torch.Tensor | None  # latents of the mirrored image, when flip augmentation is on
+    mask: torch.Tensor | None  # (1, h, w) alpha at latent resolution, when alpha_mask is on
+
+
+def latent_key(item, size, vae_hash: str, flip: bool, alpha: bool) -> str:
+    return entry_key("latent", item.sha256, size[0], size[1], vae_hash, "centre-crop-lanczos", flip, alpha)
+
+
+def cache_latents(dataset: Dataset, buckets, vae_loader, vae_hash: str, cache: TensorCache,
+                  on_item=None) -> list[LatentEntry]:
+    """Latents for every item, from the cache when possible; the VAE is only loaded if something is missing."""
+    entries: list[LatentEntry | None] = [None] * len(dataset.items)
+    missing = []
+    for index, item in enumerate(dataset.items):
+        subset = dataset.subsets[item.subset]
+        key = latent_key(item, buckets[index], vae_hash, subset.flip, subset.alpha_mask)
+        found = cache.get(key)
+        if found is not None:
+            entries[index] = LatentEntry(found["latents"], found.get("flipped"), found.get("mask"))
+        else:
+            missing.append((index, key))
+    if missing:
+        vae = vae_loader()
+        for done, (index, key) in enumerate(missing):
+            item = dataset.items[index]
+            subset = dataset.subsets[item.subset]
+            pixels, alpha = load_image(dataset.path(item), buckets[index], subset.alpha_mask)
+            batch = torch.stack([pixels, pixels.flip(-1)]) if subset.flip else pixels[None]
+            latents = vae.encode(batch)
+            tensors = {"latents": latents[0]}
+            if subset.flip:
+                tensors["flipped"] = latents[1]
+            if subset.alpha_mask:
+                if alpha is None:
+                    alpha = torch.ones(1, pixels.shape[1], pixels.shape[2])
+                tensors["mask"] = F.adaptive_avg_pool2d(alpha, latents.shape[-2:])
+            cache.put(key, tensors)
+            entries[index] = LatentEntry(tensors["latents"], tensors.get("flipped"), tensors.get("mask"))
+            if on_item:
+                on_item(done + 1, len(missing))
+        del vae
+    return entries
+
+
+def text_key(caption: str, te_hash: str, tokenizer_hash: str) -> str:
+    return entry_key("text", caption, te_hash, tokenizer_hash)
+
+
+def cache_texts(captions: list[str], encoder_loader, te_hash: str, tokenizer_hash: str,
+                cache: TensorCache, batch_size: int = 16) -> dict[str, TextEmbedding]:
+    """Embeddings for each distinct caption (always including the empty prompt)."""
+    unique = sorted(set(captions) | {""})
+    out: dict[str, TextEmbedding] = {}
+    missing = []
+    for caption in unique:
+        found = cache.get(text_key(caption, te_hash, tokenizer_hash))
+        if found is not None:
+            out[caption] = TextEmbedding(found["qwen"], found["t5_ids"])
+        else:
+            missing.append(caption)
+    if missing:
+        encoder = encoder_loader()
+        with torch.no_grad():
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start:start + batch_size]
+                for caption, emb in zip(chunk, encoder.encode(chunk)):
+                    emb = TextEmbedding(emb.qwen.float().cpu(), emb.t5_ids.cpu())
+                    cache.put(text_key(caption, te_hash, tokenizer_hash), {"qwen": emb.qwen, "t5_ids": emb.t5_ids})
+                    out[caption] = emb
+    return out
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "animad"

@@ -1,0 +1,138 @@
+"""Epoch LoRA files (sd-scripts format + metadata) and the atomic resume state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from animad import __version__
+from animad.fsutil import fsync_dir
+
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _atomic_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]) -> None:
+    """Write a LoRA file atomically; a kill mid-write leaves no half file under the real name."""
+    from safetensors.torch import save, save_file
+
+    tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in sorted(state.items())}
+    metadata = dict(metadata)
+    # sd-scripts' hashes: over the tensor bytes only, so metadata edits do not change them.
+    digest = hashlib.sha256(save(tensors)).hexdigest()
+    metadata["sshs_model_hash"] = digest
+    metadata["sshs_legacy_hash"] = digest[:8]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    _atomic_replace(tmp, path)
+
+
+def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
+                  rank_dims: tuple[int, float], session: str) -> dict[str, str]:
+    """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys."""
+    net, opt, data, ts = config.network, config.optimizer, config.data, config.timesteps
+    resolution = data.resolution if isinstance(data.resolution, list) else [data.resolution, data.resolution]
+    now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    from animad.train.optim import default_lr
+
+    meta = {
+        "ss_network_module": "networks.lora_anima",
+        "ss_network_dim": str(rank_dims[0]),
+        "ss_network_alpha": str(rank_dims[1]),
+        "ss_network_dropout": str(net.dropout),
+        "ss_network_args": json.dumps({"rank_dropout": net.rank_dropout, "module_dropout": net.module_dropout,
+                                       "train_llm_adapter": net.train_llm_adapter, "targets": net.targets}),
+        "ss_learning_rate": str(default_lr(opt)),
+        "ss_unet_lr": str(default_lr(opt)),
+        "ss_text_encoder_lr": str(opt.text_encoder_lr if opt.text_encoder_lr is not None else default_lr(opt)),
+        "ss_optimizer": opt.type,
+        "ss_lr_scheduler": config.schedule.type,
+        "ss_lr_warmup_steps": str(config.schedule.warmup_steps),
+        "ss_max_grad_norm": str(opt.max_grad_norm),
+        "ss_epoch": str(epoch),
+        "ss_steps": str(step),
+        "ss_max_train_epochs": str(config.schedule.max_epochs),
+        "ss_batch_size_per_device": str(data.batch_size),
+        "ss_gradient_accumulation_steps": str(data.grad_accum),
+        "ss_resolution": f"({resolution[0]}, {resolution[1]})",
+        "ss_enable_bucket": str(data.buckets),
+        "ss_min_bucket_reso": str(data.min_bucket),
+        "ss_max_bucket_reso": str(data.max_bucket),
+        "ss_bucket_no_upscale": str(not data.upscale),
+        "ss_num_train_images": str(dataset.samples_per_epoch()),
+        "ss_num_epochs": str(config.schedule.max_epochs),
+        "ss_mixed_precision": config.precision.mixed,
+        "ss_gradient_checkpointing": str(config.precision.gradient_checkpointing),
+        "ss_seed": str(config.seed),
+        "ss_caption_dropout_rate": str(data.caption_dropout),
+        "ss_caption_tag_dropout_rate": str(data.tag_dropout),
+        "ss_shuffle_caption": str(data.shuffle_captions),
+        "ss_keep_tokens": str(data.keep_tokens),
+        "ss_flip_aug": str(data.flip),
+        "ss_noise_offset": str(ts.noise_offset),
+        "ss_timestep_sampling": "sigmoid" if ts.sampling == "logit_normal" else "uniform",
+        "ss_sigmoid_scale": str(ts.logit_std),
+        "ss_logit_mean": str(ts.logit_mean),
+        "ss_logit_std": str(ts.logit_std),
+        "ss_discrete_flow_shift": str(ts.shift),
+        "ss_weighting_scheme": "none",
+        "ss_tag_frequency": json.dumps(dataset.tag_frequency(), ensure_ascii=False),
+        "ss_dataset_dirs": json.dumps({(s.name or "."): {"n_repeats": s.repeats, "img_count": sum(
+            1 for i in dataset.items if dataset.subsets[i.subset] is s)} for s in dataset.subsets}),
+        "ss_sd_model_name": Path(files.dit).name,
+        "ss_sd_model_hash": base_hash,
+        "ss_vae_name": Path(files.vae).name,
+        "ss_text_encoder_name": Path(files.text_encoder).name,
+        "ss_output_name": config.name or "",
+        "ss_training_started_at": started,
+        "ss_training_finished_at": now,
+        "ss_session_id": session,
+        "ss_trigger_word": config.trigger or "",
+        "ss_training_comment": f"trained by animad {__version__}",
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": "anima-preview/lora",
+        "modelspec.implementation": "https://huggingface.co/circlestone-labs/Anima",
+        "modelspec.title": f"{config.name} epoch {epoch}",
+        "modelspec.author": config.author,
+        "modelspec.description": config.description,
+        "modelspec.date": now,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.trigger_phrase": config.trigger or "",
+        "modelspec.hash_sha256": base_hash,
+        "format": "pt",
+    }
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def save_resume_state(path: Path, state: dict) -> None:
+    """torch.save through a temp file + fsync + rename: a kill leaves the previous state intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
+    _atomic_replace(tmp, path)
+
+
+def load_resume_state(path: Path) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    # weights_only=False: the state holds optimizer dicts and RNG states we wrote ourselves.
+    return torch.load(path, map_location="cpu", weights_only=False)

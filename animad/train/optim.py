@@ -1,0 +1,82 @@
+"""Optimizers (Prodigy, AdamW, AdamW8bit, Adafactor) and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import torch
+
+from animad.errors import UserError
+
+
+def default_lr(optimizer_config) -> float:
+    if optimizer_config.lr is not None:
+        return optimizer_config.lr
+    return 1.0 if optimizer_config.type == "prodigy" else 1e-4
+
+
+def build_optimizer(unet_params, te_params, optimizer_config):
+    cfg = optimizer_config
+    lr = default_lr(cfg)
+    te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else lr
+    groups = [{"params": list(unet_params), "lr": lr}]
+    if te_params:
+        groups.append({"params": list(te_params), "lr": te_lr})
+    betas = tuple(cfg.betas)
+    if cfg.type == "prodigy":
+        from prodigyopt import Prodigy
+
+        with contextlib.redirect_stdout(io.StringIO()):  # Prodigy prints a notice to stdout
+            return Prodigy(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, decouple=True,
+                           use_bias_correction=cfg.use_bias_correction, safeguard_warmup=cfg.safeguard_warmup,
+                           d_coef=cfg.d_coef)
+    if cfg.type == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.type == "adamw8bit":
+        try:
+            import bitsandbytes  # imported lazily: it costs seconds and pulls in torch._dynamo
+        except Exception as error:  # noqa: BLE001 - any import failure means the same thing to the user
+            raise UserError(f"optimizer.type adamw8bit needs bitsandbytes, which failed to load ({error}); "
+                            "use 'adamw' or fix the bitsandbytes install") from None
+        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.type == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=cfg.weight_decay)
+    raise UserError(f"unknown optimizer.type {cfg.type}")
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str, cycles: int = 1) -> float:
+    """Multiplier on the base LR at optimizer step `step` (0-based)."""
+    # 1) linear warmup from near zero
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    # 2) then the chosen decay over the remaining steps
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "cosine_with_restarts":
+        if progress >= 1.0:
+            return 0.0
+        return 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0)))
+    raise ValueError(kind)
+
+
+def build_scheduler(optimizer, schedule_config, total_steps: int):
+    cfg = schedule_config
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_percent * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.type, cfg.cycles))
+
+
+def effective_lr(optimizer) -> float:
+    """The step size actually used: d*lr for Prodigy, lr otherwise (what the guides tell users to watch)."""
+    group = optimizer.param_groups[0]
+    return float(group.get("d", 1.0)) * float(group["lr"])

@@ -1,0 +1,48 @@
+"""Where training reports to: TensorBoard (for people) and epochs.jsonl (for select/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from animad.fsutil import write_atomic
+from animad.layout import read_epochs_log
+
+
+class Tracker:
+    """One TensorBoard run per job (not per launch), so a resumed run is one continuous curve."""
+
+    def __init__(self, tb_dir: Path, epochs_log: Path, resume_step: int, resume_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.epochs_log = Path(epochs_log)
+        # Steps logged after the last saved state were lost with the kill and will be replayed: hide them.
+        self.writer = SummaryWriter(str(tb_dir), purge_step=resume_step if resume_step else None)
+        self.truncate_epochs(resume_epoch)
+
+    def truncate_epochs(self, keep_through: int) -> None:
+        """Drop epoch records newer than the resume state, so a replayed epoch is never listed twice."""
+        records = read_epochs_log(self.epochs_log)
+        kept = [r for r in records if r.get("epoch", 0) <= keep_through]
+        if len(kept) != len(records) or (self.epochs_log.exists() and not self.epochs_log.read_text().endswith(
+                "\n") and records):
+            write_atomic(self.epochs_log, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def step(self, step: int, loss: float, lr: float, d_lr: float) -> None:
+        self.writer.add_scalar("loss/current", loss, step)
+        self.writer.add_scalar("lr/unet", lr, step)
+        self.writer.add_scalar("lr/d*lr", d_lr, step)
+
+    def epoch(self, record: dict) -> None:
+        epoch = record["epoch"]
+        self.writer.add_scalar("loss/epoch_average", record["loss"], epoch)
+        if record.get("eval_loss") is not None:
+            self.writer.add_scalar("eval/loss", record["eval_loss"], epoch)
+            for sigma, value in record.get("eval_by_sigma", {}).items():
+                self.writer.add_scalar(f"eval/sigma_{sigma}", value, epoch)
+        self.writer.flush()
+        with open(self.epochs_log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.writer.close()
