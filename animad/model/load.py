@@ -122,7 +122,7 @@ def infer_dit_config(shapes: dict) -> DiTConfig:
     head_dim = shapes["blocks.0.self_attn.q_norm.weight"][1][0]
     context_dim = shapes["blocks.0.cross_attn.k_proj.weight"][1][1]
     lora_dim = shapes["blocks.0.adaln_modulation_self_attn.1.weight"][1][0]
-    mlp_hidden = shapes["blocks.0.mlp.layer1.weight"][1][0]
+    mlp_hidden = shapes["blocks.0.mlp.layer2.weight"][1][1]
     out = shapes["final_layer.linear.weight"][1][0]
     channels = out // 4
     return DiTConfig(dim=dim, depth=depth, head_dim=head_dim, context_dim=context_dim, adaln_lora_dim=lora_dim,
@@ -162,7 +162,11 @@ def dit_layout(path: Path) -> tuple[str, dict, dict, DiTConfig, dict]:
         config = infer_dit_config(dit)
         adapter_config = infer_adapter_config(adapter)
     except KeyError as error:
-        raise ModelFileError(f"{path}: missing {error.args[0]}; expected {WHAT['dit']}") from None
+        import difflib
+
+        close = difflib.get_close_matches(error.args[0], list(dit) + [f"llm_adapter.{k}" for k in adapter], n=2)
+        found = f" (found instead: {', '.join(close)})" if close else ""
+        raise ModelFileError(f"{path}: missing {error.args[0]}{found}; expected {WHAT['dit']}") from None
     with torch.device("meta"):
         model_shapes = {k: tuple(v.shape) for k, v in AnimaDiT(config).state_dict().items()}
     _check_against(path, "dit", model_shapes, {k: v[1] for k, v in dit.items()})

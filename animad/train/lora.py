@@ -192,3 +192,32 @@ def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
                 "lora_up": "lora_up.weight", "alpha": "alpha"}[match.group(3)]
         out[f"{lora_name(prefix, match.group(2))}.{part}"] = value.float()
     return out
+
+
+def network_from_state(dit, adapter, text_encoder, state: dict[str, torch.Tensor]) -> LoRANetwork:
+    """A network with exactly the modules of a LoRA file (for previews: later epochs just load weights)."""
+    by_name = {lora_name("lora_unet", n): m for n, m in linear_modules(dit).items()}
+    by_name.update({lora_name("lora_unet", n): m for n, m in linear_modules(adapter, "llm_adapter.").items()})
+    if text_encoder is not None:
+        by_name.update({lora_name("lora_te", n): m for n, m in linear_modules(text_encoder).items()})
+    net = LoRANetwork()
+    names = sorted({k.rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight")})
+    for name in names:
+        if name not in by_name:
+            raise ValueError(f"LoRA module {name} does not exist in this model")
+        base = by_name[name]
+        rank = state[f"{name}.lora_down.weight"].shape[0]
+        alpha = float(state.get(f"{name}.alpha", torch.tensor(float(rank))))
+        module = LoRAModule(base, rank, alpha).to(base.weight.device)
+        net.add(name, module)
+    load_weights(net, state)
+    return net
+
+
+def load_weights(net: LoRANetwork, state: dict[str, torch.Tensor]) -> None:
+    """Swap in another epoch's weights without touching the base model (the 'weight patching')."""
+    current = net.state_dict()
+    missing = set(current) - set(state)
+    if any(not k.endswith(".alpha") for k in missing):
+        raise ValueError(f"LoRA file lacks {sorted(missing)[:3]}")
+    net.load_state_dict({k: state[k].to(current[k].dtype) if k in state else current[k] for k in current})

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny Anima-shaped model set in the real key layout, written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests must never reach a model hub, and must not depend on the user's config.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("ANIMAD_CONFIG", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_tokenizers() -> Path | None:
+    """The real Qwen3/T5 tokenizer files (../shared/tokenizers), when this checkout has them."""
+    from animad.model.tiny import find_shared_tokenizers
+
+    return find_shared_tokenizers()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, shared_tokenizers) -> dict:
+    from animad.model.tiny import make_tiny_model_set
+
+    return make_tiny_model_set(tmp_path_factory.mktemp("tiny-models"), seed=0, tokenizers=shared_tokenizers)
+
+
+@pytest.fixture()
+def daemon_config(tmp_path, tiny_models) -> Path:
+    """An animad.yaml in tmp_path whose default model set is the tiny set (cache shared per test dir)."""
+    from animad.synthetic import write_daemon_config
+
+    return write_daemon_config(tmp_path / "animad.yaml", tiny_models)
