@@ -119,6 +119,7 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
             init_state = read_lora_file(init_path)
         except (OSError, ValueError) as error:
             raise UserError(f"network.init_from: cannot read {init_path}: {error}") from None
+    torch.manual_seed(config.seed)  # LoRA init must not depend on what ran before (caching, loading)
     network = build_network(dit, adapter, text_encoder.model if text_encoder else None, config.network, init_state)
     network.to(device=device, dtype=torch.float32)
     if config.precision.compile:
