@@ -1,0 +1,135 @@
+"""Dataset scanning: subsets, repeats, captions, and every kind of bad file reported clearly."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from PIL import Image
+
+from animad.config.job import parse_job
+from animad.config.problems import Problems
+from animad.train.captions import augment_caption
+from animad.train.dataset import scan_dataset
+
+
+def job(data=None):
+    return parse_job(data or {}, "job.yaml", Problems())
+
+
+def image(path, size=(64, 64), mode="RGB", colour="red", fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path, format=fmt)
+
+
+def scan(folder, data=None, trigger=None):
+    problems = Problems()
+    config = job(data)
+    config.trigger = trigger
+    return scan_dataset(folder, config, problems), problems
+
+
+def test_subfolders_are_subsets_with_kohya_repeats_and_overrides(tmp_path):
+    image(tmp_path / "10_outfit_a" / "a.png")
+    (tmp_path / "10_outfit_a" / "a.txt").write_text("@t, outfit a, red")
+    image(tmp_path / "outfit_b" / "b.png")
+    (tmp_path / "outfit_b" / "b.txt").write_text("@t, outfit b, blue")
+    image(tmp_path / "root.png")
+    (tmp_path / "root.txt").write_text("@t, plain")
+    (tmp_path / "job.yaml").write_text("")
+    dataset, problems = scan(tmp_path, {"data": {"subsets": {"outfit_b": {"repeats": 3, "keep_tokens": 2}}}})
+    by_name = {s.name: s for s in dataset.subsets}
+    assert by_name["10_outfit_a"].repeats == 10 and by_name["outfit_b"].repeats == 3
+    assert by_name["outfit_b"].keep_tokens == 2 and by_name[""].repeats == 1
+    assert dataset.samples_per_epoch() == 14
+    assert not problems.errors
+
+
+def test_missing_caption_warns_and_class_tokens_fill_in(tmp_path):
+    image(tmp_path / "a" / "x.png")
+    image(tmp_path / "b" / "y.png")
+    dataset, problems = scan(tmp_path, {"data": {"subsets": {"b": {"class_tokens": "@t, girl"}}}})
+    captions = {i.rel: i.caption for i in dataset.items}
+    assert captions == {"a/x.png": "", "b/y.png": "@t, girl"}
+    caption_warnings = [p for p in problems.warnings if "caption" in p.message]
+    assert [(p.file, "no caption file" in p.message) for p in caption_warnings] == [("a/x.png", True)]
+
+
+def test_bad_files_are_all_reported(tmp_path):
+    image(tmp_path / "ok.png")
+    (tmp_path / "ok.txt").write_text("@t, fine")
+    (tmp_path / "fake.png").write_text("this is text, not an image")
+    good = tmp_path / "cut.jpg"
+    Image.effect_noise((256, 256), 64).convert("RGB").save(good, format="JPEG")
+    good.write_bytes(good.read_bytes()[:2000])  # truncated download
+    image(tmp_path / "jpeg_named.png", fmt="JPEG")
+    (tmp_path / "latin1.png").write_bytes((tmp_path / "ok.png").read_bytes())
+    (tmp_path / "latin1.txt").write_bytes("@t, caf\xe9".encode("latin-1"))
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    image(outside)
+    os.symlink(outside, tmp_path / "escape.png")
+    (tmp_path / "notes.docx").write_bytes(b"PK")
+    dataset, problems = scan(tmp_path)
+    errors = {p.file: p for p in problems.errors}
+    assert set(errors) == {"fake.png", "cut.jpg", "jpeg_named.png", "latin1.txt", "escape.png"}
+    assert "rename it to jpeg_named.jpg" in errors["jpeg_named.png"].fix
+    assert "UTF-8" in errors["latin1.txt"].fix
+    assert "outside" in errors["escape.png"].message
+    assert "truncated" in errors["cut.jpg"].message or "corrupt" in errors["cut.jpg"].message
+    assert [i.rel for i in dataset.items] == ["ok.png"]
+    assert any(p.file == "notes.docx" for p in problems.warnings)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    Image.new("1", (8200, 8000)).save(tmp_path / "bomb.png")  # 65 MP of nothing, a few KB on disk
+    _, problems = scan(tmp_path)
+    error = next(p for p in problems.errors if p.file == "bomb.png")
+    assert "megapixels" in error.message
+
+
+def test_trigger_and_batch_size_warnings(tmp_path):
+    for n in range(4):
+        image(tmp_path / f"{n}.png")
+        (tmp_path / f"{n}.txt").write_text("@t, red" if n else "red, @t")
+    _, problems = scan(tmp_path, trigger="@t")
+    text = "\n".join(p.line() for p in problems.warnings)
+    assert "'@t' is not the first tag in 1 of 4 captions: 0.png" in text
+    assert "batch size 4 is over 10%" in text
+    assert not problems.errors
+
+
+def test_caption_shuffle_keeps_leading_tokens_and_drops_tags():
+    from animad.train.dataset import Subset
+
+    subset = Subset("", 1, keep_tokens=1, class_tokens=None, shuffle_captions=True, tag_dropout=0.5,
+                    caption_dropout=0.0, flip=False, alpha_mask=False)
+    rng = random.Random(0)
+    tags = ["@t"] + [f"tag{i}" for i in range(10)]
+    outputs = [augment_caption(", ".join(tags), subset, rng) for _ in range(50)]
+    assert all(o.startswith("@t, ") or o == "@t" for o in outputs)
+    assert len(set(outputs)) > 40  # shuffled and dropped differently each time
+    lengths = [len(o.split(", ")) for o in outputs]
+    assert 3 < sum(lengths) / len(lengths) < 9  # about half of the 10 free tags survive
+
+
+def test_alpha_channel_becomes_a_loss_mask(tmp_path):
+    import torch
+
+    from animad.train.buckets import load_image
+
+    img = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
+    img.paste((0, 0, 255, 255), (0, 0, 32, 64))  # left half opaque
+    img.save(tmp_path / "a.png")
+    pixels, mask = load_image(tmp_path / "a.png", (64, 64), want_alpha=True)
+    assert pixels.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+    assert torch.allclose(mask[:, :, :30].mean(), torch.tensor(1.0)) and mask[:, :, 34:].max() == 0
+
+
+@pytest.mark.parametrize("size,expected", [((1024, 1024), (1024, 1024)), ((1536, 1024), (1216, 832)),
+                                           ((512, 768), (512, 768)), ((100, 300), (256, 256)), ((3000, 1000), (1728, 576))])
+def test_buckets_keep_aspect_and_area(size, expected):
+    from animad.train.buckets import bucket_for
+
+    config = job()
+    assert bucket_for(*size, config.data) == expected
