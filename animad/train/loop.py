@@ -278,7 +278,8 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
                 session=session))
             record = {"epoch": epoch, "step": global_step, "loss": loss_sum / max(1, loss_count),
                       "eval_loss": eval_loss, "eval_by_sigma": eval_by_sigma, "lr": scheduler.get_last_lr()[0],
-                      "d_lr": effective_lr(optimizer), "seconds": time.perf_counter() - epoch_start,
+                      "d_lr": effective_lr(optimizer),
+                      "prodigy_d": optimizer.param_groups[0].get("d"), "seconds": time.perf_counter() - epoch_start,
                       "eval_seconds": eval_seconds, "file": str(epoch_file.relative_to(paths.root)),
                       "time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
             tracker.epoch(record)

@@ -1,0 +1,139 @@
+"""Every optimizer, schedule and precision path runs real steps on the CPU (GPU speed is a benchmark)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from animad.layout import read_epochs_log
+from animad.synthetic import tiny_job
+from animad.train.optim import lr_factor
+
+from test_train_engine import prepare, train
+
+
+def run_job(tmp_path, daemon_config, epochs=2, **overrides):
+    job = tiny_job(epochs=epochs, selection={"stop_at_floor": False}, **overrides)
+    paths, daemon = prepare(tmp_path, daemon_config, job)
+    status, _ = train(paths, daemon)
+    assert status == "finished"
+    records = read_epochs_log(paths.epochs_log)
+    assert len(records) == epochs and all(math.isfinite(r["loss"]) and math.isfinite(r["eval_loss"])
+                                          for r in records)
+    return paths, records
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"type": "prodigy", "lr": 1.0},
+    {"type": "adafactor", "lr": 1e-3},
+    {"type": "adamw8bit", "lr": 1e-3},
+])
+def test_optimizers_take_real_steps(tmp_path, daemon_config, optimizer):
+    # Prodigy's d starts at 1e-6 and needs a few dozen steps to grow: 2 epochs x 32 steps.
+    paths, records = run_job(tmp_path, daemon_config, optimizer=optimizer,
+                             data={"batch_size": 1, "repeats": 4}, schedule={"type": "constant", "max_epochs": 2})
+    state = torch.load(paths.resume_state, weights_only=False)
+    ups = [v for k, v in state["lora"].items() if k.endswith("lora_up.weight")]
+    assert any(u.abs().max() > 0 for u in ups)  # lora_up starts at zero: it moved
+    if optimizer["type"] == "prodigy":
+        assert records[-1]["prodigy_d"] > 1e-6  # Prodigy's adapted step size d grew from d0 = 1e-6
+
+
+def test_bf16_autocast_and_options_on_cpu(tmp_path, daemon_config):
+    """The GPU default (bf16 autocast, fp32 LoRA masters) plus dropouts, flips and caption dropout."""
+    paths, records = run_job(
+        tmp_path, daemon_config, precision={"mixed": "bf16", "save": "bf16"},
+        network={"dim": 4, "dropout": 0.1, "rank_dropout": 0.2, "module_dropout": 0.1},
+        data={"flip": True, "caption_dropout": 0.3, "tag_dropout": 0.2, "resolution": 64, "batch_size": 2,
+              "min_bucket": 64, "max_bucket": 128},
+        schedule={"type": "cosine_with_restarts", "cycles": 2, "warmup_steps": 2, "max_epochs": 2})
+    with safe_open(str(paths.epoch_file("ds", 2)), "pt") as f:
+        assert f.get_tensor(f.keys()[0]).dtype == torch.bfloat16
+
+
+def test_fp16_uses_a_grad_scaler(tmp_path, daemon_config):
+    paths, _ = run_job(tmp_path, daemon_config, precision={"mixed": "fp16", "save": "fp16"})
+    state = torch.load(paths.resume_state, weights_only=False)
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
+def test_text_encoder_and_adapter_lora(tmp_path, daemon_config):
+    paths, _ = run_job(tmp_path, daemon_config,
+                       network={"dim": 4, "train_text_encoder": True, "train_llm_adapter": True,
+                                "text_encoder_dim": 2})
+    with safe_open(str(paths.epoch_file("ds", 2)), "pt") as f:
+        keys = list(f.keys())
+        te = [k for k in keys if k.startswith("lora_te_layers_0_self_attn_q_proj")]
+        assert te and f.get_tensor("lora_te_layers_0_mlp_gate_proj.lora_down.weight").shape[0] == 2
+        assert any(k.startswith("lora_unet_llm_adapter_blocks_0_cross_attn_o_proj") for k in keys)
+        assert any(f.get_tensor(k).abs().max() > 0 for k in keys if k.startswith("lora_te_") and "lora_up" in k)
+
+
+def test_continue_from_an_existing_lora(tmp_path, daemon_config):
+    first, _ = run_job(tmp_path / "a", daemon_config, network={"dim": 4, "targets": ["mlp"]})
+    previous = first.epoch_file("ds", 2)
+    (tmp_path / "b").mkdir()
+    init = tmp_path / "b" / "previous.safetensors"
+    init.write_bytes(previous.read_bytes())
+    job = tiny_job(epochs=1, selection={"stop_at_floor": False}, network={"dim": 8, "init_from": str(init)})
+    paths, daemon = prepare(tmp_path / "b", daemon_config, job)
+    train(paths, daemon)
+    with safe_open(str(previous), "pt") as f_old, safe_open(str(paths.epoch_file("ds", 1)), "pt") as f_new:
+        # Modules from the file keep its rank (4); new target modules get the configured dim (8).
+        assert f_new.get_tensor("lora_unet_blocks_0_mlp_layer1.lora_down.weight").shape[0] == 4
+        assert f_new.get_tensor("lora_unet_blocks_0_self_attn_q_proj.lora_down.weight").shape[0] == 8
+        old = f_old.get_tensor("lora_unet_blocks_0_mlp_layer1.lora_up.weight").float()
+        new = f_new.get_tensor("lora_unet_blocks_0_mlp_layer1.lora_up.weight").float()
+        assert (new - old).abs().max() < old.abs().max()  # continued from it, not from zero
+
+
+def test_compile_path_wraps_blocks(tmp_path, daemon_config, monkeypatch):
+    # Inductor is the GPU path (checked by the benchmark); eager exercises our wiring on the CPU.
+    monkeypatch.setenv("ANIMAD_COMPILE_BACKEND", "eager")
+    run_job(tmp_path, daemon_config, epochs=1, precision={"compile": True, "mixed": "fp32"})
+
+
+def test_flash_attention_request_falls_back_on_cpu(tmp_path, daemon_config, caplog):
+    run_job(tmp_path, daemon_config, epochs=1, precision={"attention": "flash", "mixed": "fp32"})
+    assert "flash needs a CUDA GPU" in caplog.text
+
+
+def test_alpha_mask_trains(tmp_path, daemon_config):
+    from PIL import Image
+
+    job = tiny_job(epochs=1, selection={"stop_at_floor": False}, data={"alpha_mask": True})
+    paths, daemon = prepare(tmp_path, daemon_config, job)
+    for image in paths.dataset.glob("*.png"):
+        rgba = Image.open(image).convert("RGBA")
+        rgba.putalpha(Image.new("L", rgba.size, 255).crop((0, 0, rgba.width, rgba.height)))
+        rgba.save(image)
+    status, _ = train(paths, daemon)
+    assert status == "finished"
+
+
+def test_schedules_shape():
+    assert lr_factor(0, 100, 10, "constant") < 0.2 and lr_factor(10, 100, 10, "constant") == 1.0
+    assert lr_factor(100, 100, 0, "linear") == 0.0 and abs(lr_factor(50, 100, 0, "cosine") - 0.5) < 1e-9
+    restarts = [lr_factor(s, 100, 0, "cosine_with_restarts", 2) for s in (0, 49, 50)]
+    assert restarts[0] == 1.0 and restarts[1] < 0.01 and restarts[2] == 1.0
+
+
+def test_stop_request_pauses_at_a_step_boundary(tmp_path, daemon_config):
+    job = tiny_job(epochs=3, selection={"stop_at_floor": False})
+    paths, daemon = prepare(tmp_path, daemon_config, job)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    status, _ = train(paths, daemon, stop=stop)
+    assert status == "paused"
+    state = torch.load(paths.resume_state, weights_only=False)
+    assert state["global_step"] == 3 and not state["finished"]
+    status, _ = train(paths, daemon)
+    assert status == "finished"
+    assert [r["epoch"] for r in read_epochs_log(paths.epochs_log)] == [1, 2, 3]
