@@ -119,3 +119,16 @@ def test_template_documents_every_key():
     text = template(JobConfig)
     for key in ("dim:", "alpha:", "max_epochs:", "keep_tokens:", "stop_at_floor:", "flow_shift:", "sampling:"):
         assert key in text
+
+
+def test_example_job_yaml_is_in_sync_and_valid():
+    from pathlib import Path
+
+    from animad.config.schema import template
+
+    example = Path(__file__).resolve().parent.parent / "inbox" / "job.example.yaml"
+    text = example.read_text()
+    assert template(JobConfig) in text, "regenerate inbox/job.example.yaml from animad.config.schema.template"
+    problems = Problems()
+    config = load_job_file(example, problems)
+    assert config is not None and not problems.items
