@@ -77,6 +77,8 @@ def _coerce(value, tp, where: str, file, problems: Problems, meta: dict):
         problems.error(file, where, f"{value!r} is not {_type_name(tp)}", _fix_hint(meta, tp))
         return False, None
     if dataclasses.is_dataclass(tp):
+        if value is None:  # "network:" with nothing under it means all defaults
+            value = {}
         if not isinstance(value, dict):
             problems.error(file, where, f"expected a mapping of settings, got {value!r}",
                            f"write '{where.rsplit('.', 1)[-1]}:' followed by indented keys")
