@@ -98,9 +98,24 @@ def smoothing_width(count: int) -> int:
 
 
 def find_spikes(values: np.ndarray, sigma: float) -> np.ndarray:
-    if len(values) < 5 or sigma <= 0:
-        return np.zeros(len(values), dtype=bool)
-    return values - running_median(values, 7) > SPIKE_SIGMAS * sigma
+    """Upward outliers: far above the local median *and* above the nearest ordinary epoch on each side.
+
+    Needing an ordinary epoch on the left keeps the steep first epochs of a falling curve from
+    looking like spikes; looking past neighbouring candidates catches two spikes in a row.
+    """
+    count = len(values)
+    if count < 5 or sigma <= 0:
+        return np.zeros(count, dtype=bool)
+    candidate = values - running_median(values, 7) > SPIKE_SIGMAS * sigma
+    spikes = np.zeros(count, dtype=bool)
+    for i in np.flatnonzero(candidate):
+        left = next((values[j] for j in range(i - 1, -1, -1) if not candidate[j]), None)
+        right = next((values[j] for j in range(i + 1, count) if not candidate[j]), None)
+        if left is None:
+            continue
+        neighbours = [left] if right is None else [left, right]
+        spikes[i] = values[i] - max(neighbours) > SPIKE_SIGMAS / 2 * sigma
+    return spikes
 
 
 def floor_onset(epochs: np.ndarray, light: np.ndarray, heavy: np.ndarray, delta: float, min_epoch: int) -> int | None:
