@@ -120,10 +120,8 @@ def load_daemon_config(path: Path | None) -> Daemon:
 
 
 def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
-    try:
-        from animad.daemon.window import parse_windows  # TEMP guard until window.py lands
-    except ImportError:
-        parse_windows = list
+    from animad.daemon.window import parse_windows
+
     try:
         parse_windows(config.windows)
     except ValueError as error:
