@@ -1,0 +1,60 @@
+"""The SQLite queue: order, paused-first, crash recovery, and two processes at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from animad.daemon.queue import Queue
+
+
+def queued(queue, name, priority=0):
+    job = queue.add(name, f"/inbox/{name}", priority)
+    queue.update(job, status="queued")
+    return job
+
+
+def test_fifo_with_priority_and_paused_first(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    a, b, c = queued(queue, "a"), queued(queue, "b"), queued(queue, "c", priority=5)
+    assert queue.next_runnable(True)["id"] == c  # priority first
+    queue.update(c, status="done")
+    assert queue.next_runnable(True)["id"] == a  # then first in, first out
+    queue.update(b, status="paused", resume_first=1)
+    assert queue.next_runnable(True)["id"] == b  # a paused job resumes before newer work
+    queue.update(b, held=1)  # paused by the user: waits for `animad resume`
+    assert queue.next_runnable(True)["id"] == a
+
+
+def test_nothing_starts_outside_the_window_unless_run_now(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    job = queued(queue, "a")
+    assert queue.next_runnable(False) is None
+    queue.update(job, run_now=1)
+    assert queue.next_runnable(False)["id"] == job
+
+
+def test_dead_running_row_is_recovered(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job = queued(queue, "a")
+    queue.claim(job, "running", dead.pid)
+    alive = queued(queue, "b")
+    queue.claim(alive, "running", subprocess.os.getpid())
+    assert queue.recover() == [job]
+    row = queue.get(job)
+    assert row["status"] == "queued" and row["resume_first"] == 1 and row["attempts"] == 1
+    assert queue.get(alive)["status"] == "running"  # a live process is left alone
+
+
+def test_two_processes_write_at_once(tmp_path):
+    path = tmp_path / "q.sqlite"
+    Queue(path)
+    script = ("import sys; from animad.daemon.queue import Queue; q = Queue(sys.argv[1])\n"
+              "for i in range(50):\n    j = q.add(f'{sys.argv[2]}{i}', 'x'); q.update(j, status='queued')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), tag]) for tag in ("p", "q")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    rows = Queue(path).all()
+    assert len(rows) == 100 and all(r["status"] == "queued" for r in rows)
+    assert len({r["id"] for r in rows}) == 100
