@@ -183,6 +183,8 @@ class JobConfig:
     eval: EvalConfig = section(EvalConfig, "Stable evaluation loss (the curve the floor detector reads).")
     selection: SelectionConfig = section(SelectionConfig, "Loss floor and shortlist.")
     previews: PreviewConfig = section(PreviewConfig, "Preview rendering for the review package.")
+    priority: int = option(0, "Queue priority: higher runs first; equal priorities run in drop order.",
+                           min=-100, max=100)
     device: str = option("auto", "auto, cuda, cuda:N or cpu.")
     seed: int = option(0, "Seed for data order, noise and timesteps.", min=0)
 

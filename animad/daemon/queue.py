@@ -34,6 +34,7 @@ create table if not exists jobs (
     heartbeat real,
     progress text,
     error text,
+    outcome text,
     created real not null,
     started real,
     finished real,

@@ -53,6 +53,8 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, s
         files = job_model_files(paths, config, daemon)
         images = render_previews(config, files, epoch_files, paths.selection, prompts, seeds, settings,
                                  should_stop=should_stop)
+        if should_stop and should_stop():
+            return Path(outbox)  # stopped mid-render: the next run renders the rest (finished images are kept)
         cells = [PreviewCell(row, index, path) for (row, index), path in images.items() if path.is_file()]
     pick_kind = {p.epoch: p.kind for p in analysis.picks}
     row_labels = {"baseline": "no LoRA"}

@@ -1,0 +1,96 @@
+"""One job phase in its own process (`animad job ...`, spawned by the daemon).
+
+A crash, an OOM or a CUDA error here takes down this process only; the daemon records why and goes
+on. SIGTERM/SIGINT only set a flag: training saves its state at the next step boundary and exits
+with EXIT_PAUSED.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EXIT_FINISHED, EXIT_CRASH, EXIT_USER_ERROR, EXIT_PAUSED = 0, 1, 2, 75
+
+log = logging.getLogger("animad.job")
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send us SIGTERM if the daemon dies, so an orphan saves its state and stops."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Reporter:
+    """Progress into the job's row, at most every `every` seconds (SQLite is shared with the daemon)."""
+
+    def __init__(self, queue, job_id: int, every: float = 2.0):
+        self.queue, self.job_id, self.every = queue, job_id, every
+        self.last = 0.0
+
+    def __call__(self, progress: dict) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or progress.get("phase") in ("eval", "saving"):
+            self.last = now
+            try:
+                self.queue.heartbeat(self.job_id, progress)
+            except Exception as error:  # noqa: BLE001 - a busy database must not stop training
+                log.warning("could not record progress: %s", error)
+
+
+def cmd_job(args) -> int:
+    from animad.commands import StopFlag
+    from animad.config.daemon import find_config_path, load_daemon_config
+    from animad.daemon.queue import Queue
+    from animad.errors import UserError
+    from animad.layout import JobPaths
+    from animad.logs import setup_logging
+
+    die_with_parent()
+    paths = JobPaths(Path(args.job_dir))
+    setup_logging(paths.log, stream=sys.stdout)
+    queue = Queue(Path(args.db))
+    stop = StopFlag()
+    stop.install()
+    signal.signal(signal.SIGINT, lambda *_: setattr(stop, "requested", True))  # never KeyboardInterrupt here
+    row = queue.get(args.job_id)
+    try:
+        daemon = load_daemon_config(find_config_path(args.config))
+        if args.phase == "train":
+            log.info("job %d: training %s", args.job_id, paths.root)
+            status = __import__("animad.train.run", fromlist=["train_job"]).train_job(
+                paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, args.job_id))
+            outcome, code = ("paused", EXIT_PAUSED) if status == "paused" else ("finished", EXIT_FINISHED)
+        else:
+            from animad.select.run import select_job
+
+            log.info("job %d: selection and previews", args.job_id)
+            queue.heartbeat(args.job_id, {"phase": "selecting"})
+            package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop)
+            if stop.requested:
+                outcome, code = "paused", EXIT_PAUSED
+            else:
+                log.info("job %d: review package at %s", args.job_id, package / "index.html")
+                outcome, code = "finished", EXIT_FINISHED
+        queue.update(args.job_id, outcome=outcome)
+        return code
+    except UserError as error:
+        log.error("job %d failed: %s", args.job_id, error)
+        queue.update(args.job_id, outcome="user_error", error=str(error))
+        return EXIT_USER_ERROR
+    except Exception as error:  # noqa: BLE001 - the whole point: record any crash and exit
+        detail = "".join(traceback.format_exception(error))
+        log.error("job %d crashed:\n%s", args.job_id, detail)
+        message = f"{type(error).__name__}: {error}"
+        if "out of memory" in str(error).lower():
+            message += " (GPU out of memory: lower data.batch_size or resolution, or keep gradient checkpointing on)"
+        queue.update(args.job_id, outcome="crash", error=message + "\n" + "\n".join(detail.splitlines()[-12:]))
+        return EXIT_CRASH

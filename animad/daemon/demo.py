@@ -1,0 +1,96 @@
+"""`animad demo`: the whole inbox -> train -> select -> outbox path on a tiny model, on the CPU.
+
+It builds a tiny model set and a small generated dataset in D, starts the real daemon with an
+always-open window, moves the dataset folder into D/inbox, waits until the job is done, and prints
+where the review package is. Everything stays in D to look at afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from animad.errors import UserError
+
+NAME = "demo-shapes"
+
+
+def cmd_demo(args) -> int:
+    from animad.model.tiny import make_tiny_model_set
+    from animad.synthetic import make_dataset, tiny_job, write_daemon_config
+
+    root = Path(args.dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"animad demo in {root}")
+    captions = [f"@demo, {c} {s}, {b}, simple" for c in ("red", "blue", "green", "yellow")
+                for s in ("circle", "square", "triangle") for b in ("white background", "black background")]
+    models_dir = root / "models"
+    if not (models_dir / "dit.safetensors").is_file():
+        print("1/4 writing a tiny random Anima-shaped model set (real key layout) ...")
+        models = make_tiny_model_set(models_dir, corpus=captions)
+    else:
+        models = {k: models_dir / f"{k}.safetensors" for k in ("dit", "text_encoder", "vae")}
+        models["tokenizers"] = models_dir / "tokenizers"
+    config = write_daemon_config(root / "animad.yaml", models, windows=["always"], settle_seconds=2.0,
+                                 inhibit_sleep=False)
+    staging = root / "drop" / NAME
+    if staging.exists():
+        shutil.rmtree(staging)
+    print("2/4 generating a small dataset (12 images with tag captions) ...")
+    make_dataset(staging, count=12, size=(64, 64), trigger="@demo",
+                 job=tiny_job(epochs=args.epochs, selection={"patience": 4}, data={"repeats": 2}))
+    print("3/4 starting the daemon and dropping the folder into the inbox ...")
+    log_file = open(root / "daemon.log", "a")
+    daemon = subprocess.Popen([sys.executable, "-m", "animad", "--config", str(config), "run"], stdout=log_file,
+                              stderr=subprocess.STDOUT, cwd=root)
+    try:
+        inbox = root / "inbox"
+        inbox.mkdir(exist_ok=True)
+        target = inbox / NAME
+        n = 2
+        while target.exists():
+            target, n = inbox / f"{NAME}-{n}", n + 1
+        staging.rename(target)  # moved in whole: taken at once
+        row = wait_for_job(config, target.name, daemon)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log_file.close()
+    if row["status"] != "done":
+        raise UserError(f"the demo job ended as {row['status']}: {row.get('error')}\nsee {root / 'daemon.log'}")
+    index = Path(row["outbox_dir"]) / "index.html"
+    print(f"4/4 done. Review package: {index}")
+    print(f"     open it in a browser: file://{index}")
+    return 0
+
+
+def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: float = 900) -> dict:
+    from animad.config.daemon import load_daemon_config
+    from animad.daemon.commands import describe_progress
+    from animad.daemon.queue import Queue
+    from animad.daemon.service import queue_path
+
+    queue = Queue(queue_path(load_daemon_config(config)))
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise UserError(f"the daemon exited early (code {daemon.returncode}); see its log")
+        rows = [r for r in queue.all() if r["name"] == name]
+        if rows:
+            row = rows[-1]
+            line = f"     job {row['id']}: {row['status']} {describe_progress(row)}"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if row["status"] in ("done", "failed", "cancelled"):
+                return row
+        time.sleep(1.0)
+    raise UserError(f"the demo job did not finish within {timeout:.0f}s")

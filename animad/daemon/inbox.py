@@ -1,0 +1,124 @@
+"""Watch the inbox and decide when a dropped folder has settled.
+
+A folder is ready when it holds job.yaml and nothing inside it has changed (by ctime or mtime) for
+the settle time. A copy gives every file a fresh ctime, so a half-copied folder is never ready; a
+folder moved in whole keeps its old ctimes, so it is ready at once. Watchdog events only wake the
+daemon up to look; the file system itself is the truth, which also covers folders that were already
+there at start-up and file systems where events are unreliable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("animad.inbox")
+
+OUR_FILES = {"ERRORS.txt"}
+
+
+def latest_change(folder: Path) -> float | None:
+    """The newest ctime/mtime of anything inside folder (not the folder's own entry), or None if empty."""
+    newest = None
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".animad")]
+        for name in dirs + files:
+            if name in OUR_FILES and Path(root) == folder:
+                continue
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                return time.time()  # vanished while we looked: something is still happening
+            newest = max(newest or 0.0, st.st_ctime, st.st_mtime)
+    return newest
+
+
+def candidate_folders(inbox: Path) -> list[Path]:
+    if not inbox.is_dir():
+        return []
+    return sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class InboxWatcher:
+    """A watchdog observer (inotify, or polling where that is unavailable) that wakes the daemon."""
+
+    def __init__(self, inbox: Path, wake: threading.Event, poll_seconds: float = 0.0):
+        self.inbox = Path(inbox)
+        self.wake = wake
+        self.poll_seconds = poll_seconds
+        self.observer = None
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                if os.path.basename(event.src_path) in OUR_FILES:
+                    return
+                wake.set()
+
+        observer = None
+        if not self.poll_seconds:
+            try:
+                from watchdog.observers import Observer
+
+                observer = Observer()
+                observer.schedule(Handler(), str(self.inbox), recursive=True)
+                observer.start()
+            except OSError as error:  # e.g. inotify limits reached, or a file system without inotify
+                log.warning("inotify unavailable (%s); falling back to polling every 2 s", error)
+                observer = None
+        if observer is None:
+            from watchdog.observers.polling import PollingObserver
+
+            observer = PollingObserver(timeout=self.poll_seconds or 2.0)
+            observer.schedule(Handler(), str(self.inbox), recursive=True)
+            observer.start()
+        self.observer = observer
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+
+
+class SettleTracker:
+    """Which inbox folders are ready, and when to look again for the ones that are not yet."""
+
+    def __init__(self, inbox: Path, settle_seconds: float):
+        self.inbox = Path(inbox)
+        self.settle = settle_seconds
+        self.rejected: dict[str, float] = {}  # folder -> latest change when it was rejected
+
+    def scan(self, now: float | None = None) -> tuple[list[Path], float | None]:
+        """(ready folders, seconds until the next pending folder may be ready)."""
+        now = time.time() if now is None else now
+        ready, wait = [], None
+        for folder in candidate_folders(self.inbox):
+            if not (folder / "job.yaml").is_file():
+                continue
+            changed = latest_change(folder)
+            if changed is None:
+                continue
+            if self.rejected.get(folder.name) == changed:
+                continue  # rejected before and untouched since: the report is already there
+            quiet = now - changed
+            if quiet >= self.settle:
+                ready.append(folder)
+            else:
+                remaining = self.settle - quiet
+                wait = remaining if wait is None else min(wait, remaining)
+        return ready, wait
+
+    def mark_rejected(self, folder: Path) -> None:
+        changed = latest_change(folder)
+        if changed is not None:
+            self.rejected[folder.name] = changed
