@@ -55,7 +55,7 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
         from animad.config.job import JobConfig as Defaults
 
         scan_dataset(folder, Defaults(), problems)
-        return CheckResult(folder, None, problems, None, None)
+        return CheckResult(folder, None, relative_to_folder(problems, folder), None, None)
     name = job_name(folder, config)
     if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.error(job_file, "name", f"'{name}' cannot be used as a file name",
@@ -73,7 +73,18 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
         check_models(files, config, job_file, problems)
     if files is not None and dataset.items:
         check_disk(files, config, dataset, work_dir or daemon.dir("state"), job_file, problems)
-    return CheckResult(folder, config, problems, dataset, files)
+    return CheckResult(folder, config, relative_to_folder(problems, folder), dataset, files)
+
+
+def relative_to_folder(problems: Problems, folder: Path) -> Problems:
+    """Name files inside the dataset folder relative to it (job.yaml, 10_a/x.png), like the images are."""
+    import dataclasses as dc
+
+    prefix = str(folder).rstrip("/") + "/"
+    for index, problem in enumerate(problems.items):
+        if problem.file.startswith(prefix):
+            problems.items[index] = dc.replace(problem, file=problem.file[len(prefix):])
+    return problems
 
 
 def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Problems) -> None:

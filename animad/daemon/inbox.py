@@ -48,6 +48,7 @@ class InboxWatcher:
     def __init__(self, inbox: Path, wake: threading.Event, poll_seconds: float = 0.0):
         self.inbox = Path(inbox)
         self.wake = wake
+        self.dirty = threading.Event()  # set on inbox activity, cleared by the daemon when it looks
         self.poll_seconds = poll_seconds
         self.observer = None
 
@@ -55,7 +56,7 @@ class InboxWatcher:
         from watchdog.events import FileSystemEventHandler
 
         self.inbox.mkdir(parents=True, exist_ok=True)
-        wake = self.wake
+        wake, dirty = self.wake, self.dirty
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
@@ -63,6 +64,7 @@ class InboxWatcher:
                     return
                 if os.path.basename(event.src_path) in OUR_FILES:
                     return
+                dirty.set()
                 wake.set()
 
         observer = None

@@ -168,8 +168,9 @@ class Service:
             self.start_next(window_open)
 
     def check_inbox(self) -> None:
-        if time.monotonic() < self.next_inbox_check and not self.wake.is_set():
+        if time.monotonic() < self.next_inbox_check and not self.watcher.dirty.is_set():
             return
+        self.watcher.dirty.clear()
         ready, wait = self.tracker.scan()
         self.next_inbox_check = time.monotonic() + (min(wait, 60.0) if wait is not None else 60.0)
         for folder in ready:

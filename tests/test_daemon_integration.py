@@ -1,0 +1,167 @@
+"""The real daemon process on a temp dir: drops, slow copies, bad folders, windows, kill -9."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from animad.layout import read_epochs_log
+from animad.synthetic import make_dataset, tiny_job
+
+from daemon_helpers import DaemonProcess, configure, drop
+
+pytestmark = pytest.mark.slow
+
+
+def epochs_of(row) -> list[int]:
+    return [r["epoch"] for r in read_epochs_log(Path(row["job_dir"]) / "epochs.jsonl")]
+
+
+def epoch_files(row) -> list[str]:
+    return sorted(p.name for p in (Path(row["job_dir"]) / "epochs").glob("*.safetensors"))
+
+
+def test_two_drops_one_slow_copy_and_a_bad_folder(tmp_path, daemon_config):
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    inbox = tmp_path / "inbox"
+    try:
+        # 1) a bad folder: malformed job.yaml and a corrupt image -> ERRORS.txt naming both
+        bad = make_dataset(tmp_path / "staging" / "bad", count=4, job=tiny_job())
+        (bad / "job.yaml").write_text("data: {batch_size: four}\n")
+        (bad / "img002.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+        bad = drop(bad, inbox)
+        report = daemon.wait(lambda: (bad / "ERRORS.txt").is_file() and (bad / "ERRORS.txt").read_text(),
+                             what="ERRORS.txt")
+        assert "data.batch_size" in report and "img002.png" in report
+
+        # 2) "first" is moved in whole; "slow" is copied file by file over ~3 s (settle time is 1 s)
+        first = make_dataset(tmp_path / "staging" / "first", count=6, job=tiny_job(epochs=2))
+        source = make_dataset(tmp_path / "staging" / "slow-src", count=6, job=tiny_job(epochs=2))
+        time.sleep(1.1)
+        drop(first, inbox)
+        slow = inbox / "slow"
+        slow.mkdir()
+        copied_at = {}
+
+        def copy_slowly():
+            for path in sorted(source.iterdir()):
+                (slow / path.name).write_bytes(path.read_bytes())
+                copied_at[path.name] = time.time()
+                time.sleep(0.25 if path.name != "job.yaml" else 0.9)
+
+        files = sorted(p.name for p in source.iterdir())
+        files.remove("job.yaml")
+        (slow / "job.yaml").write_text((source / "job.yaml").read_text())  # job.yaml first: worst case
+        copier = threading.Thread(target=copy_slowly)
+        copier.start()
+        first_row = daemon.wait_status("first", "queued", "running", "selecting", "done")
+        copier.join()
+        slow_row = daemon.wait_status("slow", "queued", "running", "selecting", "done", timeout=60)
+        taken = daemon.queue.get(slow_row["id"])["created"]
+        assert taken >= max(copied_at.values()) + 0.9  # never taken before the copy had settled
+        assert first_row["id"] < slow_row["id"]
+
+        # 3) the daemon kept serving: fixing the bad folder's job.yaml in place gets it accepted
+        (bad / "img002.png").unlink()
+        (bad / "img002.txt").unlink()
+        (bad / "job.yaml").write_text(json.dumps(tiny_job(epochs=1)))
+        daemon.wait_status("bad", "queued", "running", "selecting", "done", timeout=60)
+
+        # 4) both are trained and done, in order, each with a review package
+        done_first = daemon.wait_status("first", "done", "failed")
+        done_slow = daemon.wait_status("slow", "done", "failed")
+        assert done_first["status"] == "done", done_first["error"]
+        assert done_slow["status"] == "done", done_slow["error"]
+        assert done_first["finished"] < done_slow["finished"]
+        for row in (done_first, done_slow):
+            assert (Path(row["outbox_dir"]) / "index.html").is_file()
+            assert epochs_of(row) == list(range(1, len(epochs_of(row)) + 1))
+    finally:
+        daemon.stop()
+
+
+def test_status_shows_a_running_jobs_progress(tmp_path, daemon_config):
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        job = tiny_job(epochs=30, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 4})
+        drop(make_dataset(tmp_path / "staging" / "busy", count=8, job=job), tmp_path / "inbox")
+        daemon.wait(lambda: (row := daemon.job("busy")) and (row["progress"] or {}).get("phase") == "training",
+                    what="training progress")
+        out = subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "status"],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "busy" in out and "running" in out and "epoch" in out and "loss" in out and "s/it" in out
+        data = json.loads(subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "status",
+                                          "--json"], capture_output=True, text=True, timeout=60).stdout)
+        progress = [j for j in data["jobs"] if j["name"] == "busy"][0]["progress"]
+        assert {"epoch", "step", "loss", "s_per_it", "eta_seconds"} <= set(progress)
+        assert data["daemon"]["running"] and data["window"]["open"]
+        # pause and resume through the CLI
+        subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "pause", "busy"], check=True,
+                       capture_output=True, timeout=60)
+        paused = daemon.wait_status("busy", "paused", timeout=60)
+        assert paused["held"] == 1
+        subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "cancel", "busy"], check=True,
+                       capture_output=True, timeout=60)
+        assert daemon.wait_status("busy", "cancelled", timeout=30)
+    finally:
+        daemon.stop()
+
+
+def test_window_close_pauses_and_next_window_resumes(tmp_path, daemon_config):
+    clock = tmp_path / "clock.txt"
+    clock.write_text("2026-11-23T23:00:00+01:00")  # inside 22:00-07:00
+    configure(daemon_config, windows=["22:00-07:00"])
+    daemon = DaemonProcess(daemon_config, env={"ANIMAD_FAKE_CLOCK_FILE": str(clock)}).start()
+    try:
+        job = tiny_job(epochs=6, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 6})
+        drop(make_dataset(tmp_path / "staging" / "night", count=8, job=job), tmp_path / "inbox")
+        row = daemon.wait(lambda: (r := daemon.job("night")) and r["job_dir"] and len(epochs_of(r)) >= 2 and r,
+                          what="two epochs")
+        clock.write_text("2026-11-24T07:00:30+01:00")  # the window closes mid-run
+        paused = daemon.wait_status("night", "paused", timeout=60)
+        assert not paused["held"]
+        import torch
+
+        state = torch.load(Path(row["job_dir"]) / "state" / "resume.pt", weights_only=False)
+        saved_step = state["global_step"]
+        time.sleep(3)
+        assert daemon.job("night")["status"] == "paused"  # stays paused while the window is closed
+        clock.write_text("2026-11-24T22:00:05+01:00")  # the next night
+        done = daemon.wait_status("night", "done", "failed", timeout=240)
+        assert done["status"] == "done", done["error"]
+        assert epochs_of(done) == [1, 2, 3, 4, 5, 6]
+        assert epoch_files(done) == [f"night-e{e:04d}.safetensors" for e in range(1, 7)]
+        log = (Path(done["job_dir"]) / "train.log").read_text()
+        assert f"(optimizer step {saved_step})" in log  # resumed from exactly the saved step
+    finally:
+        daemon.stop()
+
+
+def test_kill_9_of_daemon_and_job_mid_training_then_restart(tmp_path, daemon_config):
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    job = tiny_job(epochs=5, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 6},
+                   schedule={"max_epochs": 5, "state_every_minutes": 0.005})
+    drop(make_dataset(tmp_path / "staging" / "crash", count=8, job=job), tmp_path / "inbox")
+    daemon.wait(lambda: (r := daemon.job("crash")) and r["job_dir"] and len(epochs_of(r)) >= 2, what="2 epochs")
+    time.sleep(0.5)
+    daemon.kill_everything()
+    assert daemon.job("crash")["status"] == "running"  # what a power cut leaves behind
+    restarted = DaemonProcess(daemon_config).start()
+    try:
+        done = restarted.wait_status("crash", "done", "failed", timeout=300)
+        assert done["status"] == "done", done["error"]
+        assert epochs_of(done) == [1, 2, 3, 4, 5]  # nothing lost, nothing duplicated
+        assert epoch_files(done) == [f"crash-e{e:04d}.safetensors" for e in range(1, 6)]
+        assert "resumes from its last saved state" in restarted.log_text()
+        assert done["attempts"] >= 3  # train, resumed train, select
+    finally:
+        restarted.stop()
