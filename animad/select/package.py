@@ -1,109 +1,276 @@
 """Write the review package the user wakes up to: outbox/<name>/.
 
-The package is assembled in a hidden sibling folder and moved into place at the end, so a reader
-never sees half of it. If the folder already exists (a re-run of `animad select`), the old one is
-renamed to `<name>.previous-<time>`, never deleted, so anything the user added to it stays.
+What it holds: the shortlisted LoRA files (copied from the job's work folder, never moved, renamed
+`<name>-e0023-lowest.safetensors`), `previews/<row>-p<prompt>-s<seed>.png` (prompts counted from 1,
+as on the page), `contact_sheet.png`, `loss_curve.png`, `summary.json` and `index.html`.
+
+Re-runs: the package is assembled in a hidden sibling folder (`.<name>.partial-*`) and renamed into
+place at the end, so nobody ever sees half a package. An existing `<name>/` (an earlier run of the
+same job, perhaps with the user's notes in it) is first renamed, whole and untouched, to
+`<name>.previous-<YYYYmmdd-HHMMSS>`; nothing the user put there is deleted or overwritten. Its name
+is recorded in the new summary.json (`previous_package`). Deleting old packages is left to the user.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
+import math
 import os
 import re
 import shutil
+import tempfile
+import time
+import unicodedata
 from pathlib import Path
 
+from animad.fsutil import fsync_dir
 from animad.select.page import render_page
 from animad.select.plot import loss_plot
 from animad.select.sheet import contact_sheet
 
+NAME_CHARS = 80  # long job names are cut; the epoch and kind always follow in the file name
+NAME_BYTES = 160  # file systems allow 255 bytes; leave room for "-e0023-lowest.safetensors" etc.
+STALE_PARTIAL_SECONDS = 3600  # a staging folder this old is a leftover from a killed run
+
 
 @dataclasses.dataclass
 class PreviewCell:
-    row: str
-    prompt_index: int
-    image: Path
+    row: str  # "baseline" or "e0012" (epoch), maybe with a strength suffix "e0012@0.8"
+    prompt_index: int  # 0-based index into Review.prompts
+    image: Path  # a PNG already rendered
 
 
 @dataclasses.dataclass
 class Review:
-    job_name: str
+    job_name: str  # user-supplied: may contain anything, escaped everywhere
     trigger: str | None
-    analysis: dict
-    curve_source: str
-    train_losses: dict[int, float]
-    lora_files: dict[int, Path]
+    analysis: dict  # FloorAnalysis.to_dict()
+    curve_source: str  # "eval" (stable eval loss) or "epoch_average"
+    train_losses: dict[int, float]  # epoch -> epoch-average train loss
+    lora_files: dict[int, Path]  # epoch -> the epoch's .safetensors in the job's work folder
     prompts: list[str]
-    seeds: list[int]
-    rows: list[str]
+    seeds: list[int]  # one per prompt
+    rows: list[str]  # row order, baseline first
     row_labels: dict[str, str]
     cells: list[PreviewCell]
-    warnings: list[dict]
+    warnings: list[dict]  # {"file", "where", "message", "fix", "severity"}
     settings: dict
     stopped_reason: str
     extra: dict = dataclasses.field(default_factory=dict)
 
 
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a user-given name: no separators, no '..', no control characters."""
-    cleaned = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]+", "_", str(name)).strip(" .")
-    cleaned = cleaned.replace("..", "_")
-    return cleaned[:100] or "lora"
+def safe_name(name, fallback: str = "lora") -> str:
+    """Given a user-supplied name, return one usable as a single file name inside a folder.
+
+    Path separators, reserved characters and whitespace become '_'; control and format characters
+    (including bidi overrides) go; '..' cannot survive and no leading dot makes a hidden file.
+    Unicode letters stay. An empty result becomes `fallback`.
+    """
+    text = unicodedata.normalize("NFC", str(name))
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category.startswith("C"):
+            continue  # controls, zero-width and bidi format characters, surrogates, unassigned
+        kept.append("_" if char in '/\\:*?"<>|' or category.startswith("Z") or char.isspace() else char)
+    cleaned = re.sub(r"_{2,}", "_", "".join(kept))
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip("._- ")
+    cleaned = cleaned[:NAME_CHARS]
+    while len(cleaned.encode("utf-8")) > NAME_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned.rstrip("._- ") or fallback
+
+
+def package_folder(outbox) -> Path:
+    """Given the folder a caller asked for (outbox/<name>), return the one actually written.
+
+    A '..' may lead a relative path ("../outbox/cat"), but one after a real folder means a job name
+    was glued onto the outbox ("outbox/../../evil"): everything from there on is taken as the name
+    and sanitised, so the package lands inside that outbox ("outbox/evil").
+    """
+    parts = Path(outbox).parts
+    seen_folder = False
+    for index, part in enumerate(parts):
+        if part == ".." and seen_folder:
+            root, name = Path(*parts[:index]), "/".join(parts[index:])
+            break
+        seen_folder = seen_folder or part != ".."
+    else:
+        path = Path(outbox)
+        root, name = path.parent, path.name
+    return root / safe_name(name, fallback="review")
+
+
+def pick_file_name(name: str, epoch: int, kind: str) -> str:
+    return f"{name}-e{epoch:04d}-{safe_name(kind, fallback='pick')}.safetensors"
+
+
+def preview_file_name(row: str, prompt_index: int, seed) -> str:
+    return f"{safe_name(row, fallback='row')}-p{prompt_index + 1}-s{safe_name(seed, fallback='0')}.png"
+
+
+def seed_for(seeds: list[int], prompt_index: int):
+    if not seeds:
+        return None
+    return seeds[prompt_index] if prompt_index < len(seeds) else seeds[-1]
+
+
+def json_safe(value):
+    """NaN and infinity are not JSON: write them as null (the floor analysis may contain them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def copy_shortlist(review: Review, name: str, staging: Path) -> list[dict]:
+    """Copy each pick's epoch file into the package under a descriptive name; the source stays."""
+    shortlist = []
+    for pick in review.analysis.get("picks") or []:
+        epoch = int(pick["epoch"])
+        source = review.lora_files.get(epoch)
+        entry = {**pick, "file": None, "source": str(source) if source else None, "bytes": None}
+        if source is not None and Path(source).is_file():
+            entry["file"] = pick_file_name(name, epoch, pick.get("kind") or "pick")
+            shutil.copy2(source, staging / entry["file"])
+            entry["bytes"] = (staging / entry["file"]).stat().st_size
+        shortlist.append(entry)
+    return shortlist
+
+
+def copy_previews(review: Review, staging: Path) -> tuple[list[dict], list[dict], dict]:
+    """Copy every rendered preview into previews/; returns (table, missing, {(row, prompt): path})."""
+    table, missing, placed = [], [], {}
+    for cell in review.cells:
+        seed = seed_for(review.seeds, cell.prompt_index)
+        entry = {"row": cell.row, "row_label": review.row_labels.get(cell.row, cell.row),
+                 "prompt": cell.prompt_index + 1, "seed": seed, "file": None}
+        if not Path(cell.image).is_file():
+            missing.append({**entry, "source": str(cell.image)})
+            continue
+        entry["file"] = f"previews/{preview_file_name(cell.row, cell.prompt_index, seed)}"
+        shutil.copy2(cell.image, staging / entry["file"])
+        placed[(cell.row, cell.prompt_index)] = staging / entry["file"]
+        table.append(entry)
+    return table, missing, placed
+
+
+def previous_name(folder: Path) -> Path | None:
+    """Where an existing package folder goes aside: <name>.previous-<time> (a free name), or None if none exists."""
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for count in itertools.count(1):
+        target = folder.with_name(f"{folder.name}.previous-{stamp}" + (f"-{count}" if count > 1 else ""))
+        if not target.exists() and not target.is_symlink():
+            return target
+    return None  # unreachable
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Remove our own staging folders left behind by a killed run (hidden, named .<name>.partial-*)."""
+    prefix = f".{folder.name}.partial-"
+    for entry in folder.parent.iterdir():
+        try:
+            if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
+                continue
+            if time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                shutil.rmtree(entry)
+        except OSError:
+            pass
+
+
+def listed_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def write_review_package(outbox: Path, review: Review) -> Path:
-    outbox = Path(outbox)
-    outbox = outbox.parent / safe_name(outbox.name)
-    outbox.parent.mkdir(parents=True, exist_ok=True)
-    staging = outbox.parent / f".{outbox.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)  # our own leftover from this very process
-    (staging / "previews").mkdir(parents=True)
+    """Given outbox/<name> and a Review, write the package there and return its folder.
+
+    The folder is sanitised first (see package_folder); an earlier package in it is kept as
+    <name>.previous-<time>. Missing preview images or epoch files are recorded, not fatal.
+    """
+    folder = package_folder(outbox)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the package is meant to be opened and shared
+    try:
+        summary = build_package(staging, folder.name, review)
+        previous = previous_name(folder)
+        summary["previous_package"] = previous.name if previous else None
+        write_summary_and_page(staging, summary)
+        if previous is not None:
+            os.rename(folder, previous)  # the earlier package, user files and all, is kept whole
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if previous is not None:
+                os.rename(previous, folder)  # put it back rather than leave no package at all
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(folder.parent)
+    return folder
+
+
+def build_package(staging: Path, package_name: str, review: Review) -> dict:
+    """Copy the files and draw the images into staging; return the summary (not yet written)."""
+    (staging / "previews").mkdir()
     name = safe_name(review.job_name)
+    shortlist = copy_shortlist(review, name, staging)
+    previews, missing, placed = copy_previews(review, staging)
 
-    kinds = {p["epoch"]: p["kind"] for p in review.analysis.get("picks", [])}
-    shortlist = []
-    for pick in review.analysis.get("picks", []):
-        epoch = pick["epoch"]
-        source = review.lora_files.get(epoch)
-        file_name = None
-        if source is not None and Path(source).is_file():
-            file_name = f"{name}-e{epoch:04d}-{kinds.get(epoch, 'pick')}.safetensors"
-            shutil.copy2(source, staging / file_name)
-        shortlist.append({**pick, "file": file_name})
-
-    cells: dict[tuple[str, int], Path] = {}
-    previews = []
-    for cell in review.cells:
-        seed = review.seeds[cell.prompt_index] if cell.prompt_index < len(review.seeds) else 0
-        target = f"previews/{safe_name(cell.row)}-p{cell.prompt_index + 1}-s{seed}.png"
-        shutil.copy2(cell.image, staging / target)
-        cells[(cell.row, cell.prompt_index)] = staging / target
-        previews.append({"row": cell.row, "prompt": cell.prompt_index + 1, "seed": seed, "file": target})
-
-    sheet = None
-    if cells:
+    sheet, sheet_size = None, None
+    if placed:
         sheet = "contact_sheet.png"
-        contact_sheet(review.rows, review.row_labels, review.prompts, cells, staging / sheet)
+        sheet_size = contact_sheet(review.rows, review.row_labels, review.prompts, placed, staging / sheet,
+                                   seeds=review.seeds, title=review.job_name)
     plot = "loss_curve.png"
-    title = "stable eval loss" if review.curve_source == "eval" else "loss/epoch_average"
-    loss_plot(review.analysis, staging / plot, review.train_losses, title)
+    title = "stable eval loss" if review.curve_source == "eval" else "epoch-average train loss"
+    # The faint train curve only adds something when the main curve is the separate eval loss.
+    train = review.train_losses if review.curve_source == "eval" else None
+    plot_size = loss_plot(review.analysis, staging / plot, train, title)
 
     summary = {
-        "job": review.job_name, "trigger": review.trigger, "stopped_reason": review.stopped_reason,
-        "curve_source": review.curve_source, "analysis": review.analysis, "shortlist": shortlist,
-        "prompts": review.prompts, "seeds": review.seeds, "rows": review.rows, "row_labels": review.row_labels,
-        "previews": previews, "contact_sheet": sheet, "loss_plot": plot, "settings": review.settings,
-        "warnings": review.warnings, "epochs_trained": review.extra.get("epochs_trained"),
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"), **review.extra,
+        **review.extra,  # anything extra first, so it can never replace the fields below
+        "job": review.job_name,
+        "package": package_name,
+        "trigger": review.trigger,
+        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "stopped_reason": review.stopped_reason,
+        "epochs_trained": review.extra.get("epochs_trained", len(review.analysis.get("epochs") or [])),
+        "curve_source": review.curve_source,
+        "shortlist": shortlist,
+        "prompts": review.prompts,
+        "seeds": review.seeds,
+        "rows": review.rows,
+        "row_labels": review.row_labels,
+        "previews": previews,
+        "missing_previews": missing,
+        "contact_sheet": sheet,
+        "contact_sheet_size": list(sheet_size) if sheet_size else None,
+        "loss_plot": plot,
+        "loss_plot_size": list(plot_size),
+        "settings": review.settings,
+        "warnings": review.warnings,
+        "analysis": review.analysis,
+        "previous_package": None,
     }
-    (staging / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
-    (staging / "index.html").write_text(render_page(summary), encoding="utf-8")
+    return json_safe(summary)
 
-    if outbox.exists():
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        os.replace(outbox, outbox.parent / f"{outbox.name}.previous-{stamp}")
-    os.replace(staging, outbox)
-    return outbox
+
+def write_summary_and_page(staging: Path, summary: dict) -> None:
+    (staging / "index.html").write_text(render_page(summary), encoding="utf-8")
+    # Every file the package itself wrote: anything else found in the folder later is the user's.
+    summary["files"] = sorted(listed_files(staging) + ["summary.json"])
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -1,90 +1,228 @@
-"""index.html of the review package: static, works from file:// offline, no scripts, every user string escaped."""
+"""index.html of the review package.
+
+Static: it works from file:// with no network (inline CSS, no fonts, no scripts at all, relative
+links only). Every user-supplied string (job name, trigger, prompts, row labels, warnings, file
+names) goes through esc(); a Content-Security-Policy forbids scripts as a second line of defence.
+"""
 
 from __future__ import annotations
 
 import html
 from urllib.parse import quote
 
+from animad.fsutil import human_bytes
+
+# No script-src, so nothing runs even if some text slipped through unescaped; images only from the
+# package's own folder (file:), nothing from the network.
+CSP = "default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f6f6f8;color:#1d1d22}
-main{max-width:1200px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px}h2{margin-top:32px}
-.note{background:#fff7d6;border:1px solid #e8d68a;padding:12px 16px;border-radius:8px;font-size:1.05em}
-.muted{color:#666}.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:12px 16px;margin:10px 0}
-.picks{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}
-.kind{display:inline-block;padding:1px 8px;border-radius:10px;background:#e6f2ea;color:#1b6b3a;font-size:.85em}
-img{max-width:100%;height:auto;border-radius:4px}
-table{border-collapse:collapse}td,th{padding:4px 8px;border-bottom:1px solid #e2e2e2;text-align:left;vertical-align:top}
-code{background:#eee;padding:1px 4px;border-radius:3px}
-.warn{border-left:4px solid #d9a400}.warn p{margin:4px 0}
+:root{--ink:#1d1d22;--muted:#62626e;--line:#dedee4;--card:#fff;--bg:#f5f5f7;--accent:#1b5fc1}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:var(--bg);color:var(--ink);
+  line-height:1.45}
+main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
+h1{margin:0 0 4px;font-size:1.9em;overflow-wrap:anywhere}
+h2{margin:36px 0 10px;font-size:1.35em;border-bottom:1px solid var(--line);padding-bottom:4px}
+h3{margin:0 0 6px;font-size:1.1em}
+a{color:var(--accent)}
+.muted{color:var(--muted)}
+.meta{color:var(--muted);margin:0 0 16px}.meta span+span::before{content:" \\00b7  "}
+.note{background:#fff6d1;border:2px solid #e2c44f;padding:14px 18px;border-radius:10px;margin:16px 0}
+.note strong.big{font-size:1.25em;display:block;margin-bottom:6px}
+.note ol{margin:6px 0 0;padding-left:22px}
+.status{padding:12px 16px;border-radius:10px;border:1px solid var(--line);background:var(--card)}
+.status.floor{border-left:6px solid #2a9d5c}.status.no_floor_yet,.status.too_short,.status.empty{border-left:6px solid #d9a400}
+.badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.82em;font-weight:600;vertical-align:middle}
+.badge.lowest{background:#dff2e6;color:#17673a}.badge.floor{background:#fde5e5;color:#9b2424}
+.badge.dip{background:#e3ecfb;color:#1f4f9c}.badge.other{background:#eee;color:#444}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.picks{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:14px}
+.pick p{margin:6px 0}.pick .file{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
+figure{margin:0}figure img{display:block;max-width:100%;height:auto;border-radius:6px;border:1px solid var(--line)}
+figcaption{color:var(--muted);font-size:.92em;margin-top:6px}
+table{border-collapse:collapse;background:var(--card);border:1px solid var(--line);border-radius:10px;margin:10px 0}
+td,th{padding:6px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+tr:last-child td{border-bottom:0}th{font-weight:600;background:#fafafc}
+td.prompt{overflow-wrap:anywhere;max-width:760px}
+code{background:#ececf0;padding:1px 5px;border-radius:4px;font-size:.92em;overflow-wrap:anywhere}
+.warn{margin:10px 0;border-left:5px solid #d9a400}.warn.error{border-left-color:#c0392b}.warn p{margin:4px 0}
+footer{margin-top:40px;color:var(--muted);font-size:.9em}
 """
+
+KIND_WORDS = {"lowest": "the lowest loss of the run", "floor": "where the loss stopped improving", "dip": "an earlier dip"}
 
 
 def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    """Escape any value for HTML text or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
 
 
 def href(path: str) -> str:
-    """A relative link that stays a link (no scheme can sneak in) and survives odd characters."""
-    return esc(quote(path, safe="/"))
+    """A relative URL for a file in the package: percent-encoded, so no scheme or odd character sneaks in."""
+    return esc(quote(str(path), safe="/"))
+
+
+def image_tag(path: str, alt: str, size, element_id: str) -> str:
+    dimensions = f" width='{int(size[0])}' height='{int(size[1])}'" if size else ""
+    return f"<img id='{element_id}' src='{href(path)}' alt='{esc(alt)}'{dimensions}>"
+
+
+def header_html(summary: dict) -> list[str]:
+    analysis = summary.get("analysis") or {}
+    meta = [f"trigger word: <code>{esc(summary['trigger'])}</code>" if summary.get("trigger") else "no trigger word",
+            f"{esc(summary.get('epochs_trained'))} epochs trained",
+            esc(summary.get("stopped_reason") or ""), f"written {esc(summary.get('created'))}"]
+    trigger = (f" Put <code>{esc(summary['trigger'])}</code> in your prompt." if summary.get("trigger") else "")
+    return [
+        f"<h1>{esc(summary.get('job'))}</h1>",
+        "<p class='meta'>" + "".join(f"<span>{item}</span>" for item in meta if item) + "</p>",
+        "<div class='note' id='previews-decide'>"
+        "<strong class='big'>Low loss only shortlists; the previews decide.</strong>"
+        "The loss curve only tells which epochs are worth a look. Which one is best is a matter of how the "
+        "images look, so:<ol>"
+        "<li>Compare the rows of the contact sheet by eye against the first row (the model without the LoRA): "
+        "likeness, style, and whether prompts unlike the training captions still work.</li>"
+        "<li>Pick the epoch you like best: not necessarily the one with the lowest loss.</li>"
+        "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
+        "<code>models/loras</code> folder and load it with a <strong>LoraLoaderModelOnly</strong> node "
+        f"between the model loader and the sampler.{trigger}</li></ol></div>",
+        f"<div class='status {esc(analysis.get('status'))}' id='floor-message'><strong>Loss floor:</strong> "
+        f"{esc(analysis.get('message') or 'no analysis')}</div>",
+    ]
+
+
+def previews_html(summary: dict) -> list[str]:
+    parts = ["<h2 id='previews'>Previews</h2>"]
+    if not summary.get("contact_sheet"):
+        parts.append("<p class='muted'>No previews were rendered for this package.</p>")
+        return parts
+    sheet = summary["contact_sheet"]
+    image = image_tag(sheet, "contact sheet: rows are epochs, columns are prompts", summary.get("contact_sheet_size"),
+                      "contact-sheet")
+    parts.append(f"<figure><a href='{href(sheet)}'>{image}</a>"
+                 "<figcaption>Rows are epochs, the first row is the model without the LoRA; columns are "
+                 "prompts. Every image uses the same seed per column and the same settings. Click the sheet for "
+                 "full size, or open single images below.</figcaption></figure>")
+    prompts, seeds = summary.get("prompts") or [], summary.get("seeds") or []
+    if prompts:
+        rows = "".join(f"<tr><td>{i + 1}</td><td>{esc(seeds[i] if i < len(seeds) else '')}</td>"
+                       f"<td class='prompt'>{esc(prompt)}</td></tr>" for i, prompt in enumerate(prompts))
+        parts.append(f"<table id='prompts'><tr><th>#</th><th>seed</th><th>prompt</th></tr>{rows}</table>")
+    table: dict[str, dict[int, str]] = {}
+    for preview in summary.get("previews") or []:
+        table.setdefault(preview["row"], {})[preview["prompt"]] = preview["file"]
+    labels = summary.get("row_labels") or {}
+    head = "".join(f"<th>prompt {i + 1}</th>" for i in range(len(prompts)))
+    body = []
+    for row in summary.get("rows") or list(table):
+        links = "".join(f"<td><a href='{href(table[row][i + 1])}'>image</a></td>" if i + 1 in table.get(row, {})
+                        else "<td class='muted'>missing</td>" for i in range(len(prompts)))
+        body.append(f"<tr><td>{esc(labels.get(row, row))}</td>{links}</tr>")
+    parts.append(f"<details><summary>Full-size images</summary><table id='preview-files'><tr><th>row</th>{head}</tr>"
+                 f"{''.join(body)}</table></details>")
+    return parts
+
+
+def shortlist_html(summary: dict) -> list[str]:
+    picks = summary.get("shortlist") or []
+    parts = ["<h2 id='shortlist'>Shortlist</h2>"]
+    if not picks:
+        parts.append("<p class='muted'>No epochs were shortlisted.</p>")
+        return parts
+    parts.append("<div class='picks'>")
+    for pick in picks:
+        kind = str(pick.get("kind") or "")
+        badge = kind if kind in KIND_WORDS else "other"
+        if pick.get("file"):
+            size = f" ({human_bytes(pick['bytes'])})" if pick.get("bytes") else ""
+            file_html = f"<a class='lora' href='{href(pick['file'])}'>{esc(pick['file'])}</a>{esc(size)}"
+        else:
+            file_html = "<span class='muted'>the epoch file was not found in the job folder</span>"
+        loss = pick.get("loss")
+        loss_text = f"{loss:.5g}" if isinstance(loss, (int, float)) else "?"
+        parts.append(
+            f"<div class='card pick' id='pick-{esc(pick.get('epoch'))}'>"
+            f"<h3>epoch {esc(pick.get('epoch'))} <span class='badge {badge}'>{esc(kind)}</span></h3>"
+            f"<p class='muted'>loss {esc(loss_text)}</p><p class='reason'>{esc(pick.get('reason'))}</p>"
+            f"<p class='file'>{file_html}</p></div>")
+    parts.append("</div>")
+    return parts
+
+
+def curve_html(summary: dict) -> list[str]:
+    analysis = summary.get("analysis") or {}
+    source = ("the stable eval loss (fixed images, noise levels and seeds each epoch)"
+              if summary.get("curve_source") == "eval" else "the epoch-average training loss")
+    floor = analysis.get("floor_epoch")
+    noise = analysis.get("noise")
+    facts = [f"curve: {source}", f"floor epoch: {floor if floor is not None else 'none yet'}",
+             f"lowest epoch: {analysis.get('lowest_epoch')}",
+             f"noise \u03c3: {noise:.3g}" if isinstance(noise, (int, float)) else None]
+    if analysis.get("ignored_epochs"):
+        facts.append("ignored epochs (spikes, NaN): " + ", ".join(str(e) for e in analysis["ignored_epochs"]))
+    parts = ["<h2 id='loss'>Loss curve</h2>", f"<p>{esc(analysis.get('message') or '')}</p>"]
+    if summary.get("loss_plot"):
+        image = image_tag(summary["loss_plot"], "loss curve with the floor and the picks marked",
+                          summary.get("loss_plot_size"), "loss-plot")
+        parts.append(f"<figure>{image}</figure>")
+    parts.append("<p class='muted'>" + " \u00b7 ".join(esc(f) for f in facts if f) + "</p>")
+    return parts
+
+
+def warnings_html(summary: dict) -> list[str]:
+    warnings = summary.get("warnings") or []
+    parts = [f"<h2 id='warnings'>Dataset warnings ({len(warnings)})</h2>"]
+    if not warnings:
+        parts.append("<p class='muted'>None: the dataset check found nothing to warn about.</p>")
+    for warning in warnings:
+        severity = "error" if warning.get("severity") == "error" else "warning"
+        where = f" \u00b7 {esc(warning.get('where'))}" if warning.get("where") else ""
+        fix = f"<p class='muted'>Fix: {esc(warning.get('fix'))}</p>" if warning.get("fix") else ""
+        parts.append(f"<div class='card warn {severity}'><p><code>{esc(warning.get('file'))}</code>{where}</p>"
+                     f"<p>{esc(warning.get('message'))}</p>{fix}</div>")
+    return parts
+
+
+def setting_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return "(empty)" if value in ("", None) else str(value)
+
+
+def settings_html(summary: dict) -> list[str]:
+    settings = summary.get("settings") or {}
+    rows = "".join(f"<tr><th>{esc(key)}</th><td>{esc(setting_text(value))}</td></tr>" for key, value in settings.items())
+    parts = ["<h2 id='settings'>Preview settings</h2>",
+             f"<table>{rows}</table>" if rows else "<p class='muted'>none recorded</p>"]
+    if summary.get("missing_previews"):
+        parts.append(f"<p class='muted'>{len(summary['missing_previews'])} preview image(s) were missing when "
+                     "the package was written; summary.json lists them.</p>")
+    return parts
 
 
 def render_page(summary: dict) -> str:
-    job = summary["job"]
-    analysis = summary["analysis"]
-    picks = summary["shortlist"]
+    """Given the package's summary dict, return index.html as a string."""
+    previous = summary.get("previous_package")
+    footer = ["<footer><p>Everything on this page is also in <a href='summary.json'>summary.json</a>. "
+              "All epoch files stay in the job's work folder.</p>"]
+    if previous:
+        footer.append(f"<p>The package from the previous run is kept next to this folder as "
+                      f"<code>{esc(previous)}</code>.</p>")
+    footer.append("</footer>")
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<!doctype html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">",
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
-        f"<title>{esc(job)} review</title><style>{CSS}</style></head><body><main>",
-        f"<h1>{esc(job)}</h1>",
-        f"<p class='muted'>trigger: <code>{esc(summary.get('trigger') or '(none)')}</code> · "
-        f"{esc(summary.get('epochs_trained') or len(analysis.get('epochs') or []))} epochs trained · "
-        f"{esc(summary.get('stopped_reason', ''))}</p>",
-        "<p class='note'><strong>Low loss only shortlists; the previews decide.</strong> "
-        "Compare the rows below by eye, pick the epoch you like, and load its file in ComfyUI "
-        "(copy it into <code>models/loras</code> and use a <em>LoraLoaderModelOnly</em> node).</p>",
+        f"<title>{esc(summary.get('job'))}: LoRA review</title><style>{CSS}</style></head><body><main>",
+        *header_html(summary),
+        *previews_html(summary),
+        *shortlist_html(summary),
+        *curve_html(summary),
+        *warnings_html(summary),
+        *settings_html(summary),
+        *footer,
+        "</main></body></html>",
     ]
-    if summary.get("contact_sheet"):
-        parts += ["<h2>Previews</h2>",
-                  "<p class='muted'>Rows are epochs (the first is the model without the LoRA), columns are "
-                  "prompts; same seeds and settings everywhere.</p>",
-                  f"<a href='{href(summary['contact_sheet'])}'><img id='contact-sheet' "
-                  f"src='{href(summary['contact_sheet'])}' alt='contact sheet'></a>"]
-        prompts = summary.get("prompts") or []
-        seeds = summary.get("seeds") or []
-        if prompts:
-            rows = "".join(f"<tr><td>{i + 1}</td><td>{esc(p)}</td><td>{esc(seeds[i] if i < len(seeds) else '')}</td>"
-                           "</tr>" for i, p in enumerate(prompts))
-            parts.append(f"<table class='card'><tr><th>#</th><th>prompt</th><th>seed</th></tr>{rows}</table>")
-    parts.append("<h2>Shortlist</h2><div class='picks'>")
-    for pick in picks:
-        file_html = (f"<a class='lora' href='{href(pick['file'])}'>{esc(pick['file'])}</a>" if pick.get("file")
-                     else "<span class='muted'>(epoch file not kept)</span>")
-        parts.append(f"<div class='card pick' id='pick-{esc(pick['epoch'])}'><h3>epoch {esc(pick['epoch'])} "
-                     f"<span class='kind'>{esc(pick['kind'])}</span></h3>"
-                     f"<p>loss {esc(format(pick['loss'], '.5g'))}</p><p>{esc(pick['reason'])}</p>"
-                     f"<p>{file_html}</p></div>")
-    parts.append("</div>")
-    parts += ["<h2>Loss curve</h2>", f"<p>{esc(analysis.get('message', ''))}</p>"]
-    if summary.get("loss_plot"):
-        parts.append(f"<img id='loss-plot' src='{href(summary['loss_plot'])}' alt='loss curve'>")
-    floor = analysis.get("floor_epoch")
-    parts.append(f"<p class='muted'>curve: {esc(summary.get('curve_source'))} · floor epoch: "
-                 f"{esc(floor if floor is not None else 'none yet')} · lowest epoch: "
-                 f"{esc(analysis.get('lowest_epoch'))} · noise σ {esc(format(analysis.get('noise') or 0, '.3g'))}</p>")
-    warnings = summary.get("warnings") or []
-    parts.append(f"<h2>Dataset warnings ({len(warnings)})</h2>")
-    if not warnings:
-        parts.append("<p class='muted'>None.</p>")
-    for w in warnings:
-        where = f" · {esc(w.get('where'))}" if w.get("where") else ""
-        fix = f"<p class='muted'>→ {esc(w.get('fix'))}</p>" if w.get("fix") else ""
-        parts.append(f"<div class='card warn'><p><code>{esc(w.get('file'))}</code>{where}</p>"
-                     f"<p>{esc(w.get('message'))}</p>{fix}</div>")
-    settings = summary.get("settings") or {}
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in settings.items())
-    parts += ["<h2>Preview settings</h2>", f"<table class='card'>{rows}</table>",
-              "<p class='muted'>Details: <a href='summary.json'>summary.json</a></p>",
-              "</main></body></html>"]
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"

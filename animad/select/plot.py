@@ -1,112 +1,317 @@
-"""The loss plot, drawn with Pillow: raw curve, smoothed curve, noise band, floor and picks."""
+"""The loss plot, drawn with Pillow: the curve, its smoothed version, the noise band, the floor and the picks.
+
+Two panels when it helps: the whole run on top and, below it, a zoom on the floor region. At the
+scale of the whole run the shortlisted epochs usually sit within a few pixels of each other; the
+zoom shows how they compare with the noise, which is the point of the plot.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from animad.select.floor import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
 from animad.select.sheet import font
 
-WIDTH, HEIGHT = 1000, 520
-LEFT, RIGHT, TOP, BOTTOM = 80, 24, 40, 60
-COLOURS = {"raw": (120, 160, 220), "train": (200, 200, 205), "smooth": (30, 80, 170), "band": (225, 236, 250),
-           "floor": (200, 60, 60), "pick": (30, 150, 80), "axis": (60, 60, 60), "grid": (235, 235, 235),
-           "ignored": (200, 120, 0)}
+WIDTH = 1100
+LEFT, RIGHT = 86, 28  # room for the y tick labels / a little air on the right
+TITLE_HEIGHT = 44
+MAIN_HEIGHT = 380
+GAP = 92  # x tick labels of the top panel plus the zoom panel's heading
+ZOOM_HEIGHT = 250
+BOTTOM = 58  # x tick labels and the axis name
+COLOURS = {
+    "background": (255, 255, 255), "axis": (70, 70, 78), "grid": (232, 232, 236), "text": (40, 40, 48),
+    "muted": (120, 120, 130), "raw": (130, 170, 225), "smooth": (25, 75, 165), "train": (200, 200, 206),
+    "band": (222, 234, 250), "floor": (200, 50, 50), "candidate": (150, 150, 150), "pick": (20, 140, 70),
+    "ignored": (215, 120, 0),
+}
 
 
-def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
-    if high <= low:
-        high = low + 1.0
-    raw = (high - low) / count
+@dataclasses.dataclass
+class Panel:
+    """A plotting area (left, top, right, bottom in pixels) and the data ranges it maps."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    x_low: float
+    x_high: float
+    y_low: float
+    y_high: float
+
+    def x(self, epoch: float) -> float:
+        return self.left + (epoch - self.x_low) / (self.x_high - self.x_low) * (self.right - self.left)
+
+    def y(self, value: float) -> float:
+        return self.top + (self.y_high - value) / (self.y_high - self.y_low) * (self.bottom - self.top)
+
+    def contains_x(self, epoch: float) -> bool:
+        return self.x_low <= epoch <= self.x_high
+
+
+def nice_step(span: float, count: int) -> float:
+    raw = max(span, 1e-12) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
-    start = math.ceil(low / step) * step
-    ticks, value = [], start
-    while value <= high + 1e-12:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * 0.999)
+
+
+def nice_ticks(low: float, high: float, count: int = 6, integer: bool = False) -> tuple[list[float], float]:
+    """Round tick values covering [low, high], about `count` of them, and the step between them."""
+    step = nice_step(high - low, count)
+    if integer:
+        step = max(1, math.ceil(step))
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    index = 0
+    while first + index * step <= high + step * 1e-9:
+        ticks.append(first + index * step)
+        index += 1
+    return ticks, step
+
+
+def tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step * 10 ** decimals, 6) % 1:  # steps like 0.25 need one more digit
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+def finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def read_series(analysis: dict) -> dict:
+    """The plottable parts of a FloorAnalysis dict, with non-finite values dropped."""
+    epochs = analysis.get("epochs") or []
+    ignored = set(analysis.get("ignored_epochs") or [])
+    losses = dict(zip(epochs, analysis.get("losses") or []))
+    return {
+        "raw": [(e, v) for e, v in losses.items() if finite(v) and e not in ignored],
+        "smooth": [(e, v) for e, v in zip(epochs, analysis.get("smoothed") or []) if finite(v)],
+        "ignored": [(e, losses.get(e)) for e in sorted(ignored)],
+        "picks": [p for p in analysis.get("picks") or [] if finite(p.get("loss"))],
+        "noise": float(analysis.get("noise") or 0.0) if finite(analysis.get("noise")) else 0.0,
+        "lowest": losses.get(analysis.get("lowest_epoch")),
+        "floor": analysis.get("floor_epoch"),
+        "candidate": analysis.get("candidate_epoch"),
+        "status": analysis.get("status"),
+    }
+
+
+def value_range(values: list[float], extra: float = 0.06) -> tuple[float, float]:
+    low, high = min(values), max(values)
+    margin = (high - low) * extra or abs(high) * 0.05 or 1.0
+    return low - margin, high + margin
+
+
+def zoom_panel_ranges(series: dict, x_low: float, x_high: float) -> tuple[float, float, float, float] | None:
+    """Data ranges for the zoom on the floor region, or None when a zoom would show nothing new."""
+    noise, lowest = series["noise"], series["lowest"]
+    if not series["picks"] or noise <= 0 or not finite(lowest):
+        return None
+    marks = [p["epoch"] for p in series["picks"]] + [e for e in (series["floor"], series["candidate"]) if e is not None]
+    pad = max(3.0, 0.08 * (x_high - x_low))
+    start, end = max(x_low, min(marks) - pad), x_high
+    values = [v for e, v in series["raw"] + series["smooth"] if start <= e <= end]
+    band_low, band_high = lowest - BAND_SIGMAS * noise, lowest + BAND_SIGMAS * noise
+    top = min(max(values + [band_high]), lowest + 10 * noise)
+    y_low, y_high = value_range([min(values + [band_low]), top], 0.08)
+    full_low, full_high = value_range([v for _, v in series["raw"] + series["smooth"]])
+    if start <= x_low or end - start < 2 or (y_high - y_low) > 0.6 * (full_high - full_low):
+        return None  # it would show the same epochs, or nearly the same scale, as the whole-run panel
+    return start, end, y_low, y_high
+
+
+def floor_marks(series: dict) -> list[tuple[str, int]]:
+    """The confirmed floor, or else the unconfirmed candidate, as (colour key, epoch)."""
+    if series["floor"] is not None:
+        return [("floor", series["floor"])]
+    return [("candidate", series["candidate"])] if series["candidate"] is not None else []
+
+
+def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple[int, float]]) -> None:
+    """Band, curves, floor marker: drawn on a layer the size of the panel, so nothing spills out of it."""
+    layer = Image.new("RGBA", (panel.right - panel.left + 1, panel.bottom - panel.top + 1), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+
+    def local(points):
+        return [(panel.x(e) - panel.left, panel.y(v) - panel.top) for e, v in points]
+
+    noise, lowest = series["noise"], series["lowest"]
+    if noise > 0 and finite(lowest):
+        top, bottom = local([(0, lowest + BAND_SIGMAS * noise), (0, lowest - BAND_SIGMAS * noise)])
+        draw.rectangle([0, top[1], layer.width, bottom[1]], fill=COLOURS["band"] + (255,))
+    raw_width = 2 if len(series["raw"]) <= 150 else 1  # long runs: thin lines, or the noise becomes a smear
+    curves = (("train", train, 1), ("raw", series["raw"], raw_width), ("smooth", series["smooth"], 3))
+    for key, points, line_width in curves:
+        if len(points) > 1:
+            draw.line(local(points), fill=COLOURS[key] + (255,), width=line_width, joint="curve")
+    for key, epoch in floor_marks(series):
+        if epoch is None or not panel.contains_x(epoch):
+            continue
+        x = panel.x(epoch) - panel.left
+        for y in range(0, layer.height, 10):  # dashed
+            draw.line([x, y, x, y + 5], fill=COLOURS[key] + (255,), width=2)
+    image.paste(layer, (panel.left, panel.top), layer)
+
+
+def draw_axes(draw: ImageDraw.ImageDraw, panel: Panel, fonts: dict) -> None:
+    y_ticks, y_step = nice_ticks(panel.y_low, panel.y_high, 6)
+    for tick in y_ticks:
+        y = panel.y(tick)
+        draw.line([panel.left, y, panel.right, y], fill=COLOURS["grid"])
+        draw.text((panel.left - 8, y), tick_label(tick, y_step), fill=COLOURS["axis"], font=fonts["tick"], anchor="rm")
+    x_ticks, _ = nice_ticks(panel.x_low, panel.x_high, 10, integer=True)
+    for tick in x_ticks:
+        x = panel.x(tick)
+        draw.line([x, panel.bottom, x, panel.bottom + 5], fill=COLOURS["axis"], width=1)
+        draw.text((x, panel.bottom + 8), str(int(tick)), fill=COLOURS["axis"], font=fonts["tick"], anchor="mt")
+    corner = [panel.left, panel.top, panel.left, panel.bottom, panel.right, panel.bottom]
+    draw.line(corner, fill=COLOURS["axis"], width=2)
+
+
+def draw_marks(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, fonts: dict, detailed: bool,
+               avoid: tuple[float, float, float, float] | None = None) -> None:
+    """Floor label, ignored epochs (crosses) and the picks (rings labelled with their epoch).
+
+    avoid is a box (the legend) the floor label must not be drawn over.
+    """
+    for key, epoch in floor_marks(series):
+        if epoch is not None and panel.contains_x(epoch):
+            text = f"floor: epoch {epoch}" if key == "floor" else f"possible floor: epoch {epoch} (not confirmed)"
+            x = panel.x(epoch)
+            text_width = draw.textlength(text, font=fonts["label"])
+            anchor = "la" if x + 6 + text_width < panel.right else "ra"
+            left = x + 6 if anchor == "la" else x - 6 - text_width
+            top = panel.top + 4
+            if avoid and left < avoid[2] and left + text_width > avoid[0]:
+                top = avoid[3] + 6
+            draw.text((x + (6 if anchor == "la" else -6), top), text, fill=COLOURS[key], font=fonts["label"],
+                      anchor=anchor, stroke_width=3, stroke_fill=COLOURS["background"])
+    for epoch, value in series["ignored"]:
+        if not panel.contains_x(epoch):
+            continue
+        x = panel.x(epoch)
+        y = panel.y(value) if finite(value) else panel.top + 8
+        y = min(max(y, panel.top + 6), panel.bottom - 6)  # spikes far off the scale sit on the edge
+        draw.line([x - 5, y - 5, x + 5, y + 5], fill=COLOURS["ignored"], width=2)
+        draw.line([x - 5, y + 5, x + 5, y - 5], fill=COLOURS["ignored"], width=2)
+    for index, pick in enumerate(sorted(series["picks"], key=lambda p: p["epoch"])):
+        if not panel.contains_x(pick["epoch"]):
+            continue
+        x, y = panel.x(pick["epoch"]), min(max(panel.y(pick["loss"]), panel.top), panel.bottom)
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=(255, 255, 255), outline=COLOURS["pick"], width=3)
+        text = f"e{pick['epoch']}" + (f" {pick.get('kind', '')}" if detailed else "")
+        below = index % 2 == 0  # alternate so neighbouring labels do not collide
+        label_y = y + 10 if below else y - 10
+        if label_y + 16 > panel.bottom:
+            label_y, below = y - 10, False
+        if label_y - 16 < panel.top:
+            label_y, below = y + 10, True
+        half = draw.textlength(text, font=fonts["label"]) / 2 + 2
+        label_x = min(max(x, panel.left + half), panel.right - half)  # keep labels at the edges inside the image
+        draw.text((label_x, label_y), text, fill=COLOURS["pick"], font=fonts["label"], anchor="mt" if below else "mb",
+                  stroke_width=3, stroke_fill=(255, 255, 255))
+
+
+def draw_legend(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, has_train: bool,
+                fonts: dict) -> tuple[float, float, float, float]:
+    """Draw the legend in the panel's top right corner; return its box."""
+    entries = []
+    if has_train:
+        entries.append(("train", "line", "train loss (epoch average)"))
+    entries += [("raw", "line", "loss per epoch"), ("smooth", "line", "smoothed")]
+    if series["noise"] > 0 and finite(series["lowest"]):
+        entries.append(("band", "box", f"noise band: lowest \u00b1 {BAND_SIGMAS:g} sigma"))
+    if series["picks"]:
+        entries.append(("pick", "ring", "shortlisted epoch"))
+    if series["floor"] is not None:
+        entries.append(("floor", "dash", "floor"))
+    elif series["candidate"] is not None:
+        entries.append(("candidate", "dash", "possible floor"))
+    if series["ignored"]:
+        entries.append(("ignored", "cross", "ignored (spike / NaN)"))
+    width = 24 + max(draw.textlength(text, font=fonts["label"]) for _, _, text in entries) + 36
+    left, top = panel.right - width - 10, panel.top + 10
+    box = (left, top, left + width, top + 10 + 20 * len(entries))
+    draw.rectangle(box, fill=(255, 255, 255), outline=COLOURS["grid"], width=1)
+    for index, (key, shape, text) in enumerate(entries):
+        x, y = left + 10, top + 15 + 20 * index
+        colour = COLOURS[key]
+        if shape == "line":
+            draw.line([x, y, x + 24, y], fill=colour, width=3)
+        elif shape == "box":
+            draw.rectangle([x, y - 6, x + 24, y + 6], fill=colour, outline=COLOURS["raw"])
+        elif shape == "ring":
+            draw.ellipse([x + 6, y - 6, x + 18, y + 6], outline=colour, width=3)
+        elif shape == "dash":
+            draw.line([x + 12, y - 8, x + 12, y - 3], fill=colour, width=2)
+            draw.line([x + 12, y + 2, x + 12, y + 7], fill=colour, width=2)
+        else:
+            draw.line([x + 7, y - 5, x + 17, y + 5], fill=colour, width=2)
+            draw.line([x + 7, y + 5, x + 17, y - 5], fill=colour, width=2)
+        draw.text((x + 34, y), text, fill=COLOURS["text"], font=fonts["label"], anchor="lm")
+    return box
 
 
 def loss_plot(analysis: dict, out: Path, train_losses: dict[int, float] | None = None,
-              title: str = "stable eval loss") -> None:
-    epochs = analysis.get("epochs") or []
-    losses = analysis.get("losses") or []
-    smoothed = analysis.get("smoothed") or []
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    label_font, title_font = font(13), font(16)
-    points = [(e, v) for e, v in zip(epochs, losses) if v is not None and math.isfinite(v)]
-    ignored = set(analysis.get("ignored_epochs") or [])
-    shown = [v for e, v in points if e not in ignored]
-    if not points or not shown:
-        draw.text((LEFT, TOP), "no finite loss values to plot", fill=COLOURS["axis"], font=title_font)
+              title: str = "stable eval loss") -> tuple[int, int]:
+    """Draw the plot of a FloorAnalysis dict into out (PNG); return its (width, height)."""
+    fonts = {"title": font(18), "label": font(14), "tick": font(13), "heading": font(15)}
+    series = read_series(analysis)
+    train = sorted((int(e), float(v)) for e, v in (train_losses or {}).items() if finite(v))
+    curve = series["raw"] + series["smooth"]
+    if not curve:
+        image = Image.new("RGB", (WIDTH, 200), COLOURS["background"])
+        ImageDraw.Draw(image).text((LEFT, 80), "No finite loss values to plot yet.", fill=COLOURS["text"],
+                                   font=fonts["title"])
+        out.parent.mkdir(parents=True, exist_ok=True)
         image.save(out, format="PNG")
-        return
+        return image.size
+
+    epochs = [e for e, _ in curve] + [e for e, _ in series["ignored"]]
     x_low, x_high = min(epochs), max(max(epochs), min(epochs) + 1)
-    y_low, y_high = min(shown), max(shown)
-    margin = (y_high - y_low) * 0.08 or abs(y_high) * 0.05 or 1.0
-    y_low, y_high = y_low - margin, y_high + margin
+    y_values = [v for _, v in curve]
+    if series["noise"] > 0 and finite(series["lowest"]):
+        y_values.append(series["lowest"] - BAND_SIGMAS * series["noise"])
+    y_low, y_high = value_range(y_values)
+    zoom = zoom_panel_ranges(series, x_low, x_high)
+    main_bottom = TITLE_HEIGHT + MAIN_HEIGHT
+    height = main_bottom + (GAP + ZOOM_HEIGHT if zoom else 0) + BOTTOM
+    image = Image.new("RGB", (WIDTH, height), COLOURS["background"])
+    draw = ImageDraw.Draw(image)
 
-    def x_of(epoch):
-        return LEFT + (epoch - x_low) / (x_high - x_low) * (WIDTH - LEFT - RIGHT)
+    status = {"floor": f"floor confirmed at epoch {series['floor']}", "no_floor_yet": "no confirmed floor yet",
+              "too_short": "too few epochs to find a floor"}.get(series["status"] or "", "")
+    draw.text((LEFT, 14), f"Loss per epoch: {title}", fill=COLOURS["text"], font=fonts["title"])
+    draw.text((WIDTH - RIGHT, 16), status, fill=COLOURS["floor"] if series["floor"] is not None else COLOURS["muted"],
+              font=fonts["heading"], anchor="ra")
+    draw.text((LEFT - 10, 24), "loss", fill=COLOURS["muted"], font=fonts["tick"], anchor="rm")
 
-    def y_of(value):
-        value = min(max(value, y_low), y_high)
-        return TOP + (y_high - value) / (y_high - y_low) * (HEIGHT - TOP - BOTTOM)
-
-    noise = float(analysis.get("noise") or 0)
-    lowest = analysis.get("lowest_epoch")
-    lowest_loss = dict(points).get(lowest)
-    if lowest_loss is not None and noise > 0:  # the band the shortlist's dips must fall in
-        draw.rectangle([LEFT, y_of(lowest_loss + 2 * noise), WIDTH - RIGHT, y_of(lowest_loss)], fill=COLOURS["band"])
-    for tick in nice_ticks(y_low, y_high):
-        y = y_of(tick)
-        draw.line([LEFT, y, WIDTH - RIGHT, y], fill=COLOURS["grid"])
-        draw.text((8, y - 7), f"{tick:.4g}", fill=COLOURS["axis"], font=label_font)
-    for tick in nice_ticks(x_low, x_high, 8):
-        if tick == int(tick):
-            x = x_of(tick)
-            draw.line([x, HEIGHT - BOTTOM, x, HEIGHT - BOTTOM + 5], fill=COLOURS["axis"])
-            draw.text((x - 8, HEIGHT - BOTTOM + 8), f"{int(tick)}", fill=COLOURS["axis"], font=label_font)
-    draw.line([LEFT, TOP, LEFT, HEIGHT - BOTTOM, WIDTH - RIGHT, HEIGHT - BOTTOM], fill=COLOURS["axis"], width=2)
-    draw.text((WIDTH // 2 - 20, HEIGHT - 24), "epoch", fill=COLOURS["axis"], font=label_font)
-    draw.text((LEFT, 10), title, fill=COLOURS["axis"], font=title_font)
-    if train_losses:
-        train = [(e, v) for e, v in sorted(train_losses.items()) if math.isfinite(v) and y_low <= v <= y_high]
-        if len(train) > 1:
-            draw.line([(x_of(e), y_of(v)) for e, v in train], fill=COLOURS["train"], width=1)
-    clean = [(e, v) for e, v in points if e not in ignored]
-    if len(clean) > 1:
-        draw.line([(x_of(e), y_of(v)) for e, v in clean], fill=COLOURS["raw"], width=1)
-    smooth = [(e, v) for e, v in zip(epochs, smoothed) if v is not None and math.isfinite(v)]
-    if len(smooth) > 1:
-        draw.line([(x_of(e), y_of(v)) for e, v in smooth], fill=COLOURS["smooth"], width=3)
-    for epoch in ignored:
-        value = dict(points).get(epoch)
-        x, y = x_of(epoch), (y_of(value) if value is not None else TOP + 6)
-        draw.line([x - 5, y - 5, x + 5, y + 5], fill=COLOURS["ignored"], width=2)
-        draw.line([x - 5, y + 5, x + 5, y - 5], fill=COLOURS["ignored"], width=2)
-    floor = analysis.get("floor_epoch")
-    if floor is not None:
-        x = x_of(floor)
-        for y in range(TOP, HEIGHT - BOTTOM, 8):  # dashed vertical line
-            draw.line([x, y, x, min(y + 4, HEIGHT - BOTTOM)], fill=COLOURS["floor"], width=2)
-        draw.text((x + 4, TOP + 2), f"floor: epoch {floor}", fill=COLOURS["floor"], font=label_font)
-    for pick in analysis.get("picks") or []:
-        x, y = x_of(pick["epoch"]), y_of(pick["loss"])
-        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=COLOURS["pick"], width=3)
-        draw.text((x - 10, y + 9), f"e{pick['epoch']}", fill=COLOURS["pick"], font=label_font)
-    legend = [("raw", "per-epoch loss"), ("smooth", "smoothed"), ("band", "noise band of the lowest"),
-              ("pick", "shortlisted"), ("floor", "floor")]
-    if train_losses:
-        legend.insert(0, ("train", "train epoch average"))
-    x = WIDTH - RIGHT - 170
-    for i, (key, text) in enumerate(legend):
-        y = TOP + 4 + 18 * i
-        draw.rectangle([x, y + 3, x + 14, y + 11], fill=COLOURS[key])
-        draw.text((x + 20, y), text, fill=COLOURS["axis"], font=label_font)
+    panels = [(Panel(LEFT, TITLE_HEIGHT, WIDTH - RIGHT, main_bottom, x_low, x_high, y_low, y_high), False)]
+    if zoom:
+        top = main_bottom + GAP
+        panels.append((Panel(LEFT, top, WIDTH - RIGHT, top + ZOOM_HEIGHT, *zoom), True))
+        region = "the floor region" if series["floor"] is not None else "the shortlisted epochs"
+        draw.text((LEFT, top - 30), f"Zoom on {region}: epochs {int(zoom[0])} to {int(zoom[1])}",
+                  fill=COLOURS["text"], font=fonts["heading"])
+    legend = None
+    for panel, detailed in panels:
+        draw_axes(draw, panel, fonts)
+        draw_lines(image, panel, series, [(e, v) for e, v in train if panel.contains_x(e)])
+        draw = ImageDraw.Draw(image)
+        draw.line([panel.left, panel.top, panel.left, panel.bottom, panel.right, panel.bottom],
+                  fill=COLOURS["axis"], width=2)
+        if legend is None:  # the legend sits over the curves of the top panel, under its labels
+            legend = draw_legend(draw, panel, series, len(train) > 1, fonts)
+        draw_marks(draw, panel, series, fonts, detailed, avoid=None if detailed else legend)
+    draw.text(((LEFT + WIDTH - RIGHT) // 2, height - 8), "epoch", fill=COLOURS["muted"], font=fonts["heading"],
+              anchor="mb")
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
+    return image.size
