@@ -1,6 +1,13 @@
-"""How far the floor detector lands from the known onset of generated curves. Prints JSON.
+"""How far the floor detector lands from the known onset of generated curves, and how often it
+invents a floor on curves that are still falling. Prints JSON.
 
     python bench/floor_accuracy.py [--curves 50]
+
+Per family of tests/curve_families.py: the mean, median and max absolute error of floor_epoch in
+epochs, the mean signed error (bias), and how many curves got no confirmed floor. For the
+still-falling families: the false-floor rate on the whole curve, and the rate at which stop-at-floor
+(asked after every epoch from epoch 20 on) would have stopped the run early. For the white and
+autocorrelated families: how many epochs after the true onset stop-at-floor stops.
 """
 
 from __future__ import annotations
@@ -17,41 +24,83 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from animad.select.floor import analyze_curve  # noqa: E402
-from curve_families import FAMILIES, make_curve, still_falling  # noqa: E402
+from animad.select.floor import analyze_curve, floor_confirmed  # noqa: E402
+from curve_families import FALLING, FAMILIES, make_curve, still_falling  # noqa: E402
+
+SEED_BASE = 1000  # tests use seeds below this, so the bench measures curves the tests were not tuned on
+
+
+def measure_family(family: str, count: int) -> dict:
+    """Given a curve family, return the floor-epoch errors over `count` random curves."""
+    patience = 3 if family == "short" else 15
+    errors, missed = [], 0
+    for seed in range(SEED_BASE, SEED_BASE + count):
+        epochs, losses, onset, _ = make_curve(family, seed)
+        analysis = analyze_curve(epochs, losses, patience=patience)
+        if analysis.floor_epoch is None:
+            missed += 1
+        else:
+            errors.append(analysis.floor_epoch - onset)
+    errors = np.array(errors or [0])
+    return {"mean_abs_error_epochs": round(float(np.mean(np.abs(errors))), 2),
+            "median_abs_error_epochs": float(np.median(np.abs(errors))),
+            "max_abs_error_epochs": int(np.max(np.abs(errors))),
+            "bias_epochs": round(float(np.mean(errors)), 2),
+            "no_floor_found": missed, "curves": count}
+
+
+def stop_epoch(epochs, losses, first: int = 20) -> int | None:
+    """Given a curve, return the epoch after which stop-at-floor would end the run (None: it runs to the end)."""
+    for end in range(first, len(epochs) + 1):
+        if floor_confirmed(epochs[:end], losses[:end], patience=15):
+            return int(epochs[end - 1])
+    return None
+
+
+def measure_false_floors(kind: str, count: int) -> dict:
+    """Given a still-falling kind, return how often a floor is reported on the whole curve and online."""
+    whole = online = 0
+    for seed in range(SEED_BASE, SEED_BASE + count):
+        epochs, losses = still_falling(seed, kind=kind)
+        whole += analyze_curve(epochs, losses, patience=15).status == "floor"
+        online += stop_epoch(epochs, losses) is not None
+    return {"false_floor_rate": whole / count, "false_early_stop_rate": online / count}
+
+
+def measure_stop_delay(family: str, count: int) -> dict:
+    """Given a family with a floor, return how many epochs after the true onset stop-at-floor stops."""
+    delays = []
+    for seed in range(SEED_BASE, SEED_BASE + count):
+        epochs, losses, onset, _ = make_curve(family, seed)
+        stop = stop_epoch(epochs, losses)
+        if stop is not None:
+            delays.append(stop - onset)
+    return {"mean_epochs_after_onset": round(float(np.mean(delays)), 1) if delays else None,
+            "min_epochs_after_onset": int(np.min(delays)) if delays else None,
+            "never_stopped": count - len(delays)}
+
+
+def measure_speed(repeats: int = 50) -> dict:
+    """Return milliseconds per call on a 500-epoch curve."""
+    epochs, losses, _, _ = make_curve("long", 0)
+    timings = {}
+    for name, call in (("analyze_curve", analyze_curve), ("floor_confirmed", floor_confirmed)):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call(epochs, losses, patience=15)
+        timings[f"{name}_ms_per_500_epochs"] = round((time.perf_counter() - start) / repeats * 1000, 2)
+    return timings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--curves", type=int, default=50)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--curves", type=int, default=50, help="random curves per family")
     args = parser.parse_args()
-    out = {}
-    for family in FAMILIES:
-        errors, relative, missed = [], [], 0
-        patience = 3 if family == "short" else 15
-        for seed in range(1000, 1000 + args.curves):
-            epochs, losses, onset, _ = make_curve(family, seed)
-            analysis = analyze_curve(epochs, losses, patience=patience)
-            if analysis.floor_epoch is None:
-                missed += 1
-                continue
-            errors.append(analysis.floor_epoch - onset)
-            relative.append(abs(analysis.floor_epoch - onset) / onset)
-        errors = np.array(errors) if errors else np.array([0])
-        out[family] = {"mean_abs_error_epochs": round(float(np.mean(np.abs(errors))), 2),
-                       "median_abs_error_epochs": float(np.median(np.abs(errors))),
-                       "max_abs_error_epochs": int(np.max(np.abs(errors))),
-                       "bias_epochs": round(float(np.mean(errors)), 2),
-                       "mean_relative_error": round(float(np.mean(relative)) if relative else 0.0, 3),
-                       "no_floor_found": missed}
-    false_floors = sum(analyze_curve(*still_falling(seed), patience=15).status == "floor"
-                       for seed in range(args.curves))
-    out["still_falling_false_floor_rate"] = false_floors / args.curves
-    epochs, losses, _, _ = make_curve("long", 0)
-    t = time.perf_counter()
-    for _ in range(20):
-        analyze_curve(epochs, losses)
-    out["ms_per_500_epoch_curve"] = round((time.perf_counter() - t) / 20 * 1000, 2)
+    out = {"floor_epoch_error": {family: measure_family(family, args.curves) for family in FAMILIES},
+           "still_falling": {kind: measure_false_floors(kind, args.curves) for kind in FALLING},
+           "stop_at_floor_delay": {family: measure_stop_delay(family, args.curves)
+                                   for family in ("white", "autocorrelated")},
+           "speed": measure_speed()}
     print(json.dumps(out, indent=1))
 
 

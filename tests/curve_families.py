@@ -33,9 +33,8 @@ def make_curve(family: str, seed: int) -> tuple[np.ndarray, np.ndarray, int, dic
     losses = a * np.exp(-epochs / tau) + c
     noise = rng.normal(0, sigma, len(epochs))
     extras: dict = {}
-    if family == "autocorrelated":  # AR(1), phi 0.6, same marginal std
-        for i in range(1, len(noise)):
-            noise[i] = 0.6 * noise[i - 1] + math.sqrt(1 - 0.36) * noise[i]
+    if family == "autocorrelated":
+        noise = autocorrelate(noise)
     if family == "u_shape":  # over-training: the curve rises again after the bottom
         losses = losses + 0.0005 * np.maximum(0, epochs - onset - 10) ** 1.5
     losses = losses + noise
@@ -50,10 +49,30 @@ def make_curve(family: str, seed: int) -> tuple[np.ndarray, np.ndarray, int, dic
     return epochs, losses, onset, extras
 
 
-def still_falling(seed: int, epochs: int = 120) -> tuple[np.ndarray, np.ndarray]:
+def autocorrelate(noise: np.ndarray, phi: float = 0.6) -> np.ndarray:
+    """Given white noise, return AR(1) noise with the same marginal std (each epoch leans on the one before)."""
+    out = noise.copy()
+    for i in range(1, len(out)):
+        out[i] = phi * out[i - 1] + math.sqrt(1 - phi * phi) * out[i]
+    return out
+
+
+# Curves that are still clearly falling at their end: every 15 epochs (the default patience) they
+# drop by at least 3 noise sigmas. A floor reported on one of these is a false floor.
+FALLING = ("linear_white", "linear_ar1", "slow_exp_white", "slow_exp_ar1")
+
+
+def still_falling(seed: int, epochs: int = 120, kind: str = "linear_white") -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, losses) of a curve still falling at its end: a line (6 sigma per 15 epochs) or a slow decay."""
     rng = np.random.default_rng(seed)
     e = np.arange(1, epochs + 1)
-    return e, 1.0 - 0.004 * e + rng.normal(0, 0.01, len(e))
+    shape, noise_kind = kind.rsplit("_", 1)
+    if shape == "linear":
+        clean = 1.0 - 0.004 * e
+    else:  # tau 60-100 over 120 epochs: still 3.4 sigma or more per 15 epochs at the end
+        clean = np.exp(-e / rng.uniform(60, 100)) + 0.3
+    noise = rng.normal(0, 0.01, len(e))
+    return e, clean + (autocorrelate(noise) if noise_kind == "ar1" else noise)
 
 
 def tolerance(onset: int) -> int:

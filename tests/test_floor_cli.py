@@ -1,66 +1,146 @@
-"""`animad floor` on a CSV, a real TensorBoard log dir and bad input (exit 2, no traceback)."""
+"""`animad floor` through the real CLI on a CSV, an epochs.jsonl and a real TensorBoard log folder;
+the curve readers' choices; bad input exits 2 with a message naming the file and no traceback."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from animad.errors import UserError
+from animad.select.curve import read_curve_file
 
 from curve_families import make_curve
 
-
-def floor(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "animad", "floor", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+REPO = Path(__file__).resolve().parent.parent
 
 
-def test_csv_json_output(tmp_path):
-    epochs, losses, onset, _ = make_curve("white", 4)
-    path = tmp_path / "curve.csv"
-    path.write_text("epoch,loss,lr\n" + "".join(f"{e},{l},0.1\n" for e, l in zip(epochs, losses)))
-    result = floor(path, "--json")
+def run_floor(*args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "animad", "floor", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+
+
+def write_csv(path: Path, epochs, losses, extra: str = ",0.1") -> Path:
+    path.write_text("epoch,loss,lr\n" + "".join(f"{e},{l}{extra}\n" for e, l in zip(epochs, losses)))
+    return path
+
+
+def test_csv_prints_one_json_object(tmp_path):
+    epochs, losses, _, _ = make_curve("nan_epoch", 4)
+    result = run_floor(write_csv(tmp_path / "curve.csv", epochs, losses), "--json")
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = json.loads(result.stdout)  # the whole of stdout is exactly one JSON object
     assert out["status"] == "floor" and isinstance(out["floor_epoch"], int)
-    assert out["lowest_epoch"] == int(epochs[losses.argmin()])
+    finite = [(l, e) for e, l in zip(epochs, losses) if l == l]
+    assert out["lowest_epoch"] == int(min(finite)[1])
     assert out["shortlist"] == sorted(out["shortlist"]) and out["lowest_epoch"] in out["shortlist"]
-    readable = floor(path)
-    assert "floor epoch:" in readable.stdout and "shortlist:" in readable.stdout
+    assert [p["epoch"] for p in out["picks"]] == out["shortlist"] and all(p["reason"] for p in out["picks"])
+    assert out["source"] == "csv" and out["noise"] > 0 and out["message"]
+    assert set(out["ignored_epochs"]) == {int(e) for e, l in zip(epochs, losses) if l != l}
 
 
-def test_tensorboard_dir(tmp_path):
+def test_readable_summary_and_options(tmp_path):
+    epochs, losses, onset, _ = make_curve("white", 5)
+    path = write_csv(tmp_path / "curve.csv", epochs, losses)
+    readable = run_floor(path, "--size", "2", "--min-epoch", onset + 10)
+    assert readable.returncode == 0, readable.stderr
+    for label in ("status:", "floor epoch:", "lowest epoch:", "noise sigma:", "shortlist:"):
+        assert label in readable.stdout
+    out = json.loads(run_floor(path, "--json", "--size", "2", "--min-epoch", onset + 10, "--patience", 10).stdout)
+    assert len(out["shortlist"]) <= 2 and all(e >= onset + 10 for e in out["shortlist"])
+
+
+def test_still_falling_curve_prints_a_null_floor_and_exits_0(tmp_path):
+    path = tmp_path / "falling.csv"
+    path.write_text("epoch,loss\n" + "".join(f"{e},{1 - 0.01 * e}\n" for e in range(1, 40)))
+    result = run_floor(path, "--json")
+    assert result.returncode == 0
+    out = json.loads(result.stdout)
+    assert out["floor_epoch"] is None and out["status"] == "no_floor_yet" and out["lowest_epoch"] == 39
+
+
+def write_scalars(folder: Path, tag: str, points, wall_start: float) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    epochs, losses, _, _ = make_curve("white", 5)
-    writer = SummaryWriter(str(tmp_path / "tb" / "run1"))
-    for e, l in zip(epochs, losses):
-        writer.add_scalar("loss/epoch_average", float(l), int(e))
-        writer.add_scalar("loss/current", float(l) * 1.1, int(e) * 10)
+    writer = SummaryWriter(str(folder))
+    for offset, (epoch, loss) in enumerate(points):
+        writer.add_scalar(tag, float(loss), int(epoch), walltime=wall_start + offset)
+        writer.add_scalar("loss/current", float(loss) * 1.1, int(epoch) * 10, walltime=wall_start + offset)
     writer.close()
-    result = floor(tmp_path / "tb", "--json")
+
+
+def test_tensorboard_folder_with_a_resumed_launch(tmp_path):
+    epochs, losses, _, _ = make_curve("white", 6)
+    points = list(zip(epochs, losses))
+    logs = tmp_path / "logs"
+    # The first launch logged epochs 1-70 and died; the resumed one re-logged 61-120 later on.
+    write_scalars(logs / "launch1", "loss/epoch_average", [(e, l + 0.5) for e, l in points[:70]], 1000.0)
+    write_scalars(logs / "nested" / "launch2", "loss/epoch_average", points[60:], 5000.0)
+    curve = read_curve_file(logs)
+    assert curve.source == "epoch_average" and curve.tag == "loss/epoch_average"
+    assert curve.epochs == [int(e) for e in epochs]
+    assert curve.losses[65] == pytest.approx(float(losses[65]), abs=1e-6)  # the last-written value wins
+    assert curve.losses[5] == pytest.approx(float(losses[5]) + 0.5, abs=1e-6)
+    result = run_floor(logs, "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["source"] == "epoch_average" and out["lowest_epoch"] == int(epochs[losses.argmin()])
+    assert out["source"] == "epoch_average" and out["lowest_epoch"] in out["shortlist"]
 
 
-def test_still_falling_prints_null_floor(tmp_path):
-    path = tmp_path / "c.csv"
-    path.write_text("epoch,loss\n" + "".join(f"{e},{1 - 0.01 * e}\n" for e in range(1, 40)))
-    out = json.loads(floor(path, "--json").stdout)
-    assert out["floor_epoch"] is None and out["status"] == "no_floor_yet"
+def test_tensorboard_prefers_eval_loss_and_honours_tag(tmp_path):
+    epochs, losses, _, _ = make_curve("white", 7)
+    write_scalars(tmp_path / "run", "loss/epoch_average", zip(epochs, losses + 0.1), 1000.0)
+    write_scalars(tmp_path / "run", "eval/loss", zip(epochs, losses), 2000.0)
+    assert read_curve_file(tmp_path).source == "eval"
+    picked = read_curve_file(tmp_path, "loss/epoch_average")
+    assert picked.source == "epoch_average" and picked.losses[0] == pytest.approx(float(losses[0]) + 0.1, abs=1e-6)
+    missing = run_floor(tmp_path, "--tag", "loss/nope")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "loss/nope" in missing.stderr and "tags found" in missing.stderr and "eval/loss" in missing.stderr
 
 
-def test_bad_input_is_a_clear_error(tmp_path):
+def test_epochs_jsonl_uses_eval_loss_and_skips_a_torn_last_line(tmp_path):
+    epochs, losses, _, _ = make_curve("white", 8)
+    records = [{"epoch": int(e), "loss": float(l) + 0.2, "eval_loss": float(l)} for e, l in zip(epochs, losses)]
+    path = tmp_path / "epochs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 121, "lo')
+    curve = read_curve_file(path)
+    assert curve.source == "eval" and len(curve.epochs) == 120 and curve.losses[0] == float(losses[0])
+    records[3]["eval_loss"] = None  # one epoch without eval: the train loss is used for every epoch
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = read_curve_file(path)
+    assert curve.source == "epoch_average" and curve.losses[0] == float(losses[0]) + 0.2
+    out = json.loads(run_floor(path, "--json").stdout)
+    assert out["source"] == "epoch_average" and out["status"] == "floor"
+    path.write_text(json.dumps(records[0]) + "\nnot json\n" + json.dumps(records[1]) + "\n")
+    with pytest.raises(UserError, match="epochs.jsonl: line 2"):
+        read_curve_file(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epoch,loss\n1,0.5\n2,oops\n", "bad.csv: line 3, column 'loss': 'oops' is not a number"),
+    ("1,0.5\n2,0.4\n", "bad.csv: the first line must be a header with 'epoch' and 'loss' columns"),
+    ("epoch,loss\n1.5,0.5\n", "bad.csv: line 2, column 'epoch': '1.5' is not a whole number"),
+    ("epoch,loss,lr\n1,0.5,1\n2\n", "bad.csv: line 3 has 1 fields"),
+    ("epoch,loss\n", "bad.csv: no data rows after the header"),
+])
+def test_malformed_csv_is_a_clear_error(tmp_path, text, expected):
     bad = tmp_path / "bad.csv"
-    bad.write_text("epoch,loss\n1,0.5\n2,oops\n")
-    result = floor(bad)
+    bad.write_text(text)
+    result = run_floor(bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "bad.csv: line 3" in result.stderr and "'oops' is not a number" in result.stderr
-    no_header = tmp_path / "plain.csv"
-    no_header.write_text("1,0.5\n2,0.4\n")
-    result = floor(no_header)
-    assert result.returncode == 2 and "'epoch' and 'loss' columns" in result.stderr
-    empty_dir = tmp_path / "empty"
-    empty_dir.mkdir()
-    result = floor(empty_dir)
-    assert result.returncode == 2 and "no TensorBoard event files" in result.stderr
+    assert expected in result.stderr and str(bad) in result.stderr
+
+
+def test_missing_curve_and_empty_log_folder_are_clear_errors(tmp_path):
+    result = run_floor(tmp_path / "nope.csv")
+    assert result.returncode == 2 and "no such file or folder" in result.stderr and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no TensorBoard event files"):
+        read_curve_file(empty)

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import textwrap
 from pathlib import Path
 
 from animad.errors import UserError
 
 
 def cmd_floor(args) -> int:
+    """Given `animad floor` arguments, print the floor analysis of a curve (JSON with --json) and return 0.
+
+    Bad input raises UserError, which the CLI prints without a traceback (exit 2).
+    """
     from animad.select.curve import read_curve_file
     from animad.select.floor import analyze_curve
 
+    for name in ("patience", "size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     curve = read_curve_file(Path(args.curve), args.tag)
     analysis = analyze_curve(curve.epochs, curve.losses, patience=args.patience, shortlist_size=args.size,
                              min_epoch=args.min_epoch)
     if args.json:
-        out = {"floor_epoch": analysis.floor_epoch, "lowest_epoch": analysis.lowest_epoch,
-               "shortlist": analysis.shortlist, "status": analysis.status,
-               "candidate_epoch": analysis.candidate_epoch, "noise": analysis.noise,
-               "picks": [p.__dict__ for p in analysis.picks], "ignored_epochs": analysis.ignored_epochs,
-               "source": curve.source, "tag": curve.tag, "message": analysis.message}
-        print(json.dumps(out, indent=2))
+        print(json.dumps({"floor_epoch": analysis.floor_epoch, "lowest_epoch": analysis.lowest_epoch,
+                          "shortlist": analysis.shortlist, "status": analysis.status, "noise": analysis.noise,
+                          "candidate_epoch": analysis.candidate_epoch,
+                          "picks": [dataclasses.asdict(pick) for pick in analysis.picks],
+                          "ignored_epochs": analysis.ignored_epochs, "source": curve.source, "tag": curve.tag,
+                          "message": analysis.message}, indent=2))
         return 0
     floor = analysis.floor_epoch if analysis.floor_epoch is not None else "none yet"
     print(f"curve:        {args.curve} ({curve.tag}, {len(curve.epochs)} epochs)")
@@ -32,7 +41,7 @@ def cmd_floor(args) -> int:
     print("shortlist:")
     for pick in analysis.picks:
         print(f"  epoch {pick.epoch:>5}  loss {pick.loss:.5g}  {pick.kind:<6}  {pick.reason}")
-    print(analysis.message)
+    print(textwrap.fill(analysis.message, width=100))
     return 0
 
 

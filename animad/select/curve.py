@@ -1,4 +1,8 @@
-"""Read a per-epoch loss curve from a CSV, an animad epochs.jsonl, or a TensorBoard log dir."""
+"""Read a per-epoch loss curve from a CSV, an animad epochs.jsonl, or a TensorBoard log folder.
+
+Every reader returns epochs in ascending order, one value each; where an epoch was logged twice
+(a resumed run), the value written last wins. Problems raise UserError naming the file and the fix.
+"""
 
 from __future__ import annotations
 
@@ -10,106 +14,166 @@ from pathlib import Path
 
 from animad.errors import UserError
 
-TAG_PREFERENCE = ("eval/loss", "loss/epoch_average")
+TAG_PREFERENCE = ("eval/loss", "loss/epoch_average")  # the stable eval curve first, then the epoch mean
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
 @dataclasses.dataclass
 class Curve:
     epochs: list[int]
     losses: list[float]
-    source: str  # "eval" (stable eval loss) or "epoch_average"
-    tag: str
+    source: str  # "eval" (stable eval loss), "epoch_average" (mean train loss); "csv"/"tensorboard": unknown
+    tag: str  # the column, key or scalar tag read
 
 
 def read_curve_file(path: Path, tag: str | None = None) -> Curve:
+    """Given a CSV, an epochs.jsonl, a TensorBoard event file or log folder, return its curve."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.name.startswith(EVENT_FILE_PREFIX):
         return read_tensorboard(path, tag)
     if not path.is_file():
-        raise UserError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder; give a CSV (epoch,loss), an epochs.jsonl "
+                        "or a TensorBoard log folder")
     if path.suffix == ".jsonl":
         return read_epochs_jsonl(path)
     return read_csv(path)
 
 
-def _number(text: str, path: Path, line: int, column: str) -> float:
+def order_by_epoch(values: dict[int, float]) -> tuple[list[int], list[float]]:
+    """Given epoch -> loss, return the epochs ascending and their losses."""
+    epochs = sorted(values)
+    return epochs, [values[epoch] for epoch in epochs]
+
+
+def parse_number(text: str | None, path: Path, line: int, column: str) -> float:
+    """Given a CSV cell, return it as a float (empty or 'nan' is NaN); raise UserError naming file, line and column."""
+    text = (text or "").strip()
+    if text == "":
+        return math.nan
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: line {line}, column '{column}': '{text}' is not a number") from None
-    return value
+        return float(text)
+    except ValueError:
+        raise UserError(f"{path}: line {line}, column '{column}': '{text}' is not a number; "
+                        "fix or delete that row") from None
 
 
 def read_csv(path: Path) -> Curve:
+    """Given a CSV with a header naming 'epoch' and 'loss' columns (others ignored), return its curve."""
+    values: dict[int, float] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-            if "epoch" not in fields or "loss" not in fields:
-                raise UserError(f"{path}: needs a header line with 'epoch' and 'loss' columns "
-                                f"(found: {', '.join(reader.fieldnames or []) or 'no header'})")
-            rename = {f: f.strip().lower() for f in reader.fieldnames}
-            epochs, losses = [], []
-            for line, row in enumerate(reader, start=2):
-                row = {rename[k]: v for k, v in row.items() if k in rename}
-                if not any((v or "").strip() for v in row.values()):
+            reader = csv.reader(handle)
+            header = [name.strip().lower() for name in next(reader, [])]
+            if "epoch" not in header or "loss" not in header:
+                raise UserError(f"{path}: the first line must be a header with 'epoch' and 'loss' columns "
+                                f"(found: {', '.join(header) or 'an empty line'})")
+            epoch_column, loss_column = header.index("epoch"), header.index("loss")
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
                     continue
-                epoch = _number(row["epoch"], path, line, "epoch")
-                if epoch != int(epoch):
-                    raise UserError(f"{path}: line {line}, column 'epoch': '{row['epoch']}' is not a whole number")
-                text = (row["loss"] or "").strip().lower()
-                loss = math.nan if text in ("nan", "") else _number(row["loss"], path, line, "loss")
-                epochs.append(int(epoch))
-                losses.append(loss)
+                if len(row) <= max(epoch_column, loss_column):
+                    raise UserError(f"{path}: line {line} has {len(row)} fields, fewer than the header's "
+                                    f"{len(header)}; fix or delete that row")
+                epoch = parse_number(row[epoch_column], path, line, "epoch")
+                if not math.isfinite(epoch) or epoch != int(epoch):
+                    raise UserError(f"{path}: line {line}, column 'epoch': '{row[epoch_column].strip()}' is not a "
+                                    "whole number")
+                values[int(epoch)] = parse_number(row[loss_column], path, line, "loss")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; export the CSV as UTF-8") from None
     except csv.Error as error:
         raise UserError(f"{path}: not a readable CSV ({error})") from None
-    if not epochs:
-        raise UserError(f"{path}: no rows after the header")
-    return Curve(epochs, losses, "csv", "loss")
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror})") from None
+    if not values:
+        raise UserError(f"{path}: no data rows after the header")
+    return Curve(*order_by_epoch(values), "csv", "loss")
 
 
 def read_epochs_jsonl(path: Path) -> Curve:
-    from animad.layout import read_epochs_log
+    """Given an animad epochs.jsonl, return its eval_loss curve if every epoch has one, else its loss curve.
 
-    records = read_epochs_log(path)
+    A torn last line (the run was killed mid-write) is skipped; a bad line anywhere else is an error.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read it ({error})") from None
+    records = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+            records.append((number, int(record["epoch"]), record.get("loss"), record.get("eval_loss")))
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):
+                continue
+            raise UserError(f"{path}: line {number} is not an epoch record (a JSON object with 'epoch' and "
+                            "'loss')") from None
     if not records:
-        raise UserError(f"{path}: no epoch records")
-    epochs = [int(r["epoch"]) for r in records]
-    if all(r.get("eval_loss") is not None for r in records):
-        return Curve(epochs, [float(r["eval_loss"]) for r in records], "eval", "eval_loss")
-    return Curve(epochs, [float(r["loss"]) for r in records], "epoch_average", "loss")
+        raise UserError(f"{path}: no epoch records yet")
+    use_eval = all(eval_loss is not None for _, _, _, eval_loss in records)
+    values: dict[int, float] = {}
+    for number, epoch, loss, eval_loss in records:
+        value = eval_loss if use_eval else loss
+        try:
+            values[epoch] = math.nan if value is None else float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: line {number}: loss {value!r} is not a number") from None
+    return Curve(*order_by_epoch(values), "eval" if use_eval else "epoch_average", "eval_loss" if use_eval else "loss")
 
 
-def read_tensorboard(directory: Path, tag: str | None = None) -> Curve:
+def find_event_files(path: Path) -> list[Path]:
+    """Given an event file or a log folder, return the TensorBoard event files in it (searched recursively)."""
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob(EVENT_FILE_PREFIX + "*") if p.is_file())
+    if not files:
+        raise UserError(f"{path}: no TensorBoard event files ({EVENT_FILE_PREFIX}*) in this folder or below it; "
+                        "point at the run's log folder")
+    return files
+
+
+def read_scalars(files: list[Path]) -> dict[str, dict[int, tuple[float, float]]]:
+    """Given event files, return tag -> step -> (wall time, value), keeping the last-written value of each step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = sorted(directory.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        raise UserError(f"{directory}: no TensorBoard event files (events.out.tfevents.*) in this folder")
-    values: dict[str, dict[int, float]] = {}
-    tags_found: set[str] = set()
-    for file in files:  # oldest first, so a later launch's value for the same epoch wins
+    scalars: dict[str, dict[int, tuple[float, float]]] = {}
+    for file in files:
         accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
         try:
             accumulator.Reload()
-        except Exception as error:  # noqa: BLE001 - a damaged event file is reported, not fatal
-            raise UserError(f"{file}: cannot read TensorBoard events ({error})") from None
-        for name in accumulator.Tags().get("scalars", []):
-            tags_found.add(name)
-            for event in accumulator.Scalars(name):
-                values.setdefault(name, {})[int(event.step)] = float(event.value)
+        except Exception as error:  # noqa: BLE001 - any damage inside the file is reported, not a traceback
+            raise UserError(f"{file}: cannot read TensorBoard events ({error}); move the file aside") from None
+        for tag in accumulator.Tags().get("scalars", []):
+            steps = scalars.setdefault(tag, {})
+            for event in accumulator.Scalars(tag):
+                # Wall time, not file order, decides between launches that logged the same epoch.
+                if int(event.step) not in steps or event.wall_time >= steps[int(event.step)][0]:
+                    steps[int(event.step)] = (float(event.wall_time), float(event.value))
+    return scalars
+
+
+def describe_tag(tag: str) -> str:
+    """Given a scalar tag, return which signal it is: "eval", "epoch_average" or "tensorboard" (another tag)."""
+    if tag.startswith("eval/"):
+        return "eval"
+    return "epoch_average" if tag == "loss/epoch_average" else "tensorboard"
+
+
+def read_tensorboard(path: Path, tag: str | None = None) -> Curve:
+    """Given a TensorBoard log folder (or event file), return the curve of `tag`, else of eval/loss,
+    else of loss/epoch_average. The step of each point is its epoch number.
+    """
+    scalars = read_scalars(find_event_files(path))
     wanted = [tag] if tag else list(TAG_PREFERENCE)
     for name in wanted:
-        if name in values:
-            series = values[name]
-            epochs = sorted(series)
-            source = "eval" if name.startswith("eval") else "epoch_average"
-            return Curve(epochs, [series[e] for e in epochs], source, name)
-    raise UserError(f"{directory}: no scalar tag {' or '.join(wanted)}; tags found: "
-                    f"{', '.join(sorted(tags_found)) or 'none'}. Pass --tag NAME to pick one.")
-
-
-def curve_json(curve: Curve) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(curve)))
+        if scalars.get(name):
+            epochs, losses = order_by_epoch({step: value for step, (_, value) in scalars[name].items()})
+            return Curve(epochs, losses, describe_tag(name), name)
+    raise UserError(f"{path}: no scalar tag {' or '.join(wanted)}; tags found: "
+                    f"{', '.join(sorted(scalars)) or 'none'}. Pass --tag NAME to pick one.")
