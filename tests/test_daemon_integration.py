@@ -93,7 +93,7 @@ def test_status_shows_a_running_jobs_progress(tmp_path, daemon_config):
     try:
         job = tiny_job(epochs=30, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 4})
         drop(make_dataset(tmp_path / "staging" / "busy", count=8, job=job), tmp_path / "inbox")
-        daemon.wait(lambda: (row := daemon.job("busy")) and (row["progress"] or {}).get("phase") == "training",
+        daemon.wait(lambda: (row := daemon.job("busy")) and "s_per_it" in (row["progress"] or {}),
                     what="training progress")
         out = subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "status"],
                              capture_output=True, text=True, timeout=60).stdout

@@ -30,18 +30,23 @@ def die_with_parent() -> None:
 
 
 class Reporter:
-    """Progress into the job's row, at most every `every` seconds (SQLite is shared with the daemon)."""
+    """Progress into the job's row, at most every `every` seconds (SQLite is shared with the daemon).
+
+    Reports are merged, so a short eval or save phase never hides the epoch/step/loss/ETA numbers.
+    """
 
     def __init__(self, queue, job_id: int, every: float = 2.0):
         self.queue, self.job_id, self.every = queue, job_id, every
         self.last = 0.0
+        self.state: dict = {}
 
     def __call__(self, progress: dict) -> None:
+        self.state.update(progress)
         now = time.monotonic()
-        if now - self.last >= self.every or progress.get("phase") in ("eval", "saving"):
+        if now - self.last >= self.every:
             self.last = now
             try:
-                self.queue.heartbeat(self.job_id, progress)
+                self.queue.heartbeat(self.job_id, dict(self.state))
             except Exception as error:  # noqa: BLE001 - a busy database must not stop training
                 log.warning("could not record progress: %s", error)
 

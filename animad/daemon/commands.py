@@ -73,9 +73,10 @@ def describe_progress(row: dict) -> str:
         return f"review: {row['outbox_dir']}/index.html"
     if not p:
         return ""
-    if p.get("phase") == "training":
+    if "s_per_it" in p:
+        phase = "" if p.get("phase") == "training" else f" ({p.get('phase')})"
         return (f"epoch {p['epoch']}/{p['max_epochs']} step {p['step']}/{p['total_steps']} loss {p['loss']:.4f} "
-                f"{p['s_per_it']:.2f} s/it ETA {_duration(p.get('eta_seconds'))}")
+                f"{p['s_per_it']:.2f} s/it ETA {_duration(p.get('eta_seconds'))}{phase}")
     if p.get("phase") == "caching" and p.get("total"):
         return f"caching latents {p['done']}/{p['total']}"
     if "epoch" in p:
