@@ -134,7 +134,9 @@ class Service:
                     log.exception("unexpected error in the daemon loop; carrying on")
                 if self.exit_when_idle and self.running is None and not self.has_work():
                     break
-                self.wake.wait(timeout=1.0 if self.running else 2.0)
+                # Sleep to the next inbox check at most, so a folder is taken as soon as it settles.
+                timeout = min(1.0 if self.running else 2.0, self.next_inbox_check - time.monotonic())
+                self.wake.wait(timeout=max(0.05, timeout))
                 self.wake.clear()
         finally:
             self.watcher.stop()
