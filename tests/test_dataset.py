@@ -81,6 +81,17 @@ def test_bad_files_are_all_reported(tmp_path):
     assert any(p.file == "notes.docx" for p in problems.warnings)
 
 
+def test_pipes_and_broken_links_are_errors_and_never_hang_validation(tmp_path):
+    image(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would block forever (and wedge the daemon)
+    os.symlink(tmp_path / "gone.png", tmp_path / "broken.png")  # inside the folder, but dangling
+    dataset, problems = scan(tmp_path)
+    errors = {p.file: p.message for p in problems.errors}
+    assert set(errors) == {"pipe.png", "broken.png"}
+    assert "not a regular file" in errors["pipe.png"] and "broken link" in errors["broken.png"]
+    assert [i.rel for i in dataset.items] == ["ok.png"]
+
+
 def test_decompression_bomb_is_refused(tmp_path):
     Image.new("1", (8200, 8000)).save(tmp_path / "bomb.png")  # 65 MP of nothing, a few KB on disk
     _, problems = scan(tmp_path)

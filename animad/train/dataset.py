@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -111,6 +112,21 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _regular_file(path: Path, rel: str, problems: Problems) -> bool:
+    """False (with an error) for pipes, sockets, devices and broken links: reading a pipe would hang
+    validation, and with it the daemon, forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        problems.error(rel, "", f"cannot read this file ({error.strerror}; a broken link?)",
+                       "replace it with the real file, or remove it")
+        return False
+    if not stat.S_ISREG(mode):
+        problems.error(rel, "", "not a regular file (a pipe, socket or device)", "remove it from the folder")
+        return False
+    return True
+
+
 def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, bool, str] | None:
     """Decode an image fully; return (width, height, has_alpha, sha256) or None after recording why not."""
     try:
@@ -190,6 +206,8 @@ def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
                            "copy the file into the folder instead of linking to it")
             continue
         if path.is_dir():
+            continue
+        if not _regular_file(path, rel, problems):
             continue
         if rel in OWN_FILES or path.name in OWN_FILES and path.parent == root:
             continue
