@@ -1,5 +1,8 @@
 """Exceptions that carry a message meant for the user (printed without a traceback)."""
 
+import contextlib
+import errno
+
 
 class UserError(Exception):
     """Something the user can fix: the message names the file or setting and says what to do."""
@@ -11,3 +14,14 @@ class ModelFileError(UserError):
 
 class StopRequested(Exception):
     """Training stopped at a step boundary because it was asked to (window closed, SIGTERM)."""
+
+
+@contextlib.contextmanager
+def disk_full_is_user_error(fallback_place, then: str):
+    """Turn a full disk (or quota) into a UserError that names the file and says what to do next."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"disk full while writing {error.filename or fallback_place}. {then}") from None

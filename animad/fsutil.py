@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to path via a temp file, fsync and rename: readers see old or new, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside path; on success fsync it and rename it over path.
+
+    Readers see the old file or the new one, never half of one. If the write fails (a full disk,
+    an exception) the temp file is removed, so a failed save leaves no litter and the old file
+    stays as it was. Only a kill can leave a '.name.tmp-PID' behind; remove_stale_temp_files
+    clears those. durable=False skips the fsyncs, for caches that recompute a torn entry anyway.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename is None:  # a failed write() names no file; say which one it was
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write bytes to path atomically (see atomic_file)."""
+    with atomic_file(path, durable) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from animad.config.daemon import Daemon
 from animad.config.job import load_resolved
+from animad.errors import disk_full_is_user_error
 from animad.layout import JobPaths, read_epochs_log
 
 log = logging.getLogger("animad.select")
@@ -21,9 +22,15 @@ def read_curve(records: list[dict]) -> tuple[list[int], list[float], str]:
     return epochs, [r["loss"] for r in records], "epoch_average"
 
 
-def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, seeds=None, steps=None, size=None,
-               previews=True, should_stop=None) -> Path:
+def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> Path:
     """Floor analysis + previews + review package into outbox (= <outbox dir>/<name>/); returns that dir."""
+    then = f"The epoch files are intact: free some space and run `animad select {paths.root}`."
+    with disk_full_is_user_error(outbox, then):
+        return _select_job(paths, daemon=daemon, outbox=outbox, **options)
+
+
+def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, seeds=None, steps=None, size=None,
+                previews=True, should_stop=None) -> Path:
     from animad.select.floor import analyze_curve
     from animad.select.package import PreviewCell, Review, write_review_package
     from animad.select.preview import default_prompts, preview_rows, render_previews

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -71,10 +70,11 @@ class TensorCache:
             return None
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        from animad.fsutil import write_atomic
+
+        # Bytes through write_atomic so a full disk is an OSError (ENOSPC) and leaves no temp file;
+        # no fsync: a torn entry is detected on read and recomputed.
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        write_atomic(self.path(key), data, durable=False)

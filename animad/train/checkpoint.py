@@ -6,27 +6,19 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from animad import __version__
-from animad.fsutil import fsync_dir
+from animad.fsutil import write_atomic
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _atomic_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]) -> None:
     """Write a LoRA file atomically; a kill mid-write leaves no half file under the real name."""
-    from safetensors.torch import save, save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in sorted(state.items())}
     metadata = dict(metadata)
@@ -34,11 +26,9 @@ def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: 
     digest = hashlib.sha256(save(tensors)).hexdigest()
     metadata["sshs_model_hash"] = digest
     metadata["sshs_legacy_hash"] = digest[:8]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    _atomic_replace(tmp, path)
+    # Serialise in memory and write the bytes ourselves: safetensors' own file writer reports a
+    # full disk as a SafetensorError without errno, and we need ENOSPC to tell the user what to do.
+    write_atomic(path, save(tensors, metadata=metadata))
 
 
 def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
@@ -120,14 +110,9 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
 
 def save_resume_state(path: Path, state: dict) -> None:
     """torch.save through a temp file + fsync + rename: a kill leaves the previous state intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(buffer.getbuffer())
-    _atomic_replace(tmp, path)
+    write_atomic(path, buffer.getbuffer())
 
 
 def load_resume_state(path: Path) -> dict | None:

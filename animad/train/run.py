@@ -9,7 +9,7 @@ from typing import Callable
 from animad.config.daemon import Daemon
 from animad.config.job import load_resolved
 from animad.config.problems import Problems
-from animad.errors import UserError
+from animad.errors import UserError, disk_full_is_user_error
 from animad.layout import JobPaths
 from animad.model.files import ModelFiles
 from animad.train.dataset import scan_dataset
@@ -51,13 +51,7 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     files = job_model_files(paths, config, daemon)
     dataset = load_job_dataset(paths, config)
     cache_dir = daemon.dir("cache")
-    try:
+    then = "Every file saved so far is intact: free some space and run the job again; it resumes from its last state."
+    with disk_full_is_user_error(paths.root, then):
         return run_training(paths, config, files, dataset, cache_dir=cache_dir, should_stop=should_stop,
                             on_progress=on_progress)
-    except OSError as error:
-        import errno
-
-        if error.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {getattr(error, 'filename', '') or paths.root}. The last "
-                            "saved state is intact: free some space and retry the job.") from None
-        raise
