@@ -165,3 +165,43 @@ def test_kill_9_of_daemon_and_job_mid_training_then_restart(tmp_path, daemon_con
         assert done["attempts"] >= 3  # train, resumed train, select
     finally:
         restarted.stop()
+
+
+def test_twenty_folders_dropped_at_once_are_all_queued_in_order(tmp_path, daemon_config):
+    clock = tmp_path / "clock.txt"
+    clock.write_text("2026-11-24T12:00:00+01:00")  # window closed: the jobs queue up and wait
+    configure(daemon_config, windows=["22:00-07:00"])
+    staging = tmp_path / "staging"
+    folders = [make_dataset(staging / f"set{i:02d}", count=2, seed=i, job=tiny_job(epochs=1)) for i in range(18)]
+    for i in range(2):  # two drops whose job.yaml asks for the same name
+        folders.append(make_dataset(staging / f"twin{i}", count=2, seed=50 + i, job={**tiny_job(epochs=1),
+                                                                                     "name": "twin"}))
+    bad = make_dataset(staging / "broken", count=2, job=tiny_job())
+    (bad / "job.yaml").write_text("optimizer: {type: adamw, lr: fast}\n")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    daemon = DaemonProcess(daemon_config, env={"ANIMAD_FAKE_CLOCK_FILE": str(clock)}).start()
+    try:
+        for folder in [*folders, bad]:  # 21 renames within a few milliseconds
+            drop(folder, inbox)
+        rows = daemon.wait(lambda: len(r := [x for x in daemon.queue.all() if x["status"] == "queued"]) == 20 and r,
+                           timeout=120, what="20 queued jobs")
+        report = daemon.wait(lambda: (inbox / "broken" / "ERRORS.txt").is_file()
+                             and (inbox / "broken" / "ERRORS.txt").read_text(), what="the bad folder's report")
+        assert "optimizer.lr" in report
+        # Every good folder was frozen into its own job folder with all its files; none collided.
+        job_dirs = {row["job_dir"] for row in rows}
+        assert len(job_dirs) == 20
+        assert sorted(row["name"] for row in rows) == sorted([f"set{i:02d}" for i in range(18)] + ["twin"] * 2)
+        for row in rows:
+            images = list((Path(row["job_dir"]) / "dataset").glob("*.png"))
+            assert len(images) == 2, row
+        assert sorted(p.name for p in inbox.iterdir()) == ["broken"]  # only the rejected one stays
+        # FIFO: nothing jumps the queue, nothing runs outside the window, and the daemon is still up.
+        ordered = sorted(rows, key=lambda r: r["id"])
+        assert [r["created"] for r in ordered] == sorted(r["created"] for r in ordered)
+        time.sleep(1.5)
+        assert not daemon.queue.by_status("running", "selecting")
+        assert daemon.process.poll() is None
+    finally:
+        daemon.stop()
