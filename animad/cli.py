@@ -98,6 +98,19 @@ def _add_arguments(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--phase", choices=("train", "select"), default="train")
 
 
+def describe_os_error(error: OSError) -> str:
+    import errno
+
+    where = error.filename or "a file"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {where}. Check its owner and mode (ls -l), or run animad as that user."
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {where}. Free some space and run the command again."
+    if error.errno == errno.EROFS:
+        return f"{where} is on a read-only file system. Point the setting that names it somewhere writable."
+    return f"{error.strerror or error}: {where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,3 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except OSError as error:  # the file system said no: name the file and the usual fix, no traceback
+        sys.stderr.write(f"animad {args.verb}: {describe_os_error(error)}\n")
+        return 2

@@ -144,3 +144,32 @@ def test_buckets_keep_aspect_and_area(size, expected):
 
     config = job()
     assert bucket_for(*size, config.data) == expected
+
+
+def test_unreadable_images_captions_and_model_files_are_named(tmp_path, daemon_config, tiny_models):
+    """chmod 000 files: every one is named in the report, with no traceback (the check never aborts)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from animad.synthetic import make_dataset, tiny_job
+
+    locked_vae = tmp_path / "models" / "vae-copy.safetensors"
+    locked_vae.parent.mkdir()
+    shutil.copy(tiny_models["vae"], locked_vae)
+    folder = make_dataset(tmp_path / "ds", count=3, job={**tiny_job(), "model_files": {"vae": str(locked_vae)}})
+    for path in (folder / "img001.png", folder / "img002.txt", locked_vae):
+        path.chmod(0)
+    command = [sys.executable, "-m", "animad", "--config", str(daemon_config), "check", str(folder)]
+    if os.geteuid() == 0:  # root reads anything; in a user namespace it is held to the file modes
+        if not shutil.which("unshare") or subprocess.run(["unshare", "-U", "true"]).returncode != 0:
+            pytest.skip("running as root and unprivileged user namespaces are not allowed here")
+        command = ["unshare", "-U", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = output.splitlines()
+    assert any("img001.png" in line and "Permission denied" in line for line in lines), output
+    assert any("img002.txt" in line and "Permission denied" in line for line in lines), output
+    assert any("model_files.vae" in line and "not readable" in line for line in lines), output

@@ -67,11 +67,18 @@ def find_config_path(explicit: str | None = None) -> Path | None:
     candidates = [explicit, os.environ.get("ANIMAD_CONFIG"), "animad.yaml",
                   str(Path.home() / ".config" / "animad" / "animad.yaml")]
     for candidate in candidates:
-        if candidate and Path(candidate).expanduser().is_file():
+        if candidate and _is_file(Path(candidate).expanduser()):
             return Path(candidate).expanduser().resolve()
     if explicit:
         return Path(explicit).expanduser().resolve()
     return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. another user's ~/.config we may not look into: not our config
+        return False
 
 
 def resolve_path(base: Path, value: str | None) -> Path | None:

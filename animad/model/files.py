@@ -31,24 +31,44 @@ class ModelFiles:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
 
+def _stat_ok(check, path: Path) -> bool:
+    # A folder we may not look into (another user's home, a locked mount) is simply not a match.
+    try:
+        return check(path)
+    except OSError:
+        return False
+
+
+def _file(path: Path) -> bool:
+    return _stat_ok(Path.is_file, path)
+
+
+def _dir(path: Path) -> bool:
+    return _stat_ok(Path.is_dir, path)
+
+
+def _exists(path: Path) -> bool:
+    return _stat_ok(Path.exists, path)
+
+
 def is_qwen_tokenizer_dir(path: Path) -> bool:
-    return (path / "vocab.json").is_file() and (path / "merges.txt").is_file() or (
-        (path / "tokenizer.json").is_file() and "t5" not in path.name.lower())
+    return _file(path / "vocab.json") and _file(path / "merges.txt") or (
+        _file(path / "tokenizer.json") and "t5" not in path.name.lower())
 
 
 def is_t5_tokenizer_dir(path: Path) -> bool:
-    return (path / "spiece.model").is_file() or (
-        (path / "tokenizer.json").is_file() and "qwen" not in path.name.lower()
-        and not (path / "merges.txt").exists())
+    return _file(path / "spiece.model") or (
+        _file(path / "tokenizer.json") and "qwen" not in path.name.lower()
+        and not _exists(path / "merges.txt"))
 
 
 def _candidates_in(root: Path):
     """Yield (kind, dir) tokenizer candidates inside a folder that a user pointed us at."""
-    if not root.is_dir():
+    if not _dir(root):
         return
-    if (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
+    if _file(root / "vocab.json") and _file(root / "merges.txt"):
         yield "qwen", root
-    if (root / "spiece.model").is_file():
+    if _file(root / "spiece.model"):
         yield "t5", root
     for sub in ("", "comfy/text_encoders", "text_encoders", "configs", "tokenizers"):
         base = root / sub if sub else root
@@ -68,7 +88,7 @@ def _hf_cache_candidates():
         for repo in sorted(hub.glob(pattern)):
             for snapshot in sorted((repo / "snapshots").glob("*")):
                 ok = is_qwen_tokenizer_dir(snapshot) if kind == "qwen" else (
-                    (snapshot / "spiece.model").is_file() or (snapshot / "tokenizer.json").is_file())
+                    _file(snapshot / "spiece.model") or _file(snapshot / "tokenizer.json"))
                 if ok:
                     yield kind, snapshot
 
@@ -77,7 +97,7 @@ def _comfy_roots_near(paths: list[Path]):
     """A ComfyUI install is usually a few levels above models/diffusion_models/x.safetensors."""
     for path in paths:
         for parent in list(Path(path).expanduser().parents)[:5]:
-            if (parent / "comfy" / "text_encoders").is_dir():
+            if _dir(parent / "comfy" / "text_encoders"):
                 yield parent
 
 
@@ -126,10 +146,18 @@ def resolve_model_files(config, daemon, job_dir: Path, problems: Problems, job_f
                            f"set model_files.{key} or define a model set in animad.yaml (animad init)")
     missing = False
     for key, (path, where, file) in chosen.items():
-        if not path.is_file():
+        try:
+            found, readable = path.is_file(), os.access(path, os.R_OK)
+        except OSError:  # a folder on the way may not be entered
+            found, readable = True, False
+        if not found:
             missing = True
             problems.error(file, where, f"model file not found: {path}",
                            "download it from huggingface.co/circlestone-labs/Anima (split_files/) or fix the path")
+        elif not readable:
+            missing = True
+            problems.error(file, where, f"model file is not readable (permission denied): {path}",
+                           "let the user running animad read it (chmod/chown), or copy it somewhere readable")
     if len(chosen) < 3 or missing:
         return None
     c = daemon.config
