@@ -96,6 +96,7 @@ def _add_arguments(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--db", required=True)
         sp.add_argument("--job-id", type=int, required=True)
         sp.add_argument("--phase", choices=("train", "select"), default="train")
+        sp.add_argument("--report-fd", type=int, default=None)
 
 
 def describe_os_error(error: OSError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,7 +66,10 @@ class DaemonProcess:
     def wait(self, predicate, timeout=240, what="condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = predicate()
+            try:
+                value = predicate()
+            except sqlite3.OperationalError:  # e.g. a full disk in the disk-full test: look again
+                value = None
             if value:
                 return value
             if self.process.poll() is not None:

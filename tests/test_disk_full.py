@@ -101,3 +101,31 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_litter(tmp_path)
     (tmp_path / ".hidden-user-file").write_bytes(b"mine")
     remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden-user-file", target.name]
+
+
+@pytest.mark.slow
+def test_daemon_survives_a_disk_filled_mid_run_and_retry_finishes_the_job(tmp_path, daemon_config):
+    """The daemon's state dir (queue, job folders) is a small tmpfs that another program fills."""
+    import json
+    from pathlib import Path
+
+    if not namespaces_work(tmp_path):
+        pytest.skip("unshare -rm with a tmpfs mount is not allowed here")
+    script = Path(__file__).parent / "disk_full_daemon.py"
+    result = subprocess.run(["unshare", "-rm", sys.executable, str(script), str(daemon_config), str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    context = json.dumps({k: v for k, v in seen.items() if k != "daemon_log"}, indent=1) + seen["daemon_log"]
+    assert seen["failed_status"] == "failed", context
+    assert "disk full while writing" in seen["error"] and "free some space" in seen["error"], context
+    assert seen["daemon_alive_while_full"], context
+    code, status_output = seen["status_while_full"]
+    assert code == 0 and "Traceback" not in status_output, context  # `animad status` still works
+    assert all(name.endswith(".safetensors") and not name.startswith(".") for name in
+               seen["epoch_files_at_failure"]), context  # no half-written or temp files
+    assert "queued again" in seen["retry_output"], context
+    assert seen["final_status"] == "done", context
+    assert seen["epochs"] == list(range(1, 9)), context
+    assert seen["epoch_files"] == [f"full-e{e:04d}.safetensors" for e in range(1, 9)], context
+    assert seen["outbox_page"], context

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 import time
@@ -51,6 +52,23 @@ class Reporter:
                 log.warning("could not record progress: %s", error)
 
 
+def record_outcome(queue, job_id: int, report_fd: int | None, **fields) -> None:
+    """Write the outcome to the queue, and the message to the daemon's pipe (which needs no disk)."""
+    if report_fd is not None and fields.get("error"):
+        try:
+            os.write(report_fd, fields["error"].encode()[:16384])  # a pipe holds 64 KiB: never blocks
+        except OSError:
+            pass
+    for attempt in range(3):
+        try:
+            queue.update(job_id, **fields)
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. "database or disk is full"
+            log.warning("could not record the outcome of job %d (%s)%s", job_id, error,
+                        "; retrying" if attempt < 2 else "")
+            time.sleep(1)
+
+
 def cmd_job(args) -> int:
     from animad.commands import StopFlag
     from animad.config.daemon import find_config_path, load_daemon_config
@@ -89,7 +107,7 @@ def cmd_job(args) -> int:
         return code
     except UserError as error:
         log.error("job %d failed: %s", args.job_id, error)
-        queue.update(args.job_id, outcome="user_error", error=str(error))
+        record_outcome(queue, args.job_id, args.report_fd, outcome="user_error", error=str(error))
         return EXIT_USER_ERROR
     except Exception as error:  # noqa: BLE001 - the whole point: record any crash and exit
         detail = "".join(traceback.format_exception(error))
@@ -97,5 +115,6 @@ def cmd_job(args) -> int:
         message = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
             message += " (GPU out of memory: lower data.batch_size or resolution, or keep gradient checkpointing on)"
-        queue.update(args.job_id, outcome="crash", error=message + "\n" + "\n".join(detail.splitlines()[-12:]))
+        record_outcome(queue, args.job_id, args.report_fd, outcome="crash",
+                       error=message + "\n" + "\n".join(detail.splitlines()[-12:]))
         return EXIT_CRASH

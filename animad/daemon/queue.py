@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -68,20 +69,31 @@ class Queue:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self.connect() as db:
             db.executescript(SCHEMA)
 
     @contextlib.contextmanager
     def connect(self):
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("pragma journal_mode=wal")
+        # One connection per thread, kept open: SQLite then keeps its -wal/-shm files instead of
+        # deleting them after every call and creating them again, so the queue can still be read
+        # (and usually written) when the disk is full, and calls skip the setup pragmas.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
             db.execute("pragma busy_timeout=30000")
+            if db.execute("pragma journal_mode").fetchone()[0] != "wal":
+                db.execute("pragma journal_mode=wal")
             db.execute("pragma synchronous=normal")
-            yield db
-        finally:
+            self._local.db = db
+        yield db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
             db.close()
+            self._local.db = None
 
     @contextlib.contextmanager
     def transaction(self):
@@ -91,7 +103,8 @@ class Queue:
                 yield db
                 db.execute("commit")
             except BaseException:
-                db.execute("rollback")
+                if db.in_transaction:
+                    db.execute("rollback")
                 raise
 
     # -- reading ---------------------------------------------------------------------------------

@@ -8,11 +8,13 @@ rows in SQLite) are noticed. Nothing a job does can raise out of this loop.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,6 +36,12 @@ def queue_path(daemon: Daemon) -> Path:
     return daemon.dir("state") / "animad.sqlite"
 
 
+def is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+
+
 @dataclasses.dataclass
 class Running:
     job_id: int
@@ -44,6 +52,22 @@ class Running:
     stop_reason: str | None = None
     stop_sent: float | None = None
     killed: bool = False
+    report_fd: int | None = None  # read end of the pipe the child writes its failure message into
+    report: str = ""
+
+    def read_report(self) -> str:
+        """The child's last words, read once; they arrive even when the disk is too full to record them."""
+        if self.report_fd is not None:
+            chunks = []
+            try:
+                while chunk := os.read(self.report_fd, 65536):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                pass
+            os.close(self.report_fd)
+            self.report_fd = None
+            self.report = b"".join(chunks).decode("utf-8", "replace").strip()
+        return self.report
 
     def poll(self) -> int | None:
         if self.process is not None:
@@ -59,6 +83,7 @@ class Service:
         self.windows = parse_windows(self.config.windows)
         self.clock = Clock()
         self.wake = threading.Event()
+        self.last_error: tuple[str, float] = ("", 0.0)
         self.inbox = daemon.dir("inbox")
         self.tracker = SettleTracker(self.inbox, self.config.settle_seconds)
         self.watcher = InboxWatcher(self.inbox, self.wake, self.config.poll_seconds)
@@ -130,8 +155,8 @@ class Service:
                     break
                 try:
                     self.tick()
-                except Exception:  # noqa: BLE001 - the daemon never dies because of one bad tick
-                    log.exception("unexpected error in the daemon loop; carrying on")
+                except Exception as error:  # noqa: BLE001 - the daemon never dies because of one bad tick
+                    self.report_loop_error(error)
                 if self.exit_when_idle and self.running is None and not self.has_work():
                     break
                 # Sleep to the next inbox check at most, so a folder is taken as soon as it settles.
@@ -146,6 +171,17 @@ class Service:
             (self.daemon.dir("state") / "daemon.pid").unlink(missing_ok=True)
         log.info("animad daemon stopped")
         return 0
+
+    def report_loop_error(self, error: Exception) -> None:
+        # The same error every tick (a full disk can last hours) is logged once every few minutes.
+        text, now = f"{type(error).__name__}: {error}", time.monotonic()
+        if text == self.last_error[0] and now - self.last_error[1] < 300:
+            return
+        self.last_error = (text, now)
+        if is_disk_full(error):
+            log.error("the disk is full (%s): waiting for free space; the queue carries on once there is room", text)
+        else:
+            log.exception("unexpected error in the daemon loop; carrying on")
 
     def adopt_orphans(self) -> None:
         for row in self.queue.by_status("running", "selecting"):
@@ -207,11 +243,22 @@ class Service:
         command += ["job", row["job_dir"], "--db", str(self.queue.path), "--job-id", str(row["id"]),
                     "--phase", phase]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(command, start_new_session=True, env=env, stdin=subprocess.DEVNULL)
+        report_read, report_write = os.pipe()
+        os.set_blocking(report_read, False)
+        command += ["--report-fd", str(report_write)]
+        try:
+            process = subprocess.Popen(command, start_new_session=True, env=env, stdin=subprocess.DEVNULL,
+                                       pass_fds=(report_write,))
+        except BaseException:
+            os.close(report_read)
+            raise
+        finally:
+            os.close(report_write)
+        # Watched from this moment, even if recording the start fails: never an unsupervised child.
+        self.running = Running(row["id"], phase, process.pid, process, run_now, report_fd=report_read)
         status = "running" if phase == "train" else "selecting"
         self.queue.claim(row["id"], status, process.pid)
         self.queue.update(row["id"], phase=phase, outcome=None, request=None)
-        self.running = Running(row["id"], phase, process.pid, process, run_now)
         self.hold_inhibitor(row["name"])
         log.info("job %d (%s): %s started as pid %d", row["id"], row["name"], phase, process.pid)
 
@@ -219,9 +266,12 @@ class Service:
         job = self.running
         code = job.poll()
         if code is not None:
-            self.running = None
             self.release_inhibitor()
+            # Only forget the job once its outcome is recorded: if the write fails (a full disk),
+            # the next tick records it again instead of leaving the row "running" for ever.
             self.on_exit(job, code, window_open)
+            if self.running is job:
+                self.running = None
             return
         row = self.queue.get(job.job_id)
         reason = None
@@ -276,14 +326,14 @@ class Service:
             log.info("job %d paused (%s); it resumes from its saved state", job.job_id, job.stop_reason or "stopped")
             return
         if code == EXIT_USER_ERROR:
-            reason = row["error"] or "the job reported a problem"
+            reason = row["error"] or job.read_report() or f"the job reported a problem; see: animad logs {job.job_id}"
         elif code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             reason = f"the job process was killed by {name}" + (
                 " (the kernel's out-of-memory killer does this: lower batch size or resolution)"
                 if -code == signal.SIGKILL else "")
         else:
-            reason = row["error"] or f"the job process exited with code {code}"
+            reason = row["error"] or job.read_report() or f"the job process exited with code {code}"
         self.queue.update(job.job_id, status="failed", pid=None, error=reason, finished=now, request=None)
         log.error("job %d failed: %s", job.job_id, reason.splitlines()[0])
 
