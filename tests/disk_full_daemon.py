@@ -62,6 +62,8 @@ def main(config: Path, root: Path) -> dict:
         failed = daemon.wait_status("full", "failed", "done", timeout=60)
         seen["failed_status"] = failed["status"]
         seen["error"] = failed["error"]
+        seen["status_after"] = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "status"],
+                                              capture_output=True, text=True).stdout
         # The user retries; the job resumes from its last state and finishes.
         retry = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "retry", "full"],
                                capture_output=True, text=True)

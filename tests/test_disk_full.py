@@ -124,6 +124,8 @@ def test_daemon_survives_a_disk_filled_mid_run_and_retry_finishes_the_job(tmp_pa
     assert code == 0 and "Traceback" not in status_output, context  # `animad status` still works
     assert all(name.endswith(".safetensors") and not name.startswith(".") for name in
                seen["epoch_files_at_failure"]), context  # no half-written or temp files
+    # `animad status` shows the whole reason and the command that continues the job.
+    assert "free some space" in seen["status_after"] and "animad retry 1" in seen["status_after"], context
     assert "queued again" in seen["retry_output"], context
     assert seen["final_status"] == "done", context
     assert seen["epochs"] == list(range(1, 9)), context

@@ -113,6 +113,11 @@ def cmd_status(args) -> int:
         created = dt.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
         status = row["status"] + (" (held)" if row["held"] and row["status"] in ("paused", "queued") else "")
         print(f"{row['id']:>4}  {row['name'][:20]:<20} {status:<10} {created:<16} {describe_progress(row)}")
+    # The table cuts reasons short; a failure's whole first line says what to do, so show it in full.
+    for row in [r for r in rows if r["status"] == "failed" and r.get("error")][-3:]:
+        print(f"\njob {row['id']} ({row['name']}) failed: {row['error'].splitlines()[0]}")
+        if row["job_dir"]:
+            print(f"    once fixed: animad retry {row['id']}    (log: animad logs {row['id']})")
     return 0
 
 

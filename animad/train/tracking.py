@@ -41,8 +41,11 @@ class Tracker:
             for sigma, value in record.get("eval_by_sigma", {}).items():
                 self.writer.add_scalar(f"eval/sigma_{sigma}", value, epoch)
         self.writer.flush()
-        with open(self.epochs_log, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:  # a torn last line (full disk, kill) is skipped by readers and cut off on resume
+            with open(self.epochs_log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(self.epochs_log)) from error
 
     def close(self) -> None:
         self.writer.close()
