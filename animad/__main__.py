@@ -1,3 +1,4 @@
 from animad.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # multi-GPU ranks are spawned processes: importing this must not run the CLI
+    raise SystemExit(main())

@@ -68,6 +68,7 @@ def _add_arguments(verb: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument("dir", help="dataset folder with job.yaml, or a daemon job folder")
         sp.add_argument("--out", help="work folder (default ./runs/NAME); an existing one is resumed")
         sp.add_argument("--no-select", action="store_true", help="skip selection and previews at the end")
+        sp.add_argument("--gpus", type=int, help="train on this many GPUs (default: animad.yaml's gpus)")
     elif verb == "select":
         sp.add_argument("job", help="job id or name, or a work folder from 'animad train'")
         sp.add_argument("--prompt", action="append", help="preview prompt (repeatable; replaces the job's)")

@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     stop, bar = StopFlag(), ProgressBar()
     stop.install()
     try:
-        status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=bar)
+        status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=bar, gpus=args.gpus)
     finally:
         bar.close()
     if status == "paused":

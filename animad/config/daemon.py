@@ -54,6 +54,9 @@ class DaemonConfig:
     settle_seconds: float = option(30.0, "A dropped folder is taken after this many quiet seconds.", min=0)
     poll_seconds: float = option(0.0, "Use a polling watcher with this interval (0 = inotify, with a "
                                       "polling fallback).", min=0)
+    gpus: int = option(1, "GPUs one job trains on (data parallel, one process per GPU; each step takes\n"
+                          "batch_size x grad_accum x gpus images). Without CUDA: that many CPU processes.",
+                       min=1, max=16)
     stop_grace_seconds: float = option(120.0, "How long a job may take to save its state when told to stop.",
                                        min=1)
     keep_epochs: str = option("all", "Retention of epoch files after a job is done: 'all' or 'shortlist'.",

@@ -29,6 +29,7 @@ from animad.train.batches import epoch_plan, item_buckets, plan_length
 from animad.train.cache import TensorCache, dir_fingerprint, model_fingerprint
 from animad.train.caching import cache_latents, cache_texts
 from animad.train.captions import augment_caption, is_dynamic
+from animad.train.distributed import SINGLE, Group, rank_device
 from animad.train.evaluation import build_eval_set, evaluate
 from animad.train.flow import flow_loss, noisy, sample_sigmas
 from animad.train.lora import build_network, read_lora_file
@@ -60,19 +61,29 @@ def load_text_encoder(files: ModelFiles, device, dtype) -> TextEncoder:
 
 
 def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_dir, should_stop,
-                 on_progress) -> str:
-    """Train or resume; returns "finished" or "paused" (state saved at a step boundary)."""
-    precision = resolve_precision(config)
+                 on_progress, group: Group = SINGLE) -> str:
+    """Train or resume; returns "finished" or "paused" (state saved at a step boundary).
+
+    With several ranks (train/distributed.py) only rank 0 writes files, logs and reports.
+    """
+    precision = resolve_precision(config, rank_device(group.rank) if group.world > 1 else None)
     device, weight_dtype = precision.device, precision.weight_dtype
     state = checkpoint.load_resume_state(paths.resume_state)
     if state and state.get("finished"):
         log.info("training already finished at epoch %s", state["epoch"] - 1)
         return "finished"
+    if state and state.get("world", 1) != group.world:
+        raise UserError(f"{paths.resume_state}: this job was started on {state.get('world', 1)} GPU(s) and would "
+                        f"resume on {group.world}. Set gpus: {state.get('world', 1)} in animad.yaml to resume it "
+                        "(the schedule and step counts depend on it), or start a new job.")
     name = config.name
     cache = TensorCache(cache_dir)
 
     # 1) Fingerprints: cache keys, resume safety and the base-model hash in the LoRA metadata.
+    #    Rank 0 hashes and caches first; the other ranks then find everything in the cache.
     on_progress({"phase": "loading"})
+    if not group.is_main:
+        group.barrier()
     dit_hash = model_fingerprint(files.dit, cache_dir)
     te_hash = model_fingerprint(files.text_encoder, cache_dir)
     vae_hash = model_fingerprint(files.vae, cache_dir)
@@ -98,6 +109,8 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     texts = cache_texts([i.caption for i in dataset.items], lambda: text_encoder or load_text_encoder(
         files, device, weight_dtype), te_hash, tokenizer_hash, cache)
     cache_seconds = time.perf_counter() - t0
+    if group.is_main:
+        group.barrier()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     log.info("caches ready in %.1fs (%d images; text encoder %s)", cache_seconds, len(dataset.items),
@@ -127,7 +140,8 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     optimizer = build_optimizer(network.unet_parameters(), network.text_encoder_parameters(), config.optimizer)
     batch_size, accum = config.data.batch_size, config.data.grad_accum
     batches_per_epoch = plan_length(dataset, buckets, batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    batches_per_step = accum * group.world  # one optimizer step consumes this many batches of the plan
+    steps_per_epoch = math.ceil(batches_per_epoch / batches_per_step)
     max_epochs = config.schedule.max_epochs
     total_steps = config.schedule.max_steps or steps_per_epoch * max_epochs
     scheduler = build_scheduler(optimizer, config.schedule, total_steps)
@@ -135,9 +149,9 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     samples_per_epoch = dataset.samples_per_epoch()
     eval_set = build_eval_set(dataset, latents, config.eval, config.timesteps, config.seed, samples_per_epoch)
     params = [p for p in network.parameters() if p.requires_grad]
-    log.info("LoRA: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas",
+    log.info("LoRA: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas%s",
              len(network.loras), sum(p.numel() for p in params) / 1e6, steps_per_epoch, max_epochs,
-             len(eval_set.items), len(eval_set.sigmas))
+             len(eval_set.items), len(eval_set.sigmas), f"; {group.world} GPUs" if group.world > 1 else "")
 
     # 4) Resume: every counter comes from the state, so any number of resumes keeps them true.
     epoch, batch_index, global_step = 1, 0, 0
@@ -155,16 +169,19 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
         started, session = state["started"], state["session"]
         log.info("resuming at epoch %d, batch %d/%d (optimizer step %d)", epoch, batch_index, batches_per_epoch,
                  global_step)
-    tracker = Tracker(paths.tensorboard, paths.epochs_log, global_step, epoch - 1)
-    checkpoint_cleanup(paths)
+    tracker = Tracker(paths.tensorboard, paths.epochs_log, global_step, epoch - 1) if group.is_main else NoTracker()
+    if group.is_main:
+        checkpoint_cleanup(paths)
 
     def snapshot(finished: bool = False) -> None:
+        if not group.is_main:
+            return
         checkpoint.save_resume_state(paths.resume_state, {
             "lora": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "batch_index": batch_index, "global_step": global_step, "loss_sum": loss_sum,
             "loss_count": loss_count, "started": started, "session": session, "fingerprint": fingerprint,
-            "finished": finished, "rng_cpu": torch.get_rng_state()})
+            "finished": finished, "rng_cpu": torch.get_rng_state(), "world": group.world})
 
     def encode_batch(captions: list[str], live: list[bool]):
         """Cached embeddings where the caption is fixed; the text encoder for shuffled ones."""
@@ -207,6 +224,28 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
         prediction = velocity(noisy(x0, noise, sigma), sigma, encode_batch(captions, live))
         return flow_loss(prediction, x0, noise, mask).mean()
 
+    def end_epoch(epoch: int, global_step: int, average_loss: float, seconds: float) -> None:
+        on_progress({"phase": "eval", "epoch": epoch})
+        t_eval = time.perf_counter()
+        network.eval()
+        eval_loss, eval_by_sigma = evaluate(eval_set, dataset, latents, texts, eval_step)
+        network.train()
+        eval_seconds = time.perf_counter() - t_eval
+        on_progress({"phase": "saving", "epoch": epoch})
+        epoch_file = paths.epoch_file(name, epoch)
+        checkpoint.save_lora(epoch_file, network.state_dict(), config.precision.save, checkpoint.lora_metadata(
+            config, epoch=epoch, step=global_step, dataset=dataset, files=files, base_hash=dit_hash,
+            started=started, rank_dims=(config.network.dim, config.network.alpha or config.network.dim),
+            session=session))
+        record = {"epoch": epoch, "step": global_step, "loss": average_loss, "eval_loss": eval_loss,
+                  "eval_by_sigma": eval_by_sigma, "lr": scheduler.get_last_lr()[0], "d_lr": effective_lr(optimizer),
+                  "prodigy_d": optimizer.param_groups[0].get("d"), "seconds": seconds + time.perf_counter() - t_eval,
+                  "eval_seconds": eval_seconds, "file": str(epoch_file.relative_to(paths.root)),
+                  "time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        tracker.epoch(record)
+        log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
+                 eval_loss, 100 * eval_seconds / max(1e-9, record["seconds"]))
+
     # 5) The loop.
     network.train()
     last_state_save = time.monotonic()
@@ -218,16 +257,22 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
             epoch_start = time.perf_counter()
             while batch_index < len(plan):
                 t_step = time.perf_counter()
-                group = plan[batch_index: batch_index + accum]
-                step_loss = 0.0
-                for offset, batch in enumerate(group):
+                batches = plan[batch_index: batch_index + batches_per_step]
+                step_loss, bad_loss = 0.0, None
+                for offset, batch in group.share(batches):
                     loss = train_micro_batch(batch, batch_index + offset)
                     if not torch.isfinite(loss):
-                        raise UserError(f"loss became {loss.item()} at epoch {epoch}, step {global_step + 1}. "
-                                        "Lower the learning rate, or use precision.mixed: bf16 instead of fp16.")
-                    scaled = loss / len(group)
+                        bad_loss = loss.item()
+                        break
+                    scaled = loss / len(batches)
                     (scaler.scale(scaled) if scaler else scaled).backward()
-                    step_loss += loss.item() / len(group)
+                    step_loss += loss.item() / len(batches)
+                step_loss, bad = group.sum([step_loss, 1.0 if bad_loss is not None else 0.0])
+                if bad:
+                    raise UserError(f"loss became {bad_loss if bad_loss is not None else 'NaN/inf'} at epoch {epoch}, "
+                                    f"step {global_step + 1}. Lower the learning rate, or use precision.mixed: bf16 "
+                                    "instead of fp16.")
+                group.sum_grads(params)
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if config.optimizer.max_grad_norm:
@@ -239,7 +284,7 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                batch_index += len(group)
+                batch_index += len(batches)
                 global_step += 1
                 loss_sum += step_loss
                 loss_count += 1
@@ -249,10 +294,10 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
                 tracker.step(global_step, step_loss, lr, effective_lr(optimizer))
                 remaining = total_steps - global_step
                 on_progress({"phase": "training", "epoch": epoch, "max_epochs": max_epochs, "step": global_step,
-                             "total_steps": total_steps, "step_in_epoch": math.ceil(batch_index / accum),
+                             "total_steps": total_steps, "step_in_epoch": math.ceil(batch_index / batches_per_step),
                              "steps_per_epoch": steps_per_epoch, "loss": loss_sum / loss_count,
                              "s_per_it": s_per_it, "eta_seconds": remaining * s_per_it})
-                if should_stop():
+                if group.any(should_stop()):
                     snapshot()
                     log.info("stopped at epoch %d, step %d; state saved", epoch, global_step)
                     return "paused"
@@ -263,30 +308,12 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
                 if config.schedule.max_steps and global_step >= config.schedule.max_steps:
                     break
 
-            # End of epoch: stable eval, the epoch file, the log line, then the state.
-            on_progress({"phase": "eval", "epoch": epoch})
-            t_eval = time.perf_counter()
-            network.eval()
-            eval_loss, eval_by_sigma = evaluate(eval_set, dataset, latents, texts, eval_step)
-            network.train()
-            eval_seconds = time.perf_counter() - t_eval
-            on_progress({"phase": "saving", "epoch": epoch})
-            epoch_file = paths.epoch_file(name, epoch)
-            checkpoint.save_lora(epoch_file, network.state_dict(), config.precision.save, checkpoint.lora_metadata(
-                config, epoch=epoch, step=global_step, dataset=dataset, files=files, base_hash=dit_hash,
-                started=started, rank_dims=(config.network.dim, config.network.alpha or config.network.dim),
-                session=session))
-            record = {"epoch": epoch, "step": global_step, "loss": loss_sum / max(1, loss_count),
-                      "eval_loss": eval_loss, "eval_by_sigma": eval_by_sigma, "lr": scheduler.get_last_lr()[0],
-                      "d_lr": effective_lr(optimizer),
-                      "prodigy_d": optimizer.param_groups[0].get("d"), "seconds": time.perf_counter() - epoch_start,
-                      "eval_seconds": eval_seconds, "file": str(epoch_file.relative_to(paths.root)),
-                      "time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-            tracker.epoch(record)
-            log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
-                     eval_loss, 100 * eval_seconds / max(1e-9, record["seconds"]))
+            # End of epoch (rank 0): stable eval, the epoch file, the log line, then the state.
+            if group.is_main:
+                end_epoch(epoch, global_step, loss_sum / max(1, loss_count), time.perf_counter() - epoch_start)
             epoch, batch_index, loss_sum, loss_count = epoch + 1, 0, 0.0, 0
-            if config.selection.stop_at_floor and floor_confirmed(paths, config):
+            floor = group.is_main and config.selection.stop_at_floor and floor_confirmed(paths, config)
+            if group.any(floor):  # also where the other ranks wait for rank 0's eval and save
                 reason = f"stopped at the confirmed loss floor after epoch {epoch - 1}"
                 snapshot(finished=True)
                 break
@@ -297,8 +324,22 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     finally:
         tracker.close()
     log.info("training finished: %s", reason)
-    (paths.root / "finished.txt").write_text(reason + "\n")
+    if group.is_main:
+        (paths.root / "finished.txt").write_text(reason + "\n")
     return "finished"
+
+
+class NoTracker:
+    """What ranks other than 0 log to: nothing (rank 0 reports for the whole job)."""
+
+    def step(self, *args) -> None:
+        pass
+
+    def epoch(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def floor_confirmed(paths: JobPaths, config) -> bool:

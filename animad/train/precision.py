@@ -38,11 +38,12 @@ class Precision:
         return contextlib.nullcontext()
 
 
-def resolve_precision(config) -> Precision:
+def resolve_precision(config, device: torch.device | None = None) -> Precision:
+    """device overrides the job's device setting (each rank of a multi-GPU job has its own GPU)."""
     wanted = config.device
-    if wanted == "auto":
+    if device is None and wanted == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
+    elif device is None:
         device = torch.device(wanted)
         if device.type == "cuda" and not torch.cuda.is_available():
             from animad.errors import UserError

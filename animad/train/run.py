@@ -40,9 +40,10 @@ def load_job_dataset(paths: JobPaths, config):
 
 
 def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool],
-              on_progress: Callable[[dict], None]) -> str:
+              on_progress: Callable[[dict], None], gpus: int | None = None) -> str:
     """Train (or resume) the job in paths.root; returns "finished" or "paused".
 
+    gpus (default: animad.yaml's gpus) > 1 trains on that many GPUs, one process each.
     Raises UserError for problems the user can fix; anything else is a crash.
     """
     from animad.train.loop import run_training
@@ -50,8 +51,13 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     config = load_resolved(paths.resolved)
     files = job_model_files(paths, config, daemon)
     dataset = load_job_dataset(paths, config)
-    cache_dir = daemon.dir("cache")
+    arguments = {"paths": paths, "config": config, "files": files, "dataset": dataset,
+                 "cache_dir": daemon.dir("cache")}
+    world = gpus or daemon.config.gpus
     then = "Every file saved so far is intact: free some space and run the job again; it resumes from its last state."
     with disk_full_is_user_error(paths.root, then):
-        return run_training(paths, config, files, dataset, cache_dir=cache_dir, should_stop=should_stop,
-                            on_progress=on_progress)
+        if world > 1:
+            from animad.train.distributed import launch
+
+            return launch(world, arguments, should_stop, on_progress)
+        return run_training(**arguments, should_stop=should_stop, on_progress=on_progress)
