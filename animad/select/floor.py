@@ -344,6 +344,11 @@ def analyze_curve(epochs, losses, *, patience: int = 15, shortlist_size: int = 4
     smoothed = np.full(len(all_epochs), math.nan)
     if len(floor.epochs):
         smoothed = np.interp(all_epochs, floor.epochs, floor.level)  # left-out epochs get the level around them
+        # The running mean's window is cut short at the start, where the curve falls fastest: there
+        # it would be drawn well below the curve it smooths. Show it only where its window is whole.
+        half = level_width(len(floor.epochs)) // 2
+        if len(floor.epochs) > 2 * half:
+            smoothed[all_epochs < floor.epochs[half]] = math.nan
     return FloorAnalysis(floor.status, floor.floor_epoch, floor.candidate_epoch, lowest, [p.epoch for p in picks],
                          picks, floor.noise, [int(e) for e in all_epochs], [float(v) for v in all_losses],
                          [float(v) for v in smoothed], sorted(floor.ignored),
