@@ -1,0 +1,33 @@
+"""`animad demo`, the README's first command: the whole inbox -> train -> select -> outbox path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_ends_with_a_review_package(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "animad", "demo", "--dir", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    package = tmp_path / "d" / "outbox" / "demo-shapes"
+    assert f"file://{package / 'index.html'}" in result.stdout  # it says where to look
+    summary = json.loads((package / "summary.json").read_text())
+    assert summary["shortlist"] and summary["epochs_trained"] >= 1
+    for pick in summary["shortlist"]:
+        with safe_open(str(package / pick["file"]), "pt") as lora:  # a loadable LoRA, sd-scripts keys
+            assert any(k.startswith("lora_unet_blocks_") for k in lora.keys())
+    with Image.open(package / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 200
+    assert len(list((package / "previews").rglob("*.png"))) == len(summary["prompts"]) * (1 + len(summary["shortlist"]))
+    page = (package / "index.html").read_text()
+    assert "contact_sheet.png" in page and pick["file"] in page
+    # Everything stays in the demo folder (the user's own dirs are untouched).
+    assert (tmp_path / "d" / "animad.yaml").is_file() and (tmp_path / "d" / "state").is_dir()
