@@ -26,6 +26,18 @@ def run_job(tmp_path, daemon_config, epochs=2, **overrides):
     return paths, records
 
 
+def optimizer_state_dtypes(state: dict) -> set:
+    """Every tensor dtype in a saved optimizer state (bitsandbytes nests its buffers one level down)."""
+    found, todo = set(), [state["optimizer"]["state"]]
+    while todo:
+        item = todo.pop()
+        if torch.is_tensor(item):
+            found.add(item.dtype)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+    return found
+
+
 @pytest.mark.parametrize("optimizer", [
     {"type": "prodigy", "lr": 1.0},
     {"type": "adafactor", "lr": 1e-3},
@@ -33,13 +45,16 @@ def run_job(tmp_path, daemon_config, epochs=2, **overrides):
 ])
 def test_optimizers_take_real_steps(tmp_path, daemon_config, optimizer):
     # Prodigy's d starts at 1e-6 and needs a few dozen steps to grow: 2 epochs x 32 steps.
-    paths, records = run_job(tmp_path, daemon_config, optimizer=optimizer,
+    # dim 64: bitsandbytes keeps 8-bit state only for tensors of 4096 values or more.
+    paths, records = run_job(tmp_path, daemon_config, optimizer=optimizer, network={"dim": 64},
                              data={"batch_size": 1, "repeats": 4}, schedule={"type": "constant", "max_epochs": 2})
     state = torch.load(paths.resume_state, weights_only=False)
     ups = [v for k, v in state["lora"].items() if k.endswith("lora_up.weight")]
     assert any(u.abs().max() > 0 for u in ups)  # lora_up starts at zero: it moved
     if optimizer["type"] == "prodigy":
         assert records[-1]["prodigy_d"] > 1e-6  # Prodigy's adapted step size d grew from d0 = 1e-6
+    if optimizer["type"] == "adamw8bit":  # bitsandbytes' CPU kernels keep real 8-bit moments
+        assert torch.uint8 in optimizer_state_dtypes(state)
 
 
 def test_bf16_autocast_and_options_on_cpu(tmp_path, daemon_config):
