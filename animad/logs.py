@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
+import threading
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -27,3 +29,15 @@ def setup_logging(log_file: Path | None = None, stream=sys.stderr, level=logging
     # Libraries that talk too much at INFO.
     for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args) -> None:
+    # TensorBoard writes its event file from a thread of its own: on a full disk that thread dies
+    # with a long traceback, while the training loop reports the same problem clearly. One line.
+    error = args.exc_value
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        name = args.thread.name if args.thread else "a background thread"
+        logging.getLogger("animad").warning("%s: disk full (%s)", name, error)
+        return
+    threading.__excepthook__(args)

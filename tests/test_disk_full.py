@@ -120,6 +120,7 @@ def test_daemon_survives_a_disk_filled_mid_run_and_retry_finishes_the_job(tmp_pa
     assert seen["failed_status"] == "failed", context
     assert "disk full while writing" in seen["error"] and "free some space" in seen["error"], context
     assert seen["daemon_alive_while_full"], context
+    assert "Traceback" not in seen["daemon_log"], context  # one clear line each, no stack dumps
     code, status_output = seen["status_while_full"]
     assert code == 0 and "Traceback" not in status_output, context  # `animad status` still works
     assert all(name.endswith(".safetensors") and not name.startswith(".") for name in
