@@ -103,10 +103,12 @@ def _add_arguments(verb: str, sp: argparse.ArgumentParser) -> None:
 def describe_os_error(error: OSError) -> str:
     import errno
 
+    from animad.errors import is_disk_full
+
     where = error.filename or "a file"
     if error.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied: {where}. Check its owner and mode (ls -l), or run animad as that user."
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(error):
         return f"disk full while writing {where}. Free some space and run the command again."
     if error.errno == errno.EROFS:
         return f"{where} is on a read-only file system. Point the setting that names it somewhere writable."

@@ -16,12 +16,16 @@ class StopRequested(Exception):
     """Training stopped at a step boundary because it was asked to (window closed, SIGTERM)."""
 
 
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
 def disk_full_is_user_error(fallback_place, then: str):
     """Turn a full disk (or quota) into a UserError that names the file and says what to do next."""
     try:
         yield
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(error):
             raise
         raise UserError(f"disk full while writing {error.filename or fallback_place}. {then}") from None

@@ -28,13 +28,10 @@ def atomic_file(path: Path, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if error.filename is None:  # a failed write() names no file; say which one it was
+        if isinstance(error, OSError) and error.filename is None:  # a failed write() names no file
             raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(path.parent)
@@ -58,6 +55,26 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _stat_ok(check, path: Path) -> bool:
+    # A folder we may not look into (another user's home, a locked mount) is simply not a match.
+    try:
+        return check(Path(path))
+    except OSError:
+        return False
+
+
+def safe_is_file(path: Path) -> bool:
+    return _stat_ok(Path.is_file, path)
+
+
+def safe_is_dir(path: Path) -> bool:
+    return _stat_ok(Path.is_dir, path)
+
+
+def safe_exists(path: Path) -> bool:
+    return _stat_ok(Path.exists, path)
 
 
 def remove_stale_temp_files(directory: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 import threading
@@ -36,7 +35,9 @@ def _thread_exception(args) -> None:
     # TensorBoard writes its event file from a thread of its own: on a full disk that thread dies
     # with a long traceback, while the training loop reports the same problem clearly. One line.
     error = args.exc_value
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    from animad.errors import is_disk_full
+
+    if is_disk_full(error):
         name = args.thread.name if args.thread else "a background thread"
         logging.getLogger("animad").warning("%s: disk full (%s)", name, error)
         return

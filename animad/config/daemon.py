@@ -13,6 +13,7 @@ from pathlib import Path
 from animad.config.problems import ConfigError, Problems
 from animad.config.schema import option, parse, section, template
 from animad.config.yamlio import load_yaml_file
+from animad.fsutil import safe_is_file
 
 
 @dataclasses.dataclass
@@ -70,18 +71,11 @@ def find_config_path(explicit: str | None = None) -> Path | None:
     candidates = [explicit, os.environ.get("ANIMAD_CONFIG"), "animad.yaml",
                   str(Path.home() / ".config" / "animad" / "animad.yaml")]
     for candidate in candidates:
-        if candidate and _is_file(Path(candidate).expanduser()):
+        if candidate and safe_is_file(Path(candidate).expanduser()):  # another user's ~ is not ours
             return Path(candidate).expanduser().resolve()
     if explicit:
         return Path(explicit).expanduser().resolve()
     return None
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # e.g. another user's ~/.config we may not look into: not our config
-        return False
 
 
 def resolve_path(base: Path, value: str | None) -> Path | None:

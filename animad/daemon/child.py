@@ -66,7 +66,8 @@ def record_outcome(queue, job_id: int, report_fd: int | None, **fields) -> None:
         except Exception as error:  # noqa: BLE001 - e.g. "database or disk is full"
             log.warning("could not record the outcome of job %d (%s)%s", job_id, error,
                         "; retrying" if attempt < 2 else "")
-            time.sleep(1)
+            if attempt < 2:
+                time.sleep(1)
 
 
 def cmd_job(args) -> int:

@@ -89,12 +89,6 @@ class Queue:
             self._local.db = db
         yield db
 
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
     @contextlib.contextmanager
     def transaction(self):
         with self.connect() as db:

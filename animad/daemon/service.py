@@ -8,7 +8,6 @@ rows in SQLite) are noticed. Nothing a job does can raise out of this loop.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import logging
 import os
@@ -27,7 +26,7 @@ from animad.daemon.freeze import finish_accepting, handle_folder
 from animad.daemon.inbox import InboxWatcher, SettleTracker
 from animad.daemon.queue import Queue, pid_alive
 from animad.daemon.window import Clock, is_open, next_close, next_open, parse_windows
-from animad.errors import UserError
+from animad.errors import UserError, is_disk_full
 
 log = logging.getLogger("animad.daemon")
 
@@ -36,10 +35,8 @@ def queue_path(daemon: Daemon) -> Path:
     return daemon.dir("state") / "animad.sqlite"
 
 
-def is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+def disk_or_database_full(error: BaseException) -> bool:
+    return is_disk_full(error) or isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 @dataclasses.dataclass
@@ -178,7 +175,7 @@ class Service:
         if text == self.last_error[0] and now - self.last_error[1] < 300:
             return
         self.last_error = (text, now)
-        if is_disk_full(error):
+        if disk_or_database_full(error):
             log.error("the disk is full (%s): waiting for free space; the queue carries on once there is room", text)
         else:
             log.exception("unexpected error in the daemon loop; carrying on")
@@ -300,6 +297,7 @@ class Service:
             pass
 
     def on_exit(self, job: Running, code: int, window_open: bool) -> None:
+        report = job.read_report()  # also closes the pipe, however the job ended
         row = self.queue.get(job.job_id)
         outcome = row["outcome"]
         if code == -999:  # adopted job: read what it wrote
@@ -326,14 +324,14 @@ class Service:
             log.info("job %d paused (%s); it resumes from its saved state", job.job_id, job.stop_reason or "stopped")
             return
         if code == EXIT_USER_ERROR:
-            reason = row["error"] or job.read_report() or f"the job reported a problem; see: animad logs {job.job_id}"
+            reason = row["error"] or report or f"the job reported a problem; see: animad logs {job.job_id}"
         elif code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             reason = f"the job process was killed by {name}" + (
                 " (the kernel's out-of-memory killer does this: lower batch size or resolution)"
                 if -code == signal.SIGKILL else "")
         else:
-            reason = row["error"] or job.read_report() or f"the job process exited with code {code}"
+            reason = row["error"] or report or f"the job process exited with code {code}"
         self.queue.update(job.job_id, status="failed", pid=None, error=reason, finished=now, request=None)
         log.error("job %d failed: %s", job.job_id, reason.splitlines()[0])
 

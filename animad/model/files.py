@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from animad.config.problems import Problems
+from animad.fsutil import safe_exists, safe_is_dir, safe_is_file
 
 QWEN_DIR_NAMES = ("qwen3", "qwen3_06b", "qwen25_tokenizer", "qwen_tokenizer", "qwen")
 T5_DIR_NAMES = ("t5", "t5_tokenizer", "t5_old", "t5xxl")
@@ -31,44 +32,24 @@ class ModelFiles:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _stat_ok(check, path: Path) -> bool:
-    # A folder we may not look into (another user's home, a locked mount) is simply not a match.
-    try:
-        return check(path)
-    except OSError:
-        return False
-
-
-def _file(path: Path) -> bool:
-    return _stat_ok(Path.is_file, path)
-
-
-def _dir(path: Path) -> bool:
-    return _stat_ok(Path.is_dir, path)
-
-
-def _exists(path: Path) -> bool:
-    return _stat_ok(Path.exists, path)
-
-
 def is_qwen_tokenizer_dir(path: Path) -> bool:
-    return _file(path / "vocab.json") and _file(path / "merges.txt") or (
-        _file(path / "tokenizer.json") and "t5" not in path.name.lower())
+    return safe_is_file(path / "vocab.json") and safe_is_file(path / "merges.txt") or (
+        safe_is_file(path / "tokenizer.json") and "t5" not in path.name.lower())
 
 
 def is_t5_tokenizer_dir(path: Path) -> bool:
-    return _file(path / "spiece.model") or (
-        _file(path / "tokenizer.json") and "qwen" not in path.name.lower()
-        and not _exists(path / "merges.txt"))
+    return safe_is_file(path / "spiece.model") or (
+        safe_is_file(path / "tokenizer.json") and "qwen" not in path.name.lower()
+        and not safe_exists(path / "merges.txt"))
 
 
 def _candidates_in(root: Path):
     """Yield (kind, dir) tokenizer candidates inside a folder that a user pointed us at."""
-    if not _dir(root):
+    if not safe_is_dir(root):
         return
-    if _file(root / "vocab.json") and _file(root / "merges.txt"):
+    if safe_is_file(root / "vocab.json") and safe_is_file(root / "merges.txt"):
         yield "qwen", root
-    if _file(root / "spiece.model"):
+    if safe_is_file(root / "spiece.model"):
         yield "t5", root
     for sub in ("", "comfy/text_encoders", "text_encoders", "configs", "tokenizers"):
         base = root / sub if sub else root
@@ -88,7 +69,7 @@ def _hf_cache_candidates():
         for repo in sorted(hub.glob(pattern)):
             for snapshot in sorted((repo / "snapshots").glob("*")):
                 ok = is_qwen_tokenizer_dir(snapshot) if kind == "qwen" else (
-                    _file(snapshot / "spiece.model") or _file(snapshot / "tokenizer.json"))
+                    safe_is_file(snapshot / "spiece.model") or safe_is_file(snapshot / "tokenizer.json"))
                 if ok:
                     yield kind, snapshot
 
@@ -97,7 +78,7 @@ def _comfy_roots_near(paths: list[Path]):
     """A ComfyUI install is usually a few levels above models/diffusion_models/x.safetensors."""
     for path in paths:
         for parent in list(Path(path).expanduser().parents)[:5]:
-            if _dir(parent / "comfy" / "text_encoders"):
+            if safe_is_dir(parent / "comfy" / "text_encoders"):
                 yield parent
 
 
