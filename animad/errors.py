@@ -12,10 +12,6 @@ class ModelFileError(UserError):
     """A model file is missing, truncated, or not the file that was expected."""
 
 
-class StopRequested(Exception):
-    """Training stopped at a step boundary because it was asked to (window closed, SIGTERM)."""
-
-
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 

@@ -18,7 +18,12 @@ A job folder looks like this:
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from pathlib import Path
+
+NAME_CHARS = 80  # long job names are cut; the epoch and kind always follow in the file name
+NAME_BYTES = 160  # file systems allow 255 bytes; leave room for "-e0023-lowest.safetensors" etc.
 
 
 class JobPaths:
@@ -42,7 +47,6 @@ class JobPaths:
     resume_state = property(lambda self: self.root / "state" / "resume.pt")
     log = property(lambda self: self.root / "train.log")
     selection = property(lambda self: self.root / "selection")
-    progress = property(lambda self: self.root / "progress.json")
 
     def epoch_file(self, name: str, epoch: int) -> Path:
         return self.epochs_dir / f"{name}-e{epoch:04d}.safetensors"
@@ -67,3 +71,25 @@ def read_epochs_log(path: Path) -> list[dict]:
         except ValueError:
             continue
     return records
+
+
+def safe_name(name, fallback: str = "lora") -> str:
+    """Given a user-supplied name, return one usable as a single file name inside a folder.
+
+    Path separators, reserved characters and whitespace become '_'; control and format characters
+    (including bidi overrides) go; '..' cannot survive and no leading dot makes a hidden file.
+    Unicode letters stay. An empty result becomes `fallback`.
+    """
+    text = unicodedata.normalize("NFC", str(name))
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category.startswith("C"):
+            continue  # controls, zero-width and bidi format characters, surrogates, unassigned
+        kept.append("_" if char in '/\\:*?"<>|' or category.startswith("Z") or char.isspace() else char)
+    cleaned = re.sub(r"_{2,}", "_", "".join(kept))
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip("._- ")
+    cleaned = cleaned[:NAME_CHARS]
+    while len(cleaned.encode("utf-8")) > NAME_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned.rstrip("._- ") or fallback

@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from animad.config.daemon import load_daemon_config  # noqa: E402
 from animad.daemon.inbox import latest_change  # noqa: E402
 from animad.daemon.queue import Queue  # noqa: E402
-from animad.daemon.service import queue_path  # noqa: E402
-from animad.model.tiny import make_tiny_model_set  # noqa: E402
-from animad.synthetic import make_dataset, tiny_job, write_daemon_config  # noqa: E402
+from animad.daemon.queue import queue_path  # noqa: E402
+from animad.anima.tiny import make_tiny_model_set  # noqa: E402
+from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config  # noqa: E402
 
 SETTLE = 2.0
 TICKS = os.sysconf("SC_CLK_TCK")

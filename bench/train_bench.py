@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from animad.config.job import JobConfig  # noqa: E402
-from animad.model.dit import ANIMA_2B, AnimaDiT, DiTConfig  # noqa: E402
+from animad.anima.dit import ANIMA_2B, AnimaDiT, DiTConfig  # noqa: E402
 from animad.train.flow import flow_loss, noisy, sample_sigmas  # noqa: E402
 from animad.train.lora import build_network  # noqa: E402
 
@@ -121,7 +121,7 @@ def bench_step(config: DiTConfig, device, dtype, side: int, batch: int, checkpoi
 def bench_vae_and_previews(device, dtype, side: int, full: bool) -> dict:
     from diffusers import AutoencoderKLQwenImage
 
-    from animad.model.vae import VAE
+    from animad.anima.vae import VAE
     from animad.train.flow import euler_sample
 
     vae = VAE(AutoencoderKLQwenImage(base_dim=96 if full else 8).to(device, dtype).eval())
@@ -165,11 +165,11 @@ def bench_tiny_end_to_end() -> dict:
 
     from animad.config.daemon import load_daemon_config
     from animad.layout import JobPaths, read_epochs_log
-    from animad.model.tiny import make_tiny_model_set
-    from animad.synthetic import make_dataset, tiny_job, write_daemon_config
-    from animad.train.prepare import write_job_files
+    from animad.anima.tiny import make_tiny_model_set
+    from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
+    from animad.intake.jobfiles import write_job_files
     from animad.train.run import train_job
-    from animad.validate import check_folder
+    from animad.intake.check import check_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -17,14 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def shared_tokenizers() -> Path | None:
     """The real Qwen3/T5 tokenizer files (../shared/tokenizers), when this checkout has them."""
-    from animad.model.tiny import find_shared_tokenizers
+    from animad.anima.tiny import find_shared_tokenizers
 
     return find_shared_tokenizers()
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, shared_tokenizers) -> dict:
-    from animad.model.tiny import make_tiny_model_set
+    from animad.anima.tiny import make_tiny_model_set
 
     return make_tiny_model_set(tmp_path_factory.mktemp("tiny-models"), seed=0, tokenizers=shared_tokenizers)
 
@@ -32,6 +32,6 @@ def tiny_models(tmp_path_factory, shared_tokenizers) -> dict:
 @pytest.fixture()
 def daemon_config(tmp_path, tiny_models) -> Path:
     """An animad.yaml in tmp_path whose default model set is the tiny set (cache shared per test dir)."""
-    from animad.synthetic import write_daemon_config
+    from animad.demo.synthetic import write_daemon_config
 
     return write_daemon_config(tmp_path / "animad.yaml", tiny_models)

@@ -19,7 +19,7 @@ from daemon_helpers import DaemonProcess, configure, drop  # noqa: E402
 
 from animad.daemon.queue import pid_alive  # noqa: E402
 from animad.layout import read_epochs_log  # noqa: E402
-from animad.synthetic import make_dataset, tiny_job  # noqa: E402
+from animad.demo.synthetic import make_dataset, tiny_job  # noqa: E402
 
 
 def fill(path: Path) -> int:

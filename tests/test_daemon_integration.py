@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from animad.layout import read_epochs_log
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 from daemon_helpers import DaemonProcess, configure, drop
 

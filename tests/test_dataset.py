@@ -11,7 +11,7 @@ from PIL import Image
 from animad.config.job import parse_job
 from animad.config.problems import Problems
 from animad.train.captions import augment_caption
-from animad.train.dataset import scan_dataset
+from animad.intake.dataset import scan_dataset
 
 
 def job(data=None):
@@ -111,7 +111,7 @@ def test_trigger_and_batch_size_warnings(tmp_path):
 
 
 def test_caption_shuffle_keeps_leading_tokens_and_drops_tags():
-    from animad.train.dataset import Subset
+    from animad.intake.dataset import Subset
 
     subset = Subset("", 1, keep_tokens=1, class_tokens=None, shuffle_captions=True, tag_dropout=0.5,
                     caption_dropout=0.0, flip=False, alpha_mask=False)
@@ -152,7 +152,7 @@ def test_unreadable_images_captions_and_model_files_are_named(tmp_path, daemon_c
     import subprocess
     import sys
 
-    from animad.synthetic import make_dataset, tiny_job
+    from animad.demo.synthetic import make_dataset, tiny_job
 
     locked_vae = tmp_path / "models" / "vae-copy.safetensors"
     locked_vae.parent.mkdir()

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from animad.layout import read_epochs_log
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 EPOCHS = 4
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from animad.layout import read_epochs_log
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 from test_train_options import optimizer_state_dtypes, run_job
 

@@ -13,7 +13,7 @@ from animad.daemon.freeze import finish_accepting, handle_folder
 from animad.daemon.inbox import SettleTracker
 from animad.daemon.queue import Queue
 from animad.layout import JobPaths
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 
 @pytest.fixture()

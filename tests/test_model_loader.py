@@ -8,8 +8,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from animad.errors import ModelFileError
-from animad.model import load as model_load
-from animad.model.dit import ANIMA_2B, AnimaDiT
+from animad.anima import load as model_load
+from animad.anima.dit import ANIMA_2B, AnimaDiT
 
 
 def test_full_size_dit_has_the_released_layout():
@@ -120,7 +120,7 @@ def test_not_a_safetensors_file(tmp_path):
 
 
 def test_vae_accepts_both_key_layouts(tiny_models, tmp_path):
-    from animad.model.vae import original_to_diffusers
+    from animad.anima.vae import original_to_diffusers
 
     diffusers_layout = tmp_path / "vae_diffusers.safetensors"
     save_file(original_to_diffusers(load_file(str(tiny_models["vae"]))), str(diffusers_layout))
@@ -135,7 +135,7 @@ def test_our_dit_matches_diffusers_cosmos_reference():
     from diffusers import CosmosTransformer3DModel
     from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 
-    from animad.model.dit import DiTConfig
+    from animad.anima.dit import DiTConfig
 
     torch.manual_seed(0)
     config = DiTConfig(dim=64, depth=2, head_dim=32, context_dim=48, adaln_lora_dim=16)

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from animad.layout import read_epochs_log
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -93,7 +93,7 @@ def test_two_ranks_equal_one_process_with_double_accumulation_and_resume(tmp_pat
 
 def test_asking_for_more_gpus_than_visible_is_a_clear_error(tmp_path, daemon_config, monkeypatch):
     from animad.errors import UserError
-    from animad.train import distributed
+    from animad.train import ranks as distributed
 
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 1)

@@ -14,8 +14,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from animad.select import package as package_module
-from animad.select.floor import analyze_curve
-from animad.select.package import PreviewCell, Review, safe_name, write_review_package
+from animad.select.shortlist import analyze_curve
+from animad.layout import safe_name
+from animad.select.package import PreviewCell, Review, write_review_package
 from animad.select.plot import loss_plot
 from animad.select.sheet import CELL_SIZE, HEADER_HEIGHT, LABEL_WIDTH, PAD, contact_sheet
 

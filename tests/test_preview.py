@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from animad.config.job import load_resolved
-from animad.select.preview import render_previews
-from animad.train.run import job_model_files
+from animad.select.previews import render_previews
+from animad.intake.models import job_model_files
 
 from test_train_engine import trained  # noqa: F401 - the shared 6-epoch run (module fixture)
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from animad.layout import read_epochs_log
-from animad.synthetic import make_dataset, tiny_job
+from animad.demo.synthetic import make_dataset, tiny_job
 
 EPOCHS = 5
 # Bit-identical is expected on the same machine and thread count (every step reseeds its own RNG);

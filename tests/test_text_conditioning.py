@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from animad.model import load as model_load
-from animad.model.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.anima import load as model_load
+from animad.anima.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
 
 
 @pytest.fixture(scope="module")

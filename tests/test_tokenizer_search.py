@@ -9,9 +9,9 @@ import sys
 import pytest
 import yaml
 
-from animad.model.files import find_tokenizers
-from animad.model.text import T5Ids, load_qwen_tokenizer
-from animad.synthetic import make_dataset, tiny_job
+from animad.anima.files import find_tokenizers
+from animad.anima.text import T5Ids, load_qwen_tokenizer
+from animad.demo.synthetic import make_dataset, tiny_job
 
 
 @pytest.fixture()

@@ -11,15 +11,15 @@ from safetensors import safe_open
 
 from animad.config.daemon import load_daemon_config
 from animad.layout import JobPaths, read_epochs_log
-from animad.model import load as model_load
-from animad.model.dit import ANIMA_2B, AnimaDiT
-from animad.synthetic import make_dataset, tiny_job
+from animad.anima import load as model_load
+from animad.anima.dit import ANIMA_2B, AnimaDiT
+from animad.demo.synthetic import make_dataset, tiny_job
 from animad.train.lora import linear_modules, lora_name, network_from_state, read_lora_file
-from animad.validate import check_folder
+from animad.intake.check import check_folder
 
 
 def prepare(tmp_path, daemon_config, job: dict, name="ds", **dataset_kwargs) -> tuple[JobPaths, object]:
-    from animad.train.prepare import write_job_files
+    from animad.intake.jobfiles import write_job_files
 
     folder = make_dataset(tmp_path / name, job=job, **dataset_kwargs)
     daemon = load_daemon_config(daemon_config)
@@ -41,7 +41,7 @@ def train(paths, daemon, stop=lambda: False):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models):
     """One 6-epoch run shared by the checks below (save precision fp32 for exact comparisons)."""
-    from animad.synthetic import write_daemon_config
+    from animad.demo.synthetic import write_daemon_config
 
     tmp = tmp_path_factory.mktemp("trained")
     config = write_daemon_config(tmp / "animad.yaml", tiny_models)
@@ -121,16 +121,16 @@ def test_unchanged_images_reuse_the_cache(trained, tmp_path):
     cache = daemon.dir("cache")
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
     assert len(before) >= 8  # latents for 8 images + text embeddings
-    from animad.train.caching import cache_latents
-    from animad.train.cache import TensorCache
+    from animad.train.caches import cache_latents
+    from animad.train.caches import TensorCache
     from animad.train.batches import item_buckets
-    from animad.train.run import load_job_dataset
+    from animad.intake.jobfiles import load_job_dataset
     from animad.config.job import load_resolved
 
     config = load_resolved(paths.resolved)
     dataset = load_job_dataset(paths, config)
     loaded = []
-    from animad.train.cache import model_fingerprint
+    from animad.train.caches import model_fingerprint
 
     vae_hash = model_fingerprint(load_job_files(paths)["vae"], cache)
     cache_latents(dataset, item_buckets(dataset, config.data), lambda: loaded.append(1), vae_hash, TensorCache(cache))

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from animad.layout import read_epochs_log
-from animad.synthetic import tiny_job
+from animad.demo.synthetic import tiny_job
 from animad.train.optim import lr_factor
 
 from test_train_engine import prepare, train

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from animad.daemon.window import is_open, next_close, next_open, parse_windows
+from animad.config.window import parse_windows
+from animad.daemon.window import is_open, next_close, next_open
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from animad.config.problems import ConfigError, Problems
 from animad.config.schema import option, parse, section, template
+from animad.config.window import parse_windows
 from animad.config.yamlio import load_yaml_file
 from animad.fsutil import safe_is_file
 
@@ -124,8 +125,6 @@ def load_daemon_config(path: Path | None) -> Daemon:
 
 
 def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
-    from animad.daemon.window import parse_windows
-
     try:
         parse_windows(config.windows)
     except ValueError as error:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from animad.anima.facts import LORA_TARGET_GROUPS, SIDE_MULTIPLE
 from animad.config.problems import ConfigError, Problems
 from animad.config.schema import option, parse, section, to_dict
 from animad.config.yamlio import load_yaml_file
 
-TARGET_GROUPS = ("self_attn", "cross_attn", "mlp")
-
 
 @dataclasses.dataclass
-class ModelFiles:
+class ModelFileOptions:
     dit: str | None = option(None, "Anima DiT .safetensors (ComfyUI models/diffusion_models).",
                              example="~/ComfyUI/models/diffusion_models/anima-base-v1.0.safetensors")
     text_encoder: str | None = option(None, "Qwen3-0.6B text encoder .safetensors (models/text_encoders).",
@@ -34,9 +33,9 @@ class NetworkConfig:
     dropout: float = option(0.0, "Dropout on the LoRA down-projection output.", min=0, max=0.99)
     rank_dropout: float = option(0.0, "Drop whole ranks per sample (rescaled).", min=0, max=0.99)
     module_dropout: float = option(0.0, "Skip a whole LoRA module for a step with this probability.", min=0, max=0.99)
-    targets: list[str] = option(list(TARGET_GROUPS),
+    targets: list[str] = option(list(LORA_TARGET_GROUPS),
                                 "Which DiT linears get LoRA: self_attn (q/k/v/output), cross_attn, mlp.",
-                                choices=TARGET_GROUPS)
+                                choices=LORA_TARGET_GROUPS)
     blocks: list[int] | None = option(None, "Only these DiT block indices (null = all blocks).", min=0,
                                       example=[0, 1, 2])
     include: list[str] = option([], "Extra module-name regexes to add (e.g. 'final_layer.linear').")
@@ -173,7 +172,7 @@ class JobConfig:
     author: str = option("", "Written into the LoRA metadata.")
     description: str = option("", "Written into the LoRA metadata.")
     base_model: str | None = option(None, "A model set named in animad.yaml (null = the configured default).")
-    model_files: ModelFiles = section(ModelFiles, "Explicit model files; they override base_model.")
+    model_files: ModelFileOptions = section(ModelFileOptions, "Explicit model files; they override base_model.")
     network: NetworkConfig = section(NetworkConfig, "LoRA network.")
     optimizer: OptimizerConfig = section(OptimizerConfig, "Optimizer.")
     schedule: ScheduleConfig = section(ScheduleConfig, "Learning-rate schedule and length.")
@@ -205,19 +204,21 @@ def check_job_logic(config: JobConfig, file, problems: Problems) -> None:
         sides = data.resolution
     else:
         sides = [data.resolution]
+    # Image sides become latent sides (/8) cut into 2x2 patches: they must divide by 16.
     for side in sides:
-        if isinstance(side, int) and side % 16:
-            problems.error(file, "data.resolution", f"{side} is not a multiple of 16",
-                           f"use {side - side % 16 or 16}")
-    if data.bucket_step % 16:
-        problems.error(file, "data.bucket_step", f"{data.bucket_step} is not a multiple of 16",
-                       "use 64 (the guides' value) or another multiple of 16")
+        if isinstance(side, int) and side % SIDE_MULTIPLE:
+            problems.error(file, "data.resolution", f"{side} is not a multiple of {SIDE_MULTIPLE}",
+                           f"use {side - side % SIDE_MULTIPLE or SIDE_MULTIPLE}")
+    if data.bucket_step % SIDE_MULTIPLE:
+        problems.error(file, "data.bucket_step", f"{data.bucket_step} is not a multiple of {SIDE_MULTIPLE}",
+                       f"use 64 (the guides' value) or another multiple of {SIDE_MULTIPLE}")
     if data.min_bucket > data.max_bucket:
         problems.error(file, "data.min_bucket", f"min_bucket {data.min_bucket} > max_bucket {data.max_bucket}",
                        "make min_bucket smaller than max_bucket")
     for side_key in ("width", "height"):
-        if getattr(config.previews, side_key) % 16:
-            problems.error(file, f"previews.{side_key}", "must be a multiple of 16", "use 1024, 896 or 1152")
+        if getattr(config.previews, side_key) % SIDE_MULTIPLE:
+            problems.error(file, f"previews.{side_key}", f"must be a multiple of {SIDE_MULTIPLE}",
+                           "use 1024, 896 or 1152")
     if len(config.optimizer.betas) != 2:
         problems.error(file, "optimizer.betas", "needs exactly two values", "for example: [0.9, 0.99]")
     if config.previews.seeds and config.previews.prompts and len(config.previews.seeds) not in (

@@ -2,12 +2,11 @@
 
 A crash, an OOM or a CUDA error here takes down this process only; the daemon records why and goes
 on. SIGTERM/SIGINT only set a flag: training saves its state at the next step boundary and exits
-with EXIT_PAUSED.
+with Exit.PAUSED (75).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -16,18 +15,17 @@ import time
 import traceback
 from pathlib import Path
 
-EXIT_FINISHED, EXIT_CRASH, EXIT_USER_ERROR, EXIT_PAUSED = 0, 1, 2, 75
+from animad.config.daemon import find_config_path, load_daemon_config
+from animad.daemon.queue import Queue
+from animad.errors import UserError
+from animad.layout import JobPaths
+from animad.logs import setup_logging
+from animad.outcomes import Exit
+from animad.select.run import select_job
+from animad.signals import StopFlag, die_with_parent
+from animad.train.run import train_job
 
 log = logging.getLogger("animad.job")
-
-
-def die_with_parent() -> None:
-    """Ask Linux to send us SIGTERM if the daemon dies, so an orphan saves its state and stops."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class Reporter:
@@ -70,52 +68,43 @@ def record_outcome(queue, job_id: int, report_fd: int | None, **fields) -> None:
                 time.sleep(1)
 
 
-def cmd_job(args) -> int:
-    from animad.commands import StopFlag
-    from animad.config.daemon import find_config_path, load_daemon_config
-    from animad.daemon.queue import Queue
-    from animad.errors import UserError
-    from animad.layout import JobPaths
-    from animad.logs import setup_logging
-
+def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | None, config: str | None) -> Exit:
+    """Run one phase ("train" or "select") of a queued job; the exit code tells the daemon how it ended."""
     die_with_parent()
-    paths = JobPaths(Path(args.job_dir))
+    paths = JobPaths(Path(job_dir))
     setup_logging(paths.log, stream=sys.stdout)
-    queue = Queue(Path(args.db))
+    queue = Queue(Path(db))
     stop = StopFlag()
     stop.install()
     signal.signal(signal.SIGINT, lambda *_: setattr(stop, "requested", True))  # never KeyboardInterrupt here
-    row = queue.get(args.job_id)
+    row = queue.get(job_id)
     try:
-        daemon = load_daemon_config(find_config_path(args.config))
-        if args.phase == "train":
-            log.info("job %d: training %s", args.job_id, paths.root)
-            status = __import__("animad.train.run", fromlist=["train_job"]).train_job(
-                paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, args.job_id))
-            outcome, code = ("paused", EXIT_PAUSED) if status == "paused" else ("finished", EXIT_FINISHED)
+        daemon = load_daemon_config(find_config_path(config))
+        if phase == "train":
+            log.info("job %d: training %s", job_id, paths.root)
+            status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, job_id))
+            outcome, code = ("paused", Exit.PAUSED) if status == "paused" else ("finished", Exit.FINISHED)
         else:
-            from animad.select.run import select_job
-
-            log.info("job %d: selection and previews", args.job_id)
-            queue.heartbeat(args.job_id, {"phase": "selecting"})
+            log.info("job %d: selection and previews", job_id)
+            queue.heartbeat(job_id, {"phase": "selecting"})
             package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop)
             if stop.requested:
-                outcome, code = "paused", EXIT_PAUSED
+                outcome, code = "paused", Exit.PAUSED
             else:
-                log.info("job %d: review package at %s", args.job_id, package / "index.html")
-                outcome, code = "finished", EXIT_FINISHED
-        queue.update(args.job_id, outcome=outcome)
+                log.info("job %d: review package at %s", job_id, package / "index.html")
+                outcome, code = "finished", Exit.FINISHED
+        queue.update(job_id, outcome=outcome)
         return code
     except UserError as error:
-        log.error("job %d failed: %s", args.job_id, error)
-        record_outcome(queue, args.job_id, args.report_fd, outcome="user_error", error=str(error))
-        return EXIT_USER_ERROR
+        log.error("job %d failed: %s", job_id, error)
+        record_outcome(queue, job_id, report_fd, outcome="user_error", error=str(error))
+        return Exit.USER_ERROR
     except Exception as error:  # noqa: BLE001 - the whole point: record any crash and exit
         detail = "".join(traceback.format_exception(error))
-        log.error("job %d crashed:\n%s", args.job_id, detail)
+        log.error("job %d crashed:\n%s", job_id, detail)
         message = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
             message += " (GPU out of memory: lower data.batch_size or resolution, or keep gradient checkpointing on)"
-        record_outcome(queue, args.job_id, args.report_fd, outcome="crash",
+        record_outcome(queue, job_id, report_fd, outcome="crash",
                        error=message + "\n" + "\n".join(detail.splitlines()[-12:]))
-        return EXIT_CRASH
+        return Exit.CRASH

@@ -18,10 +18,9 @@ from pathlib import Path
 from animad.config.daemon import Daemon
 from animad.daemon.queue import Queue
 from animad.fsutil import file_sha256, write_atomic
-from animad.layout import JobPaths
-from animad.select.package import safe_name
-from animad.train.prepare import write_job_files
-from animad.validate import check_folder, job_name
+from animad.layout import JobPaths, safe_name
+from animad.intake.jobfiles import write_job_files
+from animad.intake.check import check_folder, job_name
 
 log = logging.getLogger("animad.inbox")
 

@@ -48,6 +48,11 @@ ACTIVE = ("running", "selecting")
 RUNNABLE = ("queued", "paused")
 
 
+def queue_path(daemon) -> Path:
+    """The queue database of a daemon config (its state dir)."""
+    return daemon.dir("state") / "animad.sqlite"
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -21,18 +21,15 @@ import time
 from pathlib import Path
 
 from animad.config.daemon import Daemon
-from animad.daemon.child import EXIT_FINISHED, EXIT_PAUSED, EXIT_USER_ERROR
 from animad.daemon.freeze import finish_accepting, handle_folder
 from animad.daemon.inbox import InboxWatcher, SettleTracker
-from animad.daemon.queue import Queue, pid_alive
-from animad.daemon.window import Clock, is_open, next_close, next_open, parse_windows
+from animad.daemon.queue import Queue, pid_alive, queue_path
+from animad.config.window import parse_windows
+from animad.daemon.window import Clock, is_open, next_close, next_open
 from animad.errors import UserError, is_disk_full
+from animad.outcomes import Exit
 
 log = logging.getLogger("animad.daemon")
-
-
-def queue_path(daemon: Daemon) -> Path:
-    return daemon.dir("state") / "animad.sqlite"
 
 
 def disk_or_database_full(error: BaseException) -> bool:
@@ -301,16 +298,16 @@ class Service:
         row = self.queue.get(job.job_id)
         outcome = row["outcome"]
         if code == -999:  # adopted job: read what it wrote
-            code = {"finished": EXIT_FINISHED, "paused": EXIT_PAUSED, "user_error": EXIT_USER_ERROR}.get(outcome, 1)
+            code = {"finished": Exit.FINISHED, "paused": Exit.PAUSED, "user_error": Exit.USER_ERROR}.get(outcome, 1)
         now = time.time()
-        if code == EXIT_FINISHED and job.phase == "train":
+        if code == Exit.FINISHED and job.phase == "train":
             self.queue.update(job.job_id, phase="select", pid=None, progress={"phase": "selecting"})
             if (window_open or job.run_now) and not self.signals:
                 self.spawn(self.queue.get(job.job_id), "select", job.run_now)
             else:
                 self.queue.update(job.job_id, status="paused", resume_first=1)
             return
-        if code == EXIT_FINISHED:
+        if code == Exit.FINISHED:
             self.queue.update(job.job_id, status="done", pid=None, finished=now, request=None, error=None)
             log.info("job %d done: review package in %s", job.job_id, row["outbox_dir"])
             return
@@ -318,12 +315,12 @@ class Service:
             self.queue.update(job.job_id, status="cancelled", pid=None, request=None, finished=now)
             return
         stopped_by_us = job.stop_sent is not None
-        if code == EXIT_PAUSED or (stopped_by_us and job.killed):
+        if code == Exit.PAUSED or (stopped_by_us and job.killed):
             held = 1 if row["request"] == "pause" else row["held"]
             self.queue.update(job.job_id, status="paused", pid=None, request=None, resume_first=1, held=held)
             log.info("job %d paused (%s); it resumes from its saved state", job.job_id, job.stop_reason or "stopped")
             return
-        if code == EXIT_USER_ERROR:
+        if code == Exit.USER_ERROR:
             reason = row["error"] or report or f"the job reported a problem; see: animad logs {job.job_id}"
         elif code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)

@@ -19,20 +19,17 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 
 from animad.fsutil import fsync_dir
+from animad.layout import safe_name
 from animad.select.page import render_page
 from animad.select.plot import loss_plot
 from animad.select.sheet import contact_sheet
 
-NAME_CHARS = 80  # long job names are cut; the epoch and kind always follow in the file name
-NAME_BYTES = 160  # file systems allow 255 bytes; leave room for "-e0023-lowest.safetensors" etc.
 STALE_PARTIAL_SECONDS = 3600  # a staging folder this old is a leftover from a killed run
 
 
@@ -60,28 +57,6 @@ class Review:
     settings: dict
     stopped_reason: str
     extra: dict = dataclasses.field(default_factory=dict)
-
-
-def safe_name(name, fallback: str = "lora") -> str:
-    """Given a user-supplied name, return one usable as a single file name inside a folder.
-
-    Path separators, reserved characters and whitespace become '_'; control and format characters
-    (including bidi overrides) go; '..' cannot survive and no leading dot makes a hidden file.
-    Unicode letters stay. An empty result becomes `fallback`.
-    """
-    text = unicodedata.normalize("NFC", str(name))
-    kept = []
-    for char in text:
-        category = unicodedata.category(char)
-        if category.startswith("C"):
-            continue  # controls, zero-width and bidi format characters, surrogates, unassigned
-        kept.append("_" if char in '/\\:*?"<>|' or category.startswith("Z") or char.isspace() else char)
-    cleaned = re.sub(r"_{2,}", "_", "".join(kept))
-    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip("._- ")
-    cleaned = cleaned[:NAME_CHARS]
-    while len(cleaned.encode("utf-8")) > NAME_BYTES:
-        cleaned = cleaned[:-1]
-    return cleaned.rstrip("._- ") or fallback
 
 
 def package_folder(outbox) -> Path:

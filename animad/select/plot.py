@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from animad.select.floor import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
+from animad.select.shortlist import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
 from animad.select.sheet import font
 
 WIDTH = 1100

@@ -31,10 +31,11 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> P
 
 def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, seeds=None, steps=None, size=None,
                 previews=True, should_stop=None) -> Path:
-    from animad.select.floor import analyze_curve
+    from animad.select.shortlist import analyze_curve
     from animad.select.package import PreviewCell, Review, write_review_package
-    from animad.select.preview import default_prompts, preview_rows, render_previews
-    from animad.train.run import job_model_files, load_job_dataset
+    from animad.select.previews import default_prompts, preview_rows, render_previews
+    from animad.intake.jobfiles import load_job_dataset
+    from animad.intake.models import job_model_files
 
     config = load_resolved(paths.resolved)
     records = read_epochs_log(paths.epochs_log)

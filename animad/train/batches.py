@@ -10,7 +10,7 @@ import dataclasses
 import random
 
 from animad.train.buckets import bucket_for
-from animad.train.dataset import Dataset
+from animad.intake.dataset import Dataset
 
 
 @dataclasses.dataclass(frozen=True)

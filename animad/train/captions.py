@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from animad.train.dataset import Subset, split_tags
+from animad.intake.dataset import Subset, split_tags
 
 
 def is_dynamic(subset: Subset) -> bool:

@@ -21,15 +21,14 @@ import torch
 
 from animad.errors import UserError
 from animad.layout import JobPaths, read_epochs_log
-from animad.model import load as model_load
-from animad.model.files import ModelFiles
-from animad.model.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.anima import load as model_load
+from animad.anima.files import ModelFiles
+from animad.anima.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
 from animad.train import checkpoint
 from animad.train.batches import epoch_plan, item_buckets, plan_length
-from animad.train.cache import TensorCache, dir_fingerprint, model_fingerprint
-from animad.train.caching import cache_latents, cache_texts
+from animad.train.caches import TensorCache, cache_latents, cache_texts, dir_fingerprint, model_fingerprint
 from animad.train.captions import augment_caption, is_dynamic
-from animad.train.distributed import SINGLE, Group, rank_device
+from animad.train.ranks import SINGLE, Group, rank_device
 from animad.train.evaluation import build_eval_set, evaluate
 from animad.train.flow import flow_loss, noisy, sample_sigmas
 from animad.train.lora import build_network, read_lora_file
@@ -344,7 +343,7 @@ class NoTracker:
 
 def floor_confirmed(paths: JobPaths, config) -> bool:
     """Ask the floor detector about the eval curve so far (the same rule select/ uses afterwards)."""
-    from animad.select.floor import analyze_curve
+    from animad.select.shortlist import analyze_curve
 
     records = read_epochs_log(paths.epochs_log)
     epochs = [r["epoch"] for r in records]

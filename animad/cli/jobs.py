@@ -1,4 +1,4 @@
-"""CLI verbs that talk to the daemon through its SQLite queue: run, status, pause, resume, ..."""
+"""Verbs that run the daemon or talk to it through its SQLite queue: run, status, pause, resume, ..."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-from animad.config.daemon import find_config_path, load_daemon_config
-from animad.daemon.queue import Queue, pid_alive
+from animad.cli.common import Verb, daemon_of, no_arguments
+from animad.config.window import parse_windows
+from animad.daemon.progress import describe_progress
+from animad.daemon.queue import Queue, pid_alive, queue_path
+from animad.daemon.window import Clock, is_open, next_close, next_open
 from animad.errors import UserError
-
-
-def _daemon(args):
-    return load_daemon_config(find_config_path(getattr(args, "config", None)))
+from animad.layout import JobPaths
+from animad.logs import setup_logging
 
 
 def _queue(daemon) -> Queue:
-    from animad.daemon.service import queue_path
-
     return Queue(queue_path(daemon))
 
 
@@ -36,10 +35,8 @@ def _job(queue: Queue, key: str) -> dict:
 
 def locate_job(args):
     """For `animad select JOB`: (JobPaths, outbox dir) of a queued job, or None."""
-    from animad.layout import JobPaths
-
     try:
-        daemon = _daemon(args)
+        daemon = daemon_of(args)
         queue = _queue(daemon)
         row = _job(queue, args.job)
     except UserError:
@@ -47,47 +44,25 @@ def locate_job(args):
     return JobPaths(Path(row["job_dir"])), Path(row["outbox_dir"])
 
 
+def run_arguments(parser) -> None:
+    parser.add_argument("--now", action="store_true", help="start the next job even outside the window")
+    parser.add_argument("--once", action="store_true", help="exit when the queue is empty (for scripts)")
+
+
 def cmd_run(args) -> int:
-    from animad.daemon.service import Service
-    from animad.logs import setup_logging
+    from animad.daemon.service import Service  # validation and training come with it: imports torch
 
     setup_logging(stream=sys.stdout)
-    daemon = _daemon(args)
+    daemon = daemon_of(args)
     return Service(daemon, now_once=args.now, exit_when_idle=args.once).run()
 
 
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def describe_progress(row: dict) -> str:
-    p = row.get("progress") or {}
-    if row["status"] == "failed":
-        return (row.get("error") or "").splitlines()[0][:80] if row.get("error") else "failed"
-    if row["status"] == "done":
-        return f"review: {row['outbox_dir']}/index.html"
-    if not p:
-        return ""
-    if "s_per_it" in p:
-        phase = "" if p.get("phase") == "training" else f" ({p.get('phase')})"
-        return (f"epoch {p['epoch']}/{p['max_epochs']} step {p['step']}/{p['total_steps']} loss {p['loss']:.4f} "
-                f"{p['s_per_it']:.2f} s/it ETA {_duration(p.get('eta_seconds'))}{phase}")
-    if p.get("phase") == "caching" and p.get("total"):
-        return f"caching latents {p['done']}/{p['total']}"
-    if "epoch" in p:
-        return f"{p.get('phase')} (epoch {p['epoch']})"
-    return str(p.get("phase", ""))
+def status_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def cmd_status(args) -> int:
-    from animad.daemon.window import Clock, is_open, next_close, next_open, parse_windows
-
-    daemon = _daemon(args)
+    daemon = daemon_of(args)
     queue = _queue(daemon)
     rows = queue.all()
     pid_file = daemon.dir("state") / "daemon.pid"
@@ -121,8 +96,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+def job_argument(parser) -> None:
+    parser.add_argument("job", help="job id or name")
+
+
 def cmd_pause(args) -> int:
-    queue = _queue(_daemon(args))
+    queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
     if row["status"] in ("done", "failed", "cancelled"):
         raise UserError(f"job {row['id']} is {row['status']}; nothing to pause")
@@ -135,8 +114,13 @@ def cmd_pause(args) -> int:
     return 0
 
 
+def resume_arguments(parser) -> None:
+    parser.add_argument("job", nargs="?", help="job id or name (default: every paused job)")
+    parser.add_argument("--now", action="store_true", help="resume now, even outside the window")
+
+
 def cmd_resume(args) -> int:
-    queue = _queue(_daemon(args))
+    queue = _queue(daemon_of(args))
     rows = [_job(queue, args.job)] if args.job else [r for r in queue.by_status("paused", "queued") if r["held"]
                                                       or r["status"] == "paused"]
     if not rows:
@@ -152,7 +136,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    queue = _queue(_daemon(args))
+    queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
     if row["status"] in ("done", "cancelled"):
         raise UserError(f"job {row['id']} is already {row['status']}")
@@ -166,7 +150,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    queue = _queue(_daemon(args))
+    queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
     if row["status"] not in ("failed", "cancelled"):
         raise UserError(f"job {row['id']} is {row['status']}; only failed or cancelled jobs can be retried")
@@ -177,8 +161,13 @@ def cmd_retry(args) -> int:
     return 0
 
 
+def logs_arguments(parser) -> None:
+    job_argument(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+
 def cmd_logs(args) -> int:
-    queue = _queue(_daemon(args))
+    queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
     log = Path(row["job_dir"] or "") / "train.log"
     if not log.is_file():
@@ -195,8 +184,13 @@ def cmd_logs(args) -> int:
     return 0
 
 
+def tensorboard_arguments(parser) -> None:
+    job_argument(parser)
+    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (default from animad.yaml)")
+
+
 def cmd_tensorboard(args) -> int:
-    daemon = _daemon(args)
+    daemon = daemon_of(args)
     row = _job(_queue(daemon), args.job)
     logdir = Path(row["job_dir"]) / "tb"
     port = args.port or daemon.config.tensorboard_port
@@ -204,3 +198,15 @@ def cmd_tensorboard(args) -> int:
     # Bound to 127.0.0.1: nothing animad starts listens on other interfaces.
     return subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
                             "127.0.0.1", "--port", str(port)])
+
+
+VERBS = [
+    Verb("run", "run the daemon in the foreground (journald-friendly)", run_arguments, cmd_run),
+    Verb("status", "show the queue and the running job's progress", status_arguments, cmd_status),
+    Verb("pause", "pause a job (it saves state and waits)", job_argument, cmd_pause),
+    Verb("resume", "resume a paused job", resume_arguments, cmd_resume),
+    Verb("cancel", "cancel a job (its files are kept)", job_argument, cmd_cancel),
+    Verb("retry", "queue a failed or cancelled job again", job_argument, cmd_retry),
+    Verb("logs", "print a job's log", logs_arguments, cmd_logs),
+    Verb("tensorboard", "start TensorBoard for a job on 127.0.0.1", tensorboard_arguments, cmd_tensorboard),
+]

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from animad.model import load as model_load
-from animad.model.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
-from animad.train.dataset import split_tags
+from animad.anima import load as model_load
+from animad.anima.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.intake.dataset import split_tags
 from animad.train.flow import euler_sample
 from animad.train.lora import load_weights, network_from_state, read_lora_file
 from animad.train.precision import resolve_precision

@@ -15,13 +15,11 @@ from pathlib import Path
 import torch
 
 from animad.errors import ModelFileError
-from animad.model.dit import AnimaDiT, DiTConfig
+from animad.anima.dit import AnimaDiT, DiTConfig
 
 DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "net.")
 DIT_IGNORED = re.compile(r"^(pos_embedder\.|accum_|.*_extra_state$|.*\.inv_freq$)")
 TE_PREFIXES = ("text_encoders.qwen3_06b.transformer.model.", "transformer.model.", "model.")
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-          "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32}
 
 WHAT = {
     "dit": "an Anima DiT (ComfyUI models/diffusion_models, keys like net.blocks.0.self_attn.q_proj.weight "
@@ -258,7 +256,7 @@ def load_vae(path: Path, device="cpu", dtype=torch.float32):
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
-    from animad.model import vae as vae_module
+    from animad.anima import vae as vae_module
 
     header = read_header(path, "vae")
     keys = set(header)

@@ -14,16 +14,19 @@ import sys
 import time
 from pathlib import Path
 
+from animad.anima.tiny import make_tiny_model_set
+from animad.config.daemon import load_daemon_config
+from animad.daemon.progress import describe_progress
+from animad.daemon.queue import Queue, queue_path
+from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
 
 NAME = "demo-shapes"
 
 
-def cmd_demo(args) -> int:
-    from animad.model.tiny import make_tiny_model_set
-    from animad.synthetic import make_dataset, tiny_job, write_daemon_config
-
-    root = Path(args.dir).resolve()
+def run_demo(root: Path, epochs: int = 12) -> int:
+    """Run the demo in root (kept afterwards); returns 0 once the review package is written."""
+    root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     print(f"animad demo in {root}")
     captions = [f"@demo, {c} {s}, {b}, simple" for c in ("red", "blue", "green", "yellow")
@@ -42,7 +45,7 @@ def cmd_demo(args) -> int:
         shutil.rmtree(staging)
     print("2/4 generating a small dataset (12 images with tag captions) ...")
     make_dataset(staging, count=12, size=(64, 64), trigger="@demo",
-                 job=tiny_job(epochs=args.epochs, selection={"patience": 4}, data={"repeats": 2}))
+                 job=tiny_job(epochs=epochs, selection={"patience": 4}, data={"repeats": 2}))
     print("3/4 starting the daemon and dropping the folder into the inbox ...")
     log_file = open(root / "daemon.log", "a")
     daemon = subprocess.Popen([sys.executable, "-m", "animad", "--config", str(config), "run"], stdout=log_file,
@@ -72,11 +75,6 @@ def cmd_demo(args) -> int:
 
 
 def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: float = 900) -> dict:
-    from animad.config.daemon import load_daemon_config
-    from animad.daemon.commands import describe_progress
-    from animad.daemon.queue import Queue
-    from animad.daemon.service import queue_path
-
     queue = Queue(queue_path(load_daemon_config(config)))
     deadline = time.monotonic() + timeout
     last = ""

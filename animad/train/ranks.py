@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from animad.signals import die_with_parent
+
 log = logging.getLogger("animad.train")
 
 
@@ -103,7 +105,6 @@ def check_world(world: int) -> None:
 
 
 def _worker(rank: int, world: int, port: int, arguments: dict) -> None:
-    from animad.daemon.child import die_with_parent
     from animad.train.loop import run_training
 
     die_with_parent()

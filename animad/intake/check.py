@@ -13,8 +13,10 @@ from animad.config.daemon import Daemon
 from animad.config.job import JobConfig, load_job_file
 from animad.config.problems import Problems
 from animad.fsutil import free_bytes, human_bytes
-from animad.model.files import ModelFiles, resolve_model_files
-from animad.train.dataset import Dataset, scan_dataset
+from animad.anima.facts import latent_bytes
+from animad.anima.files import ModelFiles
+from animad.intake.models import resolve_model_files
+from animad.intake.dataset import Dataset, scan_dataset
 
 
 @dataclasses.dataclass
@@ -90,13 +92,13 @@ def relative_to_folder(problems: Problems, folder: Path) -> Problems:
 def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Problems) -> None:
     """Read the three headers (no weights) so a wrong or truncated file is caught before queueing."""
     from animad.errors import ModelFileError
-    from animad.model.load import dit_layout, read_header, text_encoder_layout
+    from animad.anima.load import dit_layout, read_header, text_encoder_layout
 
     try:
         _, _, _, dit_config, adapter_config = dit_layout(files.dit)
         _, _, qwen_config = text_encoder_layout(files.text_encoder)
         read_header(files.vae, "vae")
-        from animad.model.load import check_compatible
+        from animad.anima.load import check_compatible
 
         check_compatible(dit_config, adapter_config, qwen_config, None, files)
     except ModelFileError as error:
@@ -111,7 +113,7 @@ def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Probl
 
 def estimate_lora_bytes(files: ModelFiles, config: JobConfig) -> int:
     """Size of one saved epoch file, from the DiT header's shapes (no weights read)."""
-    from animad.model.load import dit_layout
+    from animad.anima.load import dit_layout
     from animad.train.lora import select_targets
 
     _, shapes, _, _, _ = dit_layout(files.dit)
@@ -126,7 +128,10 @@ def check_disk(files: ModelFiles, config: JobConfig, dataset: Dataset, work_dir:
     epoch_bytes = estimate_lora_bytes(files, config)
     # Resume state: fp32 LoRA + up to 4 optimizer buffers per parameter (Prodigy), written via a temp copy.
     state_bytes = epoch_bytes * (4 if config.precision.save != "fp32" else 2) * 5 * 2
-    cache_bytes = len(dataset.items) * 2 * (16 * 4 * 1024 * 1024 // 64) * 2
+    # Each image's latent at the training resolution, twice (a flipped copy), with 2x slack for buckets.
+    resolution = config.data.resolution
+    width, height = resolution if isinstance(resolution, list) else (resolution, resolution)
+    cache_bytes = len(dataset.items) * 2 * latent_bytes(width, height) * 2
     epochs = config.schedule.max_epochs
     need_min = state_bytes + cache_bytes + epoch_bytes * min(epochs, 20)
     need_all = state_bytes + cache_bytes + epoch_bytes * epochs

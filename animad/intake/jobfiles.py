@@ -8,10 +8,12 @@ from pathlib import Path
 import yaml
 
 from animad.config.job import resolved_dict
-from animad.config.problems import write_json_atomic
+from animad.config.problems import Problems, write_json_atomic
+from animad.errors import UserError
 from animad.fsutil import write_atomic
 from animad.layout import JobPaths
-from animad.validate import CheckResult, job_name
+from animad.intake.check import CheckResult, job_name
+from animad.intake.dataset import scan_dataset
 
 
 def write_job_files(paths: JobPaths, result: CheckResult, dataset_dir: Path | None = None) -> None:
@@ -35,3 +37,11 @@ def write_job_files(paths: JobPaths, result: CheckResult, dataset_dir: Path | No
         meta["dataset"] = str(Path(dataset_dir).resolve())
     write_json_atomic(paths.meta, meta)
     write_json_atomic(paths.report, result.problems.to_json())
+
+
+def load_job_dataset(paths: JobPaths, config):
+    problems = Problems()
+    dataset = scan_dataset(paths.dataset, config, problems)
+    if problems.errors:
+        raise UserError(problems.render(f"Dataset {paths.dataset} changed since it was checked"))
+    return dataset

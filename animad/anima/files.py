@@ -6,7 +6,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-from animad.config.problems import Problems
 from animad.fsutil import safe_exists, safe_is_dir, safe_is_file
 
 QWEN_DIR_NAMES = ("qwen3", "qwen3_06b", "qwen25_tokenizer", "qwen_tokenizer", "qwen")
@@ -100,53 +99,3 @@ def find_tokenizers(search_dirs: list[Path], model_paths: list[Path] = (),
     for kind, path in _hf_cache_candidates():
         found[kind] = found[kind] or path
     return found["qwen"], found["t5"]
-
-
-def resolve_model_files(config, daemon, job_dir: Path, problems: Problems, job_file) -> ModelFiles | None:
-    """Pick the DiT/text-encoder/VAE files for a job and find the tokenizers; record what is missing."""
-    from animad.config.daemon import resolve_path
-
-    explicit = config.model_files
-    named = daemon.model_set(config.base_model) if (config.base_model or not all(
-        [explicit.dit, explicit.text_encoder, explicit.vae])) else None
-    if config.base_model and named is None:
-        known = ", ".join(daemon.config.models) or "(none)"
-        problems.error(job_file, "base_model", f"no model set '{config.base_model}' in "
-                       f"{daemon.path or 'animad.yaml'}", f"use one of: {known}, or give model_files")
-        return None
-    chosen = {}
-    for key in ("dit", "text_encoder", "vae"):
-        value = getattr(explicit, key)
-        if value:
-            chosen[key] = (resolve_path(job_dir, value), f"model_files.{key}", job_file)
-        elif named and named.get(key):
-            set_name = config.base_model or daemon.config.default_model
-            chosen[key] = (named[key], f"models.{set_name}.{key}", daemon.path or "animad.yaml")
-        else:
-            problems.error(job_file, f"model_files.{key}", "no file given and no model set provides one",
-                           f"set model_files.{key} or define a model set in animad.yaml (animad init)")
-    missing = False
-    for key, (path, where, file) in chosen.items():
-        try:
-            found, readable = path.is_file(), os.access(path, os.R_OK)
-        except OSError:  # a folder on the way may not be entered
-            found, readable = True, False
-        if not found:
-            missing = True
-            problems.error(file, where, f"model file not found: {path}",
-                           "download it from huggingface.co/circlestone-labs/Anima (split_files/) or fix the path")
-        elif not readable:
-            missing = True
-            problems.error(file, where, f"model file is not readable (permission denied): {path}",
-                           "let the user running animad read it (chmod/chown), or copy it somewhere readable")
-    if len(chosen) < 3 or missing:
-        return None
-    c = daemon.config
-    qwen, t5 = find_tokenizers(daemon.tokenizer_dirs(), [chosen["dit"][0], chosen["text_encoder"][0]],
-                               resolve_path(daemon.base, c.comfyui), resolve_path(daemon.base, c.sd_scripts))
-    if qwen is None or t5 is None:
-        which = " and ".join(n for n, p in (("Qwen3", qwen), ("T5", t5)) if p is None)
-        problems.error(daemon.path or "animad.yaml", "tokenizers", f"{which} tokenizer files not found",
-                       TOKENIZER_HELP)
-        return None
-    return ModelFiles(chosen["dit"][0], chosen["text_encoder"][0], chosen["vae"][0], qwen, t5)

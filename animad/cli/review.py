@@ -1,4 +1,4 @@
-"""`animad floor` and `animad select`."""
+"""Verbs that look at a curve or a finished job: floor and select."""
 
 from __future__ import annotations
 
@@ -7,7 +7,22 @@ import json
 import textwrap
 from pathlib import Path
 
+from animad.cli.common import Verb, daemon_of
+from animad.cli.jobs import locate_job
 from animad.errors import UserError
+from animad.layout import JobPaths
+from animad.logs import setup_logging
+from animad.select.curve import read_curve_file
+from animad.select.shortlist import analyze_curve
+
+
+def floor_arguments(parser) -> None:
+    parser.add_argument("curve", help="CSV with epoch,loss columns, an epochs.jsonl, or a TensorBoard log dir")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--size", type=int, default=4, help="shortlist size")
+    parser.add_argument("--min-epoch", type=int, default=1)
+    parser.add_argument("--tag", help="TensorBoard scalar tag (default: eval/loss, else loss/epoch_average)")
 
 
 def cmd_floor(args) -> int:
@@ -15,9 +30,6 @@ def cmd_floor(args) -> int:
 
     Bad input raises UserError, which the CLI prints without a traceback (exit 2).
     """
-    from animad.select.curve import read_curve_file
-    from animad.select.floor import analyze_curve
-
     for name in ("patience", "size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
@@ -45,33 +57,39 @@ def cmd_floor(args) -> int:
     return 0
 
 
-def find_job_paths(args):
+def find_job_paths(args) -> tuple[JobPaths, Path]:
     """A job id or name from the daemon's queue, or a work folder from `animad train`."""
-    from animad.layout import JobPaths
-
     candidate = Path(args.job)
     if (candidate / "job.resolved.yaml").is_file():
         return JobPaths(candidate), candidate / "review"
-    try:
-        from animad.daemon.commands import locate_job
-    except ImportError:
-        locate_job = None
-    if locate_job is not None:
-        found = locate_job(args)
-        if found is not None:
-            return found
+    found = locate_job(args)
+    if found is not None:
+        return found
     raise UserError(f"no job '{args.job}' in the queue, and {candidate} is not a job folder "
                     "(one with job.resolved.yaml)")
 
 
+def select_arguments(parser) -> None:
+    parser.add_argument("job", help="job id or name, or a work folder from 'animad train'")
+    parser.add_argument("--prompt", action="append", help="preview prompt (repeatable; replaces the job's)")
+    parser.add_argument("--seed", action="append", type=int, help="preview seed (repeatable)")
+    parser.add_argument("--steps", type=int, help="sampler steps")
+    parser.add_argument("--size", type=int, help="preview width and height")
+    parser.add_argument("--no-previews", action="store_true", help="only the floor analysis and package")
+
+
 def cmd_select(args) -> int:
-    from animad.commands import _daemon
-    from animad.logs import setup_logging
-    from animad.select.run import select_job
+    from animad.select.run import select_job  # loads the models: imports torch
 
     setup_logging()
     paths, outbox = find_job_paths(args)
-    package = select_job(paths, daemon=_daemon(args), outbox=outbox, prompts=args.prompt, seeds=args.seed,
+    package = select_job(paths, daemon=daemon_of(args), outbox=outbox, prompts=args.prompt, seeds=args.seed,
                          steps=args.steps, size=args.size, previews=not args.no_previews)
     print(f"review package: {package / 'index.html'}")
     return 0
+
+
+VERBS = [
+    Verb("select", "re-run selection and previews for a finished job", select_arguments, cmd_select),
+    Verb("floor", "find the loss floor of a curve (CSV or TensorBoard dir)", floor_arguments, cmd_floor),
+]

@@ -1,0 +1,96 @@
+"""The face of the Anima package: what train/ and select/ may ask of the model.
+
+    anima = Anima(files, device, dtype)
+    vae = anima.load_vae()                      # encode_images / decode_latents, then drop it
+    encoder = anima.load_text_encoder()         # encode_text(captions) -> [TextEmbedding]
+    anima.load_dit()                            # the DiT and its LLM adapter
+    context = anima.context(embeddings)         # adapter: (B, 512 rows, context_dim)
+    v = anima.velocity(x_t, sigma, context)     # flow velocity (noise - x0)
+    noise = torch.randn(anima.latent_shape(w, h))
+
+Parts load separately because training caches latents with the VAE and then frees it before the
+DiT arrives; previews load all three. Everything about file layouts, tokenizers, the 512-row
+context and LoRA module names stays behind this face.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from animad.anima import facts
+from animad.anima import load as loader
+from animad.anima.files import ModelFiles
+from animad.anima.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.anima.vae import VAE
+
+
+class Anima:
+    def __init__(self, files: ModelFiles, device, dtype: torch.dtype = torch.float32):
+        self.files = files
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.dit = None
+        self.adapter = None
+        self.text_encoder: TextEncoder | None = None
+        self.vae: VAE | None = None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load_vae(self) -> VAE:
+        if self.vae is None:
+            self.vae = loader.load_vae(self.files.vae, self.device, self.dtype)
+        return self.vae
+
+    def unload_vae(self) -> None:
+        self.vae = None
+
+    def load_text_encoder(self) -> TextEncoder:
+        if self.text_encoder is None:
+            model = loader.load_text_encoder(self.files.text_encoder, self.device, self.dtype)
+            self.text_encoder = TextEncoder(model, load_qwen_tokenizer(self.files.qwen_tokenizer),
+                                            T5Ids(self.files.t5_tokenizer))
+        return self.text_encoder
+
+    def load_dit(self) -> nn.Module:
+        if self.dit is None:
+            self.dit, self.adapter = loader.load_dit(self.files.dit, self.device, self.dtype)
+        return self.dit
+
+    def freeze(self) -> None:
+        """Base weights never train: no gradients, eval mode (the LoRA modules set their own mode)."""
+        for module in (self.dit, self.adapter, self.text_encoder.model if self.text_encoder else None):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def encode_text(self, texts: list[str]) -> list[TextEmbedding]:
+        return self.load_text_encoder().encode(texts)
+
+    def context(self, embeddings: list[TextEmbedding]) -> torch.Tensor:
+        """The DiT's cross-attention context for a batch of captions (ComfyUI's text path)."""
+        return adapter_context(self.adapter, embeddings, self.device, self.dtype)
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.dit(x_t, sigma, context)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> normalised latents (B, 16, H/8, W/8)."""
+        return self.load_vae().encode(images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.load_vae().decode(latents)
+
+    @staticmethod
+    def latent_shape(width: int, height: int, batch: int = 1) -> tuple[int, int, int, int]:
+        return facts.latent_shape(width, height, batch)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.dit.gradient_checkpointing = enabled
+
+    def compile_blocks(self, backend: str) -> None:
+        """torch.compile each DiT block separately: compiles fast, and checkpointing still wraps whole blocks."""
+        for block in self.dit.blocks:
+            block.compile(backend=backend, dynamic=False)

@@ -1,0 +1,12 @@
+"""How a job phase ends, as a process exit code: shared by `animad train`, the job child and the daemon."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Exit(enum.IntEnum):
+    FINISHED = 0
+    CRASH = 1
+    USER_ERROR = 2
+    PAUSED = 75  # EX_TEMPFAIL: stopped at a step boundary with its state saved; run again to resume
