@@ -7,6 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
+from animad.errors import is_disk_full
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -35,8 +37,6 @@ def _thread_exception(args) -> None:
     # TensorBoard writes its event file from a thread of its own: on a full disk that thread dies
     # with a long traceback, while the training loop reports the same problem clearly. One line.
     error = args.exc_value
-    from animad.errors import is_disk_full
-
     if is_disk_full(error):
         name = args.thread.name if args.thread else "a background thread"
         logging.getLogger("animad").warning("%s: disk full (%s)", name, error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from animad.config.job import JobConfig, load_job_file, parse_job
+from animad.config.job import JobConfig, example_text, load_job_file, parse_job
 from animad.config.problems import Problems
 
 
@@ -24,7 +24,7 @@ def test_empty_job_yaml_gives_the_guides_defaults(tmp_path):
     assert config.network.targets == ["self_attn", "cross_attn", "mlp"] and not config.network.train_llm_adapter
     assert config.optimizer.type == "prodigy" and config.optimizer.weight_decay == 0.1
     assert config.schedule.type == "cosine" and config.schedule.max_epochs == 200
-    assert config.data.resolution == 1024 and config.data.batch_size == 4 and config.data.keep_tokens == 1
+    assert config.data.resolution == 1024 and config.data.batch_size == "auto" and config.data.keep_tokens == 1
     assert config.data.shuffle_captions and config.precision.gradient_checkpointing
     assert config.timesteps.sampling == "logit_normal" and config.previews.cfg == 4.0
     assert config.previews.steps == 30 and config.previews.flow_shift == 3.0
@@ -129,6 +129,159 @@ def test_example_job_yaml_is_in_sync_and_valid():
     example = Path(__file__).resolve().parent.parent / "inbox" / "job.example.yaml"
     text = example.read_text()
     assert template(JobConfig) in text, "regenerate inbox/job.example.yaml from animad.config.schema.template"
+    assert text == example_text(), "regenerate inbox/job.example.yaml from animad.config.job.example_text"
     problems = Problems()
     config = load_job_file(example, problems)
     assert config is not None and not problems.items
+
+
+def test_auto_batch_size_follows_the_guides_ten_percent_rule():
+    from animad.config.job import auto_batch_size
+
+    assert [auto_batch_size(n) for n in (0, 1, 9, 19, 20, 29, 30, 39, 40, 41, 1000)] == [
+        1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4]
+    assert all(auto_batch_size(n) <= max(1, n // 10) for n in range(500))  # never over 10%
+
+
+def freeze(tmp_path, images: int, data: dict | None = None):
+    """Check a folder of `images` images the way intake does and write its job files; return the resolved config."""
+    import yaml
+    from PIL import Image
+
+    from animad.config.job import load_resolved
+    from animad.intake.check import CheckResult
+    from animad.intake.dataset import scan_dataset
+    from animad.intake.jobfiles import write_job_files
+    from animad.layout import JobPaths
+
+    folder = tmp_path / f"set{images}"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(yaml.safe_dump({"data": data} if data else {}))
+    for n in range(images):
+        Image.new("RGB", (64, 64), (n, 0, 0)).save(folder / f"{n:03d}.png")
+        (folder / f"{n:03d}.txt").write_text("@t, red")
+    problems = Problems()
+    config = load_job_file(folder / "job.yaml", problems)
+    dataset = scan_dataset(folder, config, problems)
+    paths = JobPaths(tmp_path / f"job{images}")
+    paths.root.mkdir()
+    write_job_files(paths, CheckResult(folder, config, problems, dataset, None))
+    written = yaml.safe_load(paths.resolved.read_text())["data"]["batch_size"]
+    return load_resolved(paths.resolved), written, problems
+
+
+def test_auto_batch_size_is_a_number_in_the_resolved_job(tmp_path):
+    small, written, problems = freeze(tmp_path, 6)
+    assert small.data.batch_size == 1 and written == 1
+    assert not [p for p in problems.items if p.where == "data.batch_size"]  # auto never warns
+    large, written, _ = freeze(tmp_path, 45)
+    assert large.data.batch_size == 4 and written == 4
+    explicit, written, problems = freeze(tmp_path, 30, {"batch_size": 2})
+    assert explicit.data.batch_size == 2 and written == 2
+    assert not [p for p in problems.items if p.where == "data.batch_size"]  # 2 of 30 is within 10%
+
+
+def test_bad_batch_size_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data: {batch_size: big}\n")
+    problems = Problems()
+    load_job_file(path, problems)
+    (error,) = problems.errors
+    assert (error.file, error.where) == (str(path), "data.batch_size")
+    assert "'big' is not a whole number or 'auto'" in error.message and "auto" in error.fix
+    _, problems = parse({"data": {"batch_size": 0}})
+    assert [p.message for p in problems.errors] == ["0 is below the minimum 1"]  # not "not a whole number"
+    _, problems = parse({"data": {"batch_size": True}})
+    assert problems.errors and "whole number or 'auto'" in problems.errors[0].message
+
+
+def test_a_resolved_job_must_hold_a_number(tmp_path):
+    import pytest
+
+    from animad.config.job import load_resolved
+    from animad.config.problems import ConfigError
+
+    path = tmp_path / "job.resolved.yaml"
+    path.write_text("data: {batch_size: auto}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_resolved(path)
+    assert "data.batch_size" in str(raised.value) and "not resolved to a number" in str(raised.value)
+
+
+def test_retired_cache_latents_warns_and_still_loads(tmp_path):
+    from animad.config.job import load_resolved
+
+    config, problems = parse({"precision": {"cache_latents": False, "compile": True}})
+    assert not problems.errors and config.precision.compile
+    (warning,) = problems.warnings
+    assert warning.where == "precision.cache_latents" and "always cached" in warning.message
+    assert not hasattr(config.precision, "cache_latents")
+    # A job frozen before the key went (its job.resolved.yaml still says it) loads as it did.
+    path = tmp_path / "job.resolved.yaml"
+    path.write_text("precision: {cache_latents: true}\ndata: {batch_size: 2}\n")
+    assert load_resolved(path).data.batch_size == 2
+
+
+def option_helps():
+    """(section, key, default, help) for every option of job.yaml and animad.yaml."""
+    import dataclasses
+    import typing
+
+    from animad.config.daemon import DaemonConfig
+    from animad.config.job import SubsetConfig
+
+    def walk(cls):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("section"):
+                yield from walk(hints[f.name])
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            yield cls.__name__, f.name, default, f.metadata["help"]
+
+    for root in (JobConfig, SubsetConfig, DaemonConfig):
+        yield from walk(root)
+
+
+def test_every_option_says_what_its_default_is_and_why():
+    import re
+
+    def names_default(default, text):
+        if default is None:
+            return "null" in text
+        if isinstance(default, bool):
+            return re.search(r"\b(On|Off|on|off)\b", text) is not None
+        if isinstance(default, dict):
+            return "default" in text or "Empty" in text
+        if isinstance(default, (list, str)) and not default:
+            return "Empty" in text or "empty" in text
+        if isinstance(default, list):
+            return all(str(item) in text for item in default) or "All three" in text
+        if isinstance(default, float):
+            return any(s in text for s in (f"{default:g}", str(default), f"{default:.0e}".replace("e-0", "e-")))
+        return str(default) in text
+
+    helps = list(option_helps())
+    assert len(helps) > 100
+    for section, key, default, text in helps:
+        where = f"{section}.{key}: {text!r}"
+        # What the option is, then why its default is what it is: at least two clauses.
+        assert len([part for part in re.split(r"(?<=[.;:])\s+", text) if part]) >= 2, where
+        assert names_default(default, text), where
+    assert len({text for *_, text in helps}) == len(helps), "two options share a help text"
+    # The defaults the issue named cite their source: a guide, the spec, a measurement or ComfyUI.
+    cited = {(s, k): t for s, k, _, t in helps}
+    for key, source in {("NetworkConfig", "dim"): "guide", ("DataConfig", "batch_size"): "10%",
+                        ("OptimizerConfig", "weight_decay"): "guide", ("SelectionConfig", "patience"): "bench/",
+                        ("DaemonConfig", "settle_seconds"): "spec", ("PreviewConfig", "cfg"): "ComfyUI",
+                        ("PreviewConfig", "steps"): "ComfyUI"}.items():
+        assert source in cited[key], key
+
+
+def test_templates_show_the_why():
+    from animad.config.daemon import init_text
+
+    daemon_text, job_text = init_text(), example_text()
+    assert "TensorBoard's own default" in daemon_text and "settle_seconds: 30.0" in daemon_text
+    assert "images // 10" in job_text and "batch_size: auto" in job_text and "cache_latents" not in job_text
+    assert all(len(line) <= 100 for line in (daemon_text + job_text).splitlines() if line.lstrip().startswith("#"))

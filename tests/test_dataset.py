@@ -103,11 +103,13 @@ def test_trigger_and_batch_size_warnings(tmp_path):
     for n in range(4):
         image(tmp_path / f"{n}.png")
         (tmp_path / f"{n}.txt").write_text("@t, red" if n else "red, @t")
-    _, problems = scan(tmp_path, trigger="@t")
+    _, problems = scan(tmp_path, {"data": {"batch_size": 4}}, trigger="@t")
     text = "\n".join(p.line() for p in problems.warnings)
     assert "'@t' is not the first tag in 1 of 4 captions: 0.png" in text
-    assert "batch size 4 is over 10%" in text
+    assert "batch size 4 is over 10%" in text and "use 'auto' (here 1)" in text
     assert not problems.errors
+    _, problems = scan(tmp_path, trigger="@t")  # the default, auto, follows the rule: no warning
+    assert not [p for p in problems.warnings if p.where == "data.batch_size"]
 
 
 def test_caption_shuffle_keeps_leading_tokens_and_drops_tags():

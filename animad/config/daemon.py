@@ -19,53 +19,70 @@ from animad.fsutil import safe_is_file
 
 @dataclasses.dataclass
 class DirsConfig:
-    inbox: str = option("inbox", "Drop dataset folders here.")
-    outbox: str = option("outbox", "Review packages appear here.")
-    state: str = option("state", "Queue database, frozen jobs, logs and per-job work folders.")
-    cache: str = option("cache", "Latent and text-embedding cache, shared by all jobs.")
+    inbox: str = option("inbox", "Drop dataset folders here. inbox, beside this file, so one folder holds all "
+                                 "of animad's data.")
+    outbox: str = option("outbox", "Review packages appear here. outbox, beside this file and the inbox.")
+    state: str = option("state", "Queue database, frozen jobs, logs and per-job work folders. state, beside this "
+                                 "file; it needs room for every epoch file (~46 MB each at dim 16).")
+    cache: str = option("cache", "Latent and text-embedding cache. cache, beside this file and shared by all jobs, "
+                                 "so a dataset dropped again with the same model skips the VAE.")
 
 
 @dataclasses.dataclass
 class ModelSet:
-    dit: str = option("", "Anima DiT .safetensors (ComfyUI models/diffusion_models/).")
-    text_encoder: str = option("", "qwen_3_06b_base.safetensors (ComfyUI models/text_encoders/).")
-    vae: str = option("", "qwen_image_vae.safetensors (ComfyUI models/vae/).")
+    dit: str = option("", "Anima DiT .safetensors (ComfyUI models/diffusion_models/). Empty here: each set names "
+                          "its own files.")
+    text_encoder: str = option("", "qwen_3_06b_base.safetensors (ComfyUI models/text_encoders/). Empty here: each "
+                                   "set names its own files.")
+    vae: str = option("", "qwen_image_vae.safetensors (ComfyUI models/vae/). Empty here: each set names its own "
+                          "files.")
 
 
 @dataclasses.dataclass
 class DaemonConfig:
     dirs: DirsConfig = section(DirsConfig, "Folders (relative to this file).")
-    default_model: str = option("anima-base-1.0", "The model set used when job.yaml names none.")
+    default_model: str = option("anima-base-1.0", "The model set used when job.yaml names none. anima-base-1.0, the "
+                                                  "base model the guides train on.")
     models: dict[str, ModelSet] = option(
         {"anima-base-1.0": ModelSet(
             dit="~/ComfyUI/models/diffusion_models/anima-base-v1.0.safetensors",
             text_encoder="~/ComfyUI/models/text_encoders/qwen_3_06b_base.safetensors",
             vae="~/ComfyUI/models/vae/qwen_image_vae.safetensors")},
-        "Named model sets. A job picks one with 'base_model: NAME'.")
+        "Named model sets. A job picks one with 'base_model: NAME'. The default points where ComfyUI keeps the "
+        "files, since our users sample there; nothing is ever downloaded.")
     tokenizers: list[str] = option(
-        [], "Extra folders to search for the Qwen3 (vocab.json + merges.txt, or tokenizer.json) and T5\n"
-            "(spiece.model or tokenizer.json) tokenizers, before ComfyUI, sd-scripts and the HF cache.",
+        [], "Extra folders to search for the Qwen3 (vocab.json + merges.txt, or tokenizer.json) and T5 "
+            "(spiece.model or tokenizer.json) tokenizers, before ComfyUI, sd-scripts and the HF cache. "
+            "Empty: those three places usually have them already.",
         example=["~/ComfyUI/comfy/text_encoders"])
-    comfyui: str | None = option(None, "A ComfyUI install to find tokenizers in (default: guessed from "
-                                       "the model paths).", example="~/ComfyUI")
+    comfyui: str | None = option(None, "A ComfyUI install to find tokenizers in. null: guessed from the model paths "
+                                       "(they usually sit inside it).", example="~/ComfyUI")
     sd_scripts: str | None = option(None, "An sd-scripts checkout to find tokenizers in (configs/qwen3_06b, "
-                                          "configs/t5_old).", example="~/sd-scripts")
-    windows: list[str] = option(["22:00-07:00"], "When training may run, local time: 'HH:MM-HH:MM' (may cross\n"
-                                                 "midnight), optionally with days ('mon-fri 22:00-07:00',\n"
-                                                 "'sat,sun 09:00-18:00'), or 'always'.")
-    settle_seconds: float = option(30.0, "A dropped folder is taken after this many quiet seconds.", min=0)
-    poll_seconds: float = option(0.0, "Use a polling watcher with this interval (0 = inotify, with a "
-                                      "polling fallback).", min=0)
-    gpus: int = option(1, "GPUs one job trains on (data parallel, one process per GPU; each step takes\n"
-                          "batch_size x grad_accum x gpus images). Without CUDA: that many CPU processes.",
+                                          "configs/t5_old). null: not searched.", example="~/sd-scripts")
+    windows: list[str] = option(["22:00-07:00"], "When training may run, local time: 'HH:MM-HH:MM' (may cross "
+                                                 "midnight), optionally with days ('mon-fri 22:00-07:00', "
+                                                 "'sat,sun 09:00-18:00'), or 'always'. 22:00-07:00: our users "
+                                                 "train overnight, while the GPU is free.")
+    settle_seconds: float = option(30.0, "A dropped folder is taken after this many quiet seconds. 30 (the spec's "
+                                         "default): longer than the pauses of a slow copy between files; a folder "
+                                         "moved in whole is taken at once anyway.", min=0)
+    poll_seconds: float = option(0.0, "Use a polling watcher with this interval (0 = inotify, with a polling "
+                                      "fallback). 0: inotify costs no CPU when idle; set 5 for an inbox on WSL's "
+                                      "/mnt/c, which sends no events.", min=0)
+    gpus: int = option(1, "GPUs one job trains on (data parallel, one process per GPU; each step takes "
+                          "batch_size x grad_accum x gpus images). Without CUDA: that many CPU processes. "
+                          "1: our users have one home GPU.",
                        min=1, max=16)
-    stop_grace_seconds: float = option(120.0, "How long a job may take to save its state when told to stop.",
-                                       min=1)
-    keep_epochs: str = option("all", "Retention of epoch files after a job is done: 'all' or 'shortlist'.",
+    stop_grace_seconds: float = option(120.0, "How long a job may take to save its state when told to stop. 120: "
+                                              "many times a 1024² step (5-9 s reported on an RTX 5070 Ti) plus the "
+                                              "state write, and inside the systemd unit's TimeoutStopSec=300.", min=1)
+    keep_epochs: str = option("all", "Retention of epoch files after a job is done: 'all' or 'shortlist'. all: you "
+                                     "may want an epoch beside the picks, and a deleted file cannot come back.",
                               choices=("all", "shortlist"))
-    inhibit_sleep: bool = option(True, "Hold a systemd-inhibit sleep lock while a job trains (if available).")
-    tensorboard_port: int = option(6006, "Port for 'animad tensorboard JOB' (always bound to 127.0.0.1).",
-                                   min=1024, max=65535)
+    inhibit_sleep: bool = option(True, "Hold a systemd-inhibit sleep lock while a job trains (if available). On: a "
+                                       "machine that sleeps at night would lose the night's training.")
+    tensorboard_port: int = option(6006, "Port for 'animad tensorboard JOB' (always bound to 127.0.0.1). 6006, "
+                                         "TensorBoard's own default.", min=1024, max=65535)
 
 
 def find_config_path(explicit: str | None = None) -> Path | None:

@@ -9,6 +9,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from animad.fsutil import write_atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -81,6 +83,4 @@ class ConfigError(Exception):
 
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON through a temp file and a rename, so a crash leaves the old file or the new one."""
-    from animad.fsutil import write_atomic
-
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())

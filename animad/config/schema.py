@@ -3,7 +3,9 @@
 Config sections are dataclasses whose fields are declared with `option(...)`: a default, a help text
 and simple constraints. `parse` turns a YAML mapping into those dataclasses and records *every*
 problem it meets (wrong type, out of range, unknown key with a "did you mean" hint) instead of
-stopping at the first. `to_dict` gives the resolved plain mapping back, and `template` writes a
+stopping at the first. A type may be a union with a literal word (`int | Literal["auto"]`): the
+value is judged by the member of its kind, so a bad number gets the range error and a bad word the
+list of what is allowed. `to_dict` gives the resolved plain mapping back, and `template` writes a
 commented example file from the same help texts, so the docs cannot drift from the code.
 """
 
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import textwrap
 import types
 import typing
 from typing import Any
+
+import yaml
 
 from animad.config.problems import Problems
 
@@ -47,6 +52,8 @@ def section(cls, help: str):
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
@@ -60,13 +67,37 @@ def _type_name(tp) -> str:
     return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(tp, str(tp))
 
 
+def _kind_fits(value, tp) -> bool:
+    """Whether value is of tp's kind at all, ranges and choices aside (to pick a union member)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    if isinstance(value, bool) or tp is bool:
+        return tp is bool and isinstance(value, bool)
+    return isinstance(value, {int: int, float: (int, float), str: str}.get(tp, ()))
+
+
 def _coerce(value, tp, where: str, file, problems: Problems, meta: dict):
     """Return (ok, value) after checking value against tp; records a problem when not ok."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return True, value
+        problems.error(file, where, f"{value!r} is not {_type_name(tp)}", _fix_hint(meta, tp))
+        return False, None
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return True, None
+        # A value of one member's kind is judged by that member alone, so `batch_size: 0` says
+        # "below the minimum 1" rather than "not a whole number or 'auto'".
+        for arg in args:
+            if _kind_fits(value, arg):
+                return _coerce(value, arg, where, file, problems, meta)
         scratch = Problems()
         for arg in args:
             if arg is type(None):
@@ -171,19 +202,24 @@ def to_dict(instance) -> dict:
     return dataclasses.asdict(instance)
 
 
+def _comment(help_text: str, pad: str, width: int = 100) -> list[str]:
+    """Help text as YAML comment lines; explicit newlines are kept, long lines are wrapped."""
+    lines = []
+    for chunk in help_text.split("\n"):
+        wrapped = textwrap.wrap(chunk, width - len(pad) - 2, break_on_hyphens=False) or [""]
+        lines += [f"{pad}# {line}" if line else f"{pad}#" for line in wrapped]
+    return lines
+
+
 def template(cls, indent: int = 0, skip: typing.Collection[str] = ()) -> str:
     """A commented YAML document listing every key with its default and its help text."""
-    import yaml
-
     pad = " " * indent
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        help_text = f.metadata.get("help", "")
-        for chunk in help_text.split("\n"):
-            lines.append(f"{pad}# {chunk}" if chunk else f"{pad}#")
+        lines += _comment(f.metadata.get("help", ""), pad)
         tp = hints[f.name]
         if f.metadata.get("section") or dataclasses.is_dataclass(tp):
             lines.append(f"{pad}{f.name}:")

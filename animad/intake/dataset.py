@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import re
 import stat
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from animad.config.job import JobConfig, SubsetConfig
+from animad.config.job import JobConfig, SubsetConfig, auto_batch_size
 from animad.config.problems import Problems
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -137,8 +138,6 @@ def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, b
     expected = IMAGE_FORMATS[path.suffix.lower()]
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
-        import io
-
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -273,7 +272,9 @@ def check_dataset(dataset: Dataset, config: JobConfig, problems: Problems) -> No
             problems.warning("job.yaml", "trigger", f"'{trigger}' is not the first tag in {len(missing)} of "
                              f"{len(dataset.items)} captions: {shown}",
                              f"start those captions with '{trigger}, ' (keep_tokens keeps it first)")
-    count = len(dataset.items)
-    if config.data.batch_size > max(1, count // 10) and config.data.batch_size > 1:
-        problems.warning("job.yaml", "data.batch_size", f"batch size {config.data.batch_size} is over 10% of "
-                         f"the {count} images", "a smaller batch (1-2) usually trains small datasets better")
+    # The guides' rule is batch <= 10% of the images; `auto` follows it by construction, so only a
+    # number the user wrote can break it.
+    count, batch = len(dataset.items), config.data.batch_size
+    if batch != "auto" and batch > max(1, count // 10) and batch > 1:
+        problems.warning("job.yaml", "data.batch_size", f"batch size {batch} is over 10% of the {count} images",
+                         f"use 'auto' (here {auto_batch_size(count)}): a smaller batch trains a small dataset better")

@@ -17,13 +17,14 @@ from animad.intake.dataset import scan_dataset
 
 
 def write_job_files(paths: JobPaths, result: CheckResult, dataset_dir: Path | None = None) -> None:
-    """Freeze a checked job: job.resolved.yaml (every default filled in), job.json and report.json.
+    """Freeze a checked job: job.resolved.yaml (every default filled in, `auto` resolved against the
+    checked dataset), job.json and report.json.
 
     dataset_dir is recorded when training reads the user's folder in place (`animad train DIR`);
     daemon jobs keep their frozen copy in <job>/dataset and leave it out.
     """
     config = result.config
-    resolved = resolved_dict(config)
+    resolved = resolved_dict(config, len(result.dataset.items))  # `batch_size: auto` becomes a number here
     resolved["name"] = job_name(result.folder, config)
     header = "# Resolved by animad: every default filled in. Training reads this file, not the inbox.\n"
     write_atomic(paths.resolved, (header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)).encode())
