@@ -22,6 +22,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from animad.errors import UserError
+
 NAME_CHARS = 80  # long job names are cut; the epoch and kind always follow in the file name
 NAME_BYTES = 160  # file systems allow 255 bytes; leave room for "-e0023-lowest.safetensors" etc.
 
@@ -59,18 +61,42 @@ class JobPaths:
 
 
 def read_epochs_log(path: Path) -> list[dict]:
-    """Records from epochs.jsonl, skipping a torn last line from a crash mid-write."""
-    records = []
+    """Given an epochs.jsonl, return its epoch records in file order ([] while there is no file yet).
+
+    The only reader of epochs.jsonl. A bad last line is a record torn by a kill or a full disk
+    mid-write: it is skipped (and cut off when training resumes). A bad line anywhere else is
+    damage nobody should train or select on unseen: UserError naming the file and the line.
+    """
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read it ({error})") from None
+    records = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
             continue
+        record = parse_epoch_record(text)
+        if record is not None:
+            records.append(record)
+        elif number < len(lines):
+            raise UserError(f"{path}: line {number} is not an epoch record (a JSON object with a whole-number "
+                            "'epoch' and numeric 'loss' and 'eval_loss')")
     return records
+
+
+def parse_epoch_record(text: str) -> dict | None:
+    """Given one line of epochs.jsonl, return its record, or None if it is not one."""
+    try:
+        record = json.loads(text)
+        record["epoch"] = int(record["epoch"])
+        for key in ("loss", "eval_loss"):
+            if record.get(key) is not None:
+                float(record[key])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return record
 
 
 def safe_name(name, fallback: str = "lora") -> str:

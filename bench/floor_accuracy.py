@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from animad.select.shortlist import analyze_curve, floor_confirmed  # noqa: E402
+from animad.select.shortlist import analyze_curve  # noqa: E402
+from animad.train.floor import floor_confirmed  # noqa: E402
 from curve_families import FALLING, FAMILIES, make_curve, still_falling  # noqa: E402
 
 SEED_BASE = 1000  # tests use seeds below this, so the bench measures curves the tests were not tuned on

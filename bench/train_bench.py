@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from animad.config.job import JobConfig  # noqa: E402
 from animad.anima.dit import ANIMA_2B, AnimaDiT, DiTConfig  # noqa: E402
+from animad.anima.pipeline import Anima  # noqa: E402
 from animad.train.flow import flow_loss, noisy, sample_sigmas  # noqa: E402
 from animad.train.lora import build_network  # noqa: E402
 
@@ -70,11 +71,12 @@ def bench_step(config: DiTConfig, device, dtype, side: int, batch: int, checkpoi
     dit.requires_grad_(False)
     dit.gradient_checkpointing = checkpointing
     job = JobConfig()
-    network = build_network(dit, adapter, None, job.network)
+    anima = Anima(None, device, dtype)  # the face over models built in memory: there are no files to load
+    anima.dit, anima.adapter = dit, adapter
+    network = build_network(anima, job.network)
     network.to(device=device, dtype=torch.float32)
     if compile_blocks:
-        for block in dit.blocks:
-            block.compile()
+        anima.compile_blocks("inductor")
     params = [p for p in network.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     precision = Precision(device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"), attention)
@@ -112,7 +114,7 @@ def bench_step(config: DiTConfig, device, dtype, side: int, batch: int, checkpoi
         out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     else:
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    del dit, adapter, network, optimizer
+    del dit, adapter, anima, network, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out

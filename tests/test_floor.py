@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animad.select.shortlist import BAND_SIGMAS, analyze_curve, floor_confirmed
+from animad.select.shortlist import BAND_SIGMAS, analyze_curve
+from animad.train.floor import floor_confirmed
 
 from curve_families import FALLING, FAMILIES, make_curve, still_falling
 

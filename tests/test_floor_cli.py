@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from animad.errors import UserError
+from animad.layout import read_epochs_log
 from animad.select.curve import read_curve_file
+from animad.train.floor import epoch_curve
 
 from curve_families import make_curve
 
@@ -144,3 +146,16 @@ def test_missing_curve_and_empty_log_folder_are_clear_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="no TensorBoard event files"):
         read_curve_file(empty)
+
+
+def test_the_one_epochs_log_reader_and_the_one_curve_rule(tmp_path):
+    path = tmp_path / "epochs.jsonl"
+    assert read_epochs_log(path) == []  # no epoch finished yet
+    good = [{"epoch": 1, "loss": 0.5, "eval_loss": 0.4}, {"epoch": 2, "loss": 0.45, "eval_loss": None}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + "\n" + '{"epoch": 3, "lo')
+    assert read_epochs_log(path) == good  # blank lines and a torn last line are skipped
+    path.write_text(json.dumps(good[0]) + '\n{"epoch": "x"}\n' + json.dumps(good[1]) + "\n")
+    with pytest.raises(UserError, match="epochs.jsonl: line 2 is not an epoch record"):
+        read_epochs_log(path)
+    assert epoch_curve(good) == ([1, 2], [0.5, 0.45], "loss")  # one epoch without eval: the training loss for all
+    assert epoch_curve(good[:1]) == ([1], [0.4], "eval_loss")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,15 @@ def test_sigkill_mid_epoch_twice_then_resume_matches_uninterrupted(tmp_path, dae
         assert worst <= TOLERANCE, f"epoch {epoch}: max |diff| {worst}"
     for ours, theirs in zip(records, reference_records):
         assert abs(ours["eval_loss"] - theirs["eval_loss"]) <= 1e-6
+
+
+def test_resume_cuts_a_torn_last_line_so_the_next_record_stands_alone(tmp_path):
+    from animad.train.tracking import Tracker
+
+    path = tmp_path / "epochs.jsonl"
+    path.write_text(json.dumps({"epoch": 1, "loss": 0.5}) + "\n" + '{"epoch": 2, "lo')  # killed mid-write
+    tracker = Tracker(tmp_path / "tb", path, resume_step=4, resume_epoch=1)
+    tracker.epoch({"epoch": 2, "loss": 0.4})
+    tracker.close()
+    assert [r["epoch"] for r in read_epochs_log(path)] == [1, 2]
+    assert [r["epoch"] for r in tracker.records] == [1, 2]  # what the loop asks the floor about

@@ -14,7 +14,10 @@ from animad.layout import JobPaths, read_epochs_log
 from animad.anima import load as model_load
 from animad.anima.dit import ANIMA_2B, AnimaDiT
 from animad.demo.synthetic import make_dataset, tiny_job
-from animad.train.lora import linear_modules, lora_name, network_from_state, read_lora_file
+from animad.anima.files import ModelFiles
+from animad.anima.lora_names import UNET, linears, read_lora_file
+from animad.anima.pipeline import Anima
+from animad.train.lora import network_from_state
 from animad.intake.check import check_folder
 
 
@@ -73,8 +76,10 @@ def test_epoch_file_loads_back_into_a_fresh_model(trained):
     saved = read_lora_file(paths.epoch_file("ds", 6))
 
     def output(lora_state):
-        dit, adapter = model_load.load_dit(models["dit"])
-        network_from_state(dit, adapter, None, lora_state)
+        anima = Anima(ModelFiles(models["dit"], models["text_encoder"], models["vae"], models["tokenizers"] / "qwen3",
+                                 models["tokenizers"] / "t5"), "cpu")
+        dit = anima.load_dit()
+        network_from_state(anima, lora_state)
         torch.manual_seed(1)
         x, sigma, context = torch.randn(1, 16, 8, 8), torch.tensor([0.6]), torch.randn(1, 512, 64)
         with torch.no_grad():
@@ -93,9 +98,9 @@ def test_epoch_file_loads_back_into_a_fresh_model(trained):
 def test_saved_keys_are_real_anima_module_names(trained):
     paths, _, _, _, models = trained
     with torch.device("meta"):
-        real = {lora_name("lora_unet", n): m for n, m in linear_modules(AnimaDiT(ANIMA_2B)).items()}
+        real = linears(AnimaDiT(ANIMA_2B), UNET)
     tiny_dit, _ = model_load.load_dit(models["dit"])
-    tiny = {lora_name("lora_unet", n): m for n, m in linear_modules(tiny_dit).items()}
+    tiny = {name: target.linear for name, target in linears(tiny_dit, UNET).items()}
     with safe_open(str(paths.epoch_file("ds", 3)), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
         modules = {re.sub(r"\.(lora_down\.weight|lora_up\.weight|alpha)$", "", k) for k in keys}

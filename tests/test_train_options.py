@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from animad.config.job import load_resolved
 from animad.layout import read_epochs_log
 from animad.demo.synthetic import tiny_job
+from animad.train.floor import floor_reached
 from animad.train.optim import lr_factor
 
 from test_train_engine import prepare, train
@@ -152,3 +154,38 @@ def test_stop_request_pauses_at_a_step_boundary(tmp_path, daemon_config):
     status, _ = train(paths, daemon)
     assert status == "finished"
     assert [r["epoch"] for r in read_epochs_log(paths.epochs_log)] == [1, 2, 3]
+    assert (paths.root / "finished.txt").read_text() == "reached max_epochs 3\n"
+
+
+def test_a_pause_on_the_max_steps_step_still_saves_that_epoch_and_names_max_steps(tmp_path, daemon_config):
+    job = tiny_job(epochs=5, selection={"stop_at_floor": False}, schedule={"max_steps": 6})
+    paths, daemon = prepare(tmp_path, daemon_config, job)  # 8 images, batches of 2: 4 steps per epoch
+    calls = {"n": 0}
+
+    def stop():  # the window closes on the very step that reaches max_steps, mid-epoch 2
+        calls["n"] += 1
+        return calls["n"] == 6
+
+    assert train(paths, daemon, stop=stop)[0] == "paused"
+    state = torch.load(paths.resume_state, weights_only=False)
+    assert (state["epoch"], state["batch_index"], state["global_step"]) == (2, 2, 6) and not state["finished"]
+    assert train(paths, daemon)[0] == "finished"
+    records = read_epochs_log(paths.epochs_log)
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 4), (2, 6)]  # the cut epoch is evaluated and saved
+    assert paths.epoch_file("ds", 2).is_file()
+    assert (paths.root / "finished.txt").read_text() == "reached max_steps 6\n"
+    assert torch.load(paths.resume_state, weights_only=False)["finished"]
+
+
+def test_a_confirmed_floor_stops_the_run_at_the_first_epoch_it_is_confirmed(tmp_path, daemon_config):
+    # lr 0: the LoRA never moves, so the eval curve is flat and its floor is confirmed as soon as
+    # the detector has enough epochs (5 points spanning 2 * patience).
+    job = tiny_job(epochs=30, optimizer={"lr": 0.0}, selection={"stop_at_floor": True, "patience": 2})
+    paths, daemon = prepare(tmp_path, daemon_config, job, count=4)
+    assert train(paths, daemon)[0] == "finished"
+    records = read_epochs_log(paths.epochs_log)
+    selection = load_resolved(paths.resolved).selection
+    assert floor_reached(records, selection) and not floor_reached(records[:-1], selection)
+    assert len(records) < 30
+    assert (paths.root / "finished.txt").read_text() == (f"stopped at the confirmed loss floor after epoch "
+                                                         f"{len(records)}\n")

@@ -15,6 +15,14 @@ SIDE_MULTIPLE = VAE_SCALE * PATCH
 # The DiT linears a LoRA can target, by group (sd-scripts' and the guides' choice: all three).
 LORA_TARGET_GROUPS = ("self_attn", "cross_attn", "mlp")
 
+# What a LoRA file says it is for: sd-scripts' network module for Anima and the ModelSpec ids that
+# LoRA inspectors and UIs read to tell which base model a LoRA belongs to.
+LORA_FILE_IDS = {
+    "ss_network_module": "networks.lora_anima",
+    "modelspec.architecture": "anima-preview/lora",
+    "modelspec.implementation": "https://huggingface.co/circlestone-labs/Anima",
+}
+
 
 def latent_shape(width: int, height: int, batch: int = 1) -> tuple[int, int, int, int]:
     """(batch, 16, height/8, width/8): the latent of an image of that size."""

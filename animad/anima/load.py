@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from animad.errors import ModelFileError
+from animad.anima import vae as vae_module
 from animad.anima.dit import AnimaDiT, DiTConfig
+from animad.errors import ModelFileError
 
 DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "net.")
 DIT_IGNORED = re.compile(r"^(pos_embedder\.|accum_|.*_extra_state$|.*\.inv_freq$)")
@@ -255,8 +256,6 @@ def load_text_encoder(path: Path, device="cpu", dtype=torch.float32):
 def load_vae(path: Path, device="cpu", dtype=torch.float32):
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
-
-    from animad.anima import vae as vae_module
 
     header = read_header(path, "vae")
     keys = set(header)

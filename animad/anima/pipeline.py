@@ -7,6 +7,7 @@
     context = anima.context(embeddings)         # adapter: (B, 512 rows, context_dim)
     v = anima.velocity(x_t, sigma, context)     # flow velocity (noise - x0)
     noise = torch.randn(anima.latent_shape(w, h))
+    anima.lora_targets(network_config)          # the linears a LoRA wraps, named as in LoRA files
 
 Parts load separately because training caches latents with the VAE and then frees it before the
 DiT arrives; previews load all three. Everything about file layouts, tokenizers, the 512-row
@@ -20,6 +21,7 @@ from torch import nn
 
 from animad.anima import facts
 from animad.anima import load as loader
+from animad.anima import lora_names
 from animad.anima.files import ModelFiles
 from animad.anima.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
 from animad.anima.vae import VAE
@@ -51,6 +53,10 @@ class Anima:
             self.text_encoder = TextEncoder(model, load_qwen_tokenizer(self.files.qwen_tokenizer),
                                             T5Ids(self.files.t5_tokenizer))
         return self.text_encoder
+
+    def unload_text_encoder(self) -> None:
+        """Every caption is cached: free its memory before the DiT arrives (and its linears leave lora_linears)."""
+        self.text_encoder = None
 
     def load_dit(self) -> nn.Module:
         if self.dit is None:
@@ -94,3 +100,18 @@ class Anima:
         """torch.compile each DiT block separately: compiles fast, and checkpointing still wraps whole blocks."""
         for block in self.dit.blocks:
             block.compile(backend=backend, dynamic=False)
+
+    # -- LoRA ----------------------------------------------------------------------------------
+
+    def lora_linears(self) -> dict[str, lora_names.LoRATarget]:
+        """Every linear of the loaded parts that a LoRA file may name, by that name: the DiT's and the
+        adapter's (group unet), and the Qwen3's (group text_encoder) when the text encoder is loaded."""
+        available = lora_names.linears(self.dit, lora_names.UNET)
+        available.update(lora_names.linears(self.adapter, lora_names.UNET, lora_names.ADAPTER))
+        if self.text_encoder is not None:
+            available.update(lora_names.linears(self.text_encoder.model, lora_names.TEXT_ENCODER))
+        return available
+
+    def lora_targets(self, network_config) -> list[lora_names.LoRATarget]:
+        """The linears the network config chooses (targets, blocks, include/exclude, adapter, text encoder)."""
+        return lora_names.choose(self.lora_linears(), network_config)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 
+from animad.anima import vae as vae_module
 from animad.anima.dit import AnimaDiT, DiTConfig
+from animad.anima.load import infer_qwen_config
+from animad.anima.text import QWEN_SPECIALS, load_qwen_tokenizer
 
 TINY_DIT = DiTConfig(dim=64, depth=2, head_dim=32, context_dim=64, adaln_lora_dim=16, mlp_ratio=4)
 TINY_QWEN = dict(hidden=32, layers=2, head_dim=16, heads=2, kv_heads=1, intermediate=64)
@@ -34,8 +37,6 @@ def find_shared_tokenizers() -> Path | None:
 def write_tiny_tokenizers(out: Path, corpus: list[str]) -> None:
     """Train a tiny Qwen-style byte-level BPE and build a tiny T5-style unigram (ids: pad 0, </s> 1, unk 2)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    from animad.anima.text import QWEN_SPECIALS
 
     qwen_dir, t5_dir = out / "qwen3", out / "t5"
     qwen_dir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +82,6 @@ def make_tiny_model_set(out: Path, seed: int = 0, tokenizers: Path | None = None
     from safetensors.torch import save_file
     from transformers import Qwen3Model
 
-    from animad.anima import vae as vae_module
-    from animad.anima.load import infer_qwen_config
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
@@ -96,8 +94,6 @@ def make_tiny_model_set(out: Path, seed: int = 0, tokenizers: Path | None = None
         qwen_vocab, t5_vocab = 151936, T5_VOCAB  # the real embedding sizes
     else:
         write_tiny_tokenizers(tok_dir, corpus or ["1girl, solo, smile", "cat, outdoors, tree"])
-        from animad.anima.text import load_qwen_tokenizer
-
         qwen_vocab = load_qwen_tokenizer(tok_dir / "qwen3").get_vocab_size(with_added_tokens=True)
         t5_vocab = 512
 

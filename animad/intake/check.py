@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from animad.config.daemon import Daemon
+from animad.config.daemon import Daemon, resolve_path
 from animad.config.job import JobConfig, load_job_file
 from animad.config.problems import Problems
+from animad.errors import ModelFileError
 from animad.fsutil import free_bytes, human_bytes
 from animad.anima.facts import latent_bytes
 from animad.anima.files import ModelFiles
@@ -54,9 +55,7 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
     config = load_job_file(job_file, problems)
     if config is None:
         # The yaml is unusable; still check the images so the user gets every problem in one report.
-        from animad.config.job import JobConfig as Defaults
-
-        scan_dataset(folder, Defaults(), problems)
+        scan_dataset(folder, JobConfig(), problems)
         return CheckResult(folder, None, relative_to_folder(problems, folder), None, None)
     name = job_name(folder, config)
     if any(c in name for c in "/\\\0") or name in (".", ".."):
@@ -65,8 +64,6 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
     dataset = scan_dataset(folder, config, problems)
     files = resolve_model_files(config, daemon, folder, problems, job_file)
     if config.network.init_from:
-        from animad.config.daemon import resolve_path
-
         init = resolve_path(folder, config.network.init_from)
         if not init.is_file():
             problems.error(job_file, "network.init_from", f"LoRA file not found: {init}",
@@ -80,26 +77,22 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
 
 def relative_to_folder(problems: Problems, folder: Path) -> Problems:
     """Name files inside the dataset folder relative to it (job.yaml, 10_a/x.png), like the images are."""
-    import dataclasses as dc
-
     prefix = str(folder).rstrip("/") + "/"
     for index, problem in enumerate(problems.items):
         if problem.file.startswith(prefix):
-            problems.items[index] = dc.replace(problem, file=problem.file[len(prefix):])
+            problems.items[index] = dataclasses.replace(problem, file=problem.file[len(prefix):])
     return problems
 
 
 def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Problems) -> None:
     """Read the three headers (no weights) so a wrong or truncated file is caught before queueing."""
-    from animad.errors import ModelFileError
-    from animad.anima.load import dit_layout, read_header, text_encoder_layout
+    # Here, not at the top: checking shapes needs torch, and the daemon (so `animad status`) imports this module.
+    from animad.anima.load import check_compatible, dit_layout, read_header, text_encoder_layout
 
     try:
         _, _, _, dit_config, adapter_config = dit_layout(files.dit)
         _, _, qwen_config = text_encoder_layout(files.text_encoder)
         read_header(files.vae, "vae")
-        from animad.anima.load import check_compatible
-
         check_compatible(dit_config, adapter_config, qwen_config, None, files)
     except ModelFileError as error:
         problems.error(job_file, "model files", str(error), "fix the path in job.yaml or animad.yaml")
@@ -113,14 +106,10 @@ def check_models(files: ModelFiles, config: JobConfig, job_file, problems: Probl
 
 def estimate_lora_bytes(files: ModelFiles, config: JobConfig) -> int:
     """Size of one saved epoch file, from the DiT header's shapes (no weights read)."""
-    from animad.anima.load import dit_layout
-    from animad.train.lora import select_targets
+    from animad.anima.lora_names import lora_parameter_count  # needs torch; see check_models
 
-    _, shapes, _, _, _ = dit_layout(files.dit)
-    linear = {k[: -len(".weight")]: v[1] for k, v in shapes.items() if k.endswith(".weight") and len(v[1]) == 2}
-    names = select_targets(list(linear), config.network)
     bytes_per = 4 if config.precision.save == "fp32" else 2
-    return sum(config.network.dim * (linear[n][0] + linear[n][1]) for n in names) * bytes_per
+    return lora_parameter_count(files.dit, config.network) * bytes_per
 
 
 def check_disk(files: ModelFiles, config: JobConfig, dataset: Dataset, work_dir: Path, job_file,

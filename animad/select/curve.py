@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 from animad.errors import UserError
+from animad.layout import read_epochs_log
+from animad.train.floor import CURVE_SOURCES, epoch_curve
 
 TAG_PREFERENCE = ("eval/loss", "loss/epoch_average")  # the stable eval curve first, then the epoch mean
 EVENT_FILE_PREFIX = "events.out.tfevents."
@@ -92,37 +93,12 @@ def read_csv(path: Path) -> Curve:
 
 
 def read_epochs_jsonl(path: Path) -> Curve:
-    """Given an animad epochs.jsonl, return its eval_loss curve if every epoch has one, else its loss curve.
-
-    A torn last line (the run was killed mid-write) is skipped; a bad line anywhere else is an error.
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read it ({error})") from None
-    records = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-            records.append((number, int(record["epoch"]), record.get("loss"), record.get("eval_loss")))
-        except (ValueError, TypeError, KeyError):
-            if number == len(lines):
-                continue
-            raise UserError(f"{path}: line {number} is not an epoch record (a JSON object with 'epoch' and "
-                            "'loss')") from None
+    """Given an animad epochs.jsonl, return the curve the floor is read from (train/floor.epoch_curve's rule)."""
+    records = read_epochs_log(path)
     if not records:
         raise UserError(f"{path}: no epoch records yet")
-    use_eval = all(eval_loss is not None for _, _, _, eval_loss in records)
-    values: dict[int, float] = {}
-    for number, epoch, loss, eval_loss in records:
-        value = eval_loss if use_eval else loss
-        try:
-            values[epoch] = math.nan if value is None else float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: line {number}: loss {value!r} is not a number") from None
-    return Curve(*order_by_epoch(values), "eval" if use_eval else "epoch_average", "eval_loss" if use_eval else "loss")
+    epochs, losses, key = epoch_curve(records)
+    return Curve(*order_by_epoch(dict(zip(epochs, losses))), CURVE_SOURCES[key], key)
 
 
 def find_event_files(path: Path) -> list[Path]:

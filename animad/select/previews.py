@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from animad.anima import load as model_load
-from animad.anima.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.anima.lora_names import read_lora_file
+from animad.anima.pipeline import Anima
 from animad.intake.dataset import split_tags
 from animad.train.flow import euler_sample
-from animad.train.lora import load_weights, network_from_state, read_lora_file
+from animad.train.lora import load_weights, network_from_state
 from animad.train.precision import resolve_precision
 
 log = logging.getLogger("animad.select")
@@ -87,20 +87,21 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
     if all(p.is_file() for p in targets.values()):
         return targets
     states = {epoch: read_lora_file(path) for epoch, path in epoch_files.items()}
-    has_te_lora = any(k.startswith("lora_te_") for s in states.values() for k in s)
-    encoder = TextEncoder(model_load.load_text_encoder(files.text_encoder, device, dtype),
-                          load_qwen_tokenizer(files.qwen_tokenizer), T5Ids(files.t5_tokenizer))
-    dit, adapter = model_load.load_dit(files.dit, device, dtype)
-    vae = model_load.load_vae(files.vae, device, dtype)
+    anima = Anima(files, device, dtype)
+    anima.load_text_encoder()
+    anima.load_dit()
+    anima.load_vae()
     network = None
     if states:
-        network = network_from_state(dit, adapter, encoder.model if has_te_lora else None, next(iter(states.values())))
+        network = network_from_state(anima, next(iter(states.values())))
         network.to(device)
         network.eval()
+    # A text-encoder LoRA changes the embeddings with every row; otherwise the prompts encode once.
+    has_te_lora = network is not None and bool(network.text_encoder_parameters())
     height, width = settings["height"], settings["width"]
     cfg = settings["cfg"]
     with torch.no_grad():
-        cached_text = None if has_te_lora else encoder.encode(prompts + [settings["negative_prompt"]])
+        cached_text = None if has_te_lora else anima.encode_text(prompts + [settings["negative_prompt"]])
         for row in rows:
             if should_stop and should_stop():
                 break
@@ -108,27 +109,27 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
                 if row.epoch is not None:
                     load_weights(network, states[row.epoch])
                 network.set_multiplier(row.strength if row.epoch is not None else 0.0)
-            texts = cached_text or encoder.encode(prompts + [settings["negative_prompt"]])
+            texts = cached_text or anima.encode_text(prompts + [settings["negative_prompt"]])
             uncond = texts[-1]
             for index, prompt in enumerate(prompts):
                 path = targets[(row.key, index)]
                 if path.is_file():
                     continue
                 with precision.autocast(), precision.attention_context():
-                    context = adapter_context(adapter, [texts[index], uncond], device, dtype)
+                    context = anima.context([texts[index], uncond])
                 generator = torch.Generator().manual_seed(seeds[index])
-                noise = torch.randn(1, 16, height // 8, width // 8, generator=generator).to(device)
+                noise = torch.randn(anima.latent_shape(width, height), generator=generator).to(device)
 
                 def velocity(x, sigma):
                     with precision.autocast(), precision.attention_context():
                         if cfg == 1.0:
-                            return dit(x, sigma, context[:1])
-                        both = dit(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
+                            return anima.velocity(x, sigma, context[:1])
+                        both = anima.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
                         cond, neg = both.float().chunk(2)
                         return neg + cfg * (cond - neg)
 
                 latents = euler_sample(velocity, noise, settings["steps"], settings["flow_shift"])
-                to_png(vae.decode(latents)[0], path)
+                to_png(anima.decode_latents(latents)[0], path)
     if network is not None:
         network.detach_all()
     return targets

@@ -9,17 +9,15 @@ from pathlib import Path
 from animad.config.daemon import Daemon
 from animad.config.job import load_resolved
 from animad.errors import disk_full_is_user_error
+from animad.intake.jobfiles import load_job_dataset
+from animad.intake.models import job_model_files
 from animad.layout import JobPaths, read_epochs_log
+from animad.select.package import PreviewCell, Review, write_review_package
+from animad.select.previews import default_prompts, preview_rows, render_previews
+from animad.select.shortlist import analyze_curve
+from animad.train.floor import CURVE_SOURCES, epoch_curve
 
 log = logging.getLogger("animad.select")
-
-
-def read_curve(records: list[dict]) -> tuple[list[int], list[float], str]:
-    """The stable eval curve when every epoch has one, else the raw epoch average."""
-    epochs = [r["epoch"] for r in records]
-    if records and all(r.get("eval_loss") is not None for r in records):
-        return epochs, [r["eval_loss"] for r in records], "eval"
-    return epochs, [r["loss"] for r in records], "epoch_average"
 
 
 def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> Path:
@@ -31,15 +29,9 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> P
 
 def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, seeds=None, steps=None, size=None,
                 previews=True, should_stop=None) -> Path:
-    from animad.select.shortlist import analyze_curve
-    from animad.select.package import PreviewCell, Review, write_review_package
-    from animad.select.previews import default_prompts, preview_rows, render_previews
-    from animad.intake.jobfiles import load_job_dataset
-    from animad.intake.models import job_model_files
-
     config = load_resolved(paths.resolved)
     records = read_epochs_log(paths.epochs_log)
-    epochs, losses, source = read_curve(records)
+    epochs, losses, key = epoch_curve(records)
     sel = config.selection
     analysis = analyze_curve(epochs, losses, patience=sel.patience, shortlist_size=sel.shortlist_size,
                              min_epoch=sel.min_epoch)
@@ -76,7 +68,7 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
     finished = paths.root / "finished.txt"
     stopped = finished.read_text().strip() if finished.is_file() else "training did not finish"
     review = Review(
-        job_name=config.name, trigger=config.trigger, analysis=analysis.to_dict(), curve_source=source,
+        job_name=config.name, trigger=config.trigger, analysis=analysis.to_dict(), curve_source=CURVE_SOURCES[key],
         train_losses={r["epoch"]: r["loss"] for r in records}, lora_files=epoch_files, prompts=prompts,
         seeds=seeds, rows=[r.key for r in rows] if cells else [], row_labels=row_labels, cells=cells,
         warnings=warnings, settings=settings, stopped_reason=stopped,

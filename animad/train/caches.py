@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save
 
 from animad.anima.text import TextEmbedding
 from animad.fsutil import file_sha256, write_atomic
@@ -62,8 +63,6 @@ class TensorCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        from safetensors.torch import load_file
-
         path = self.path(key)
         if not path.is_file():
             return None
@@ -73,13 +72,10 @@ class TensorCache:
             return None
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save
-
         # Bytes through write_atomic so a full disk is an OSError (ENOSPC) and leaves no temp file;
         # no fsync: a torn entry is detected on read and recomputed.
         data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         write_atomic(self.path(key), data, durable=False)
-
 
 
 @dataclasses.dataclass

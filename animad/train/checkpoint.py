@@ -9,17 +9,18 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save
 
 from animad import __version__
+from animad.anima.facts import LORA_FILE_IDS
 from animad.fsutil import write_atomic
+from animad.train.optim import default_lr
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: dict[str, str]) -> None:
     """Write a LoRA file atomically; a kill mid-write leaves no half file under the real name."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in sorted(state.items())}
     metadata = dict(metadata)
     # sd-scripts' hashes: over the tensor bytes only, so metadata edits do not change them.
@@ -33,14 +34,12 @@ def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: 
 
 def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
                   rank_dims: tuple[int, float], session: str) -> dict[str, str]:
-    """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys."""
+    """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys; Anima's ids come from anima/."""
     net, opt, data, ts = config.network, config.optimizer, config.data, config.timesteps
     resolution = data.resolution if isinstance(data.resolution, list) else [data.resolution, data.resolution]
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    from animad.train.optim import default_lr
-
     meta = {
-        "ss_network_module": "networks.lora_anima",
+        **LORA_FILE_IDS,
         "ss_network_dim": str(rank_dims[0]),
         "ss_network_alpha": str(rank_dims[1]),
         "ss_network_dropout": str(net.dropout),
@@ -94,8 +93,6 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
         "ss_trigger_word": config.trigger or "",
         "ss_training_comment": f"trained by animad {__version__}",
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": "anima-preview/lora",
-        "modelspec.implementation": "https://huggingface.co/circlestone-labs/Anima",
         "modelspec.title": f"{config.name} epoch {epoch}",
         "modelspec.author": config.author,
         "modelspec.description": config.description,

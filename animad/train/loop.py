@@ -5,44 +5,223 @@
 Every micro-batch seeds its own randomness from (seed, epoch, batch index), and the epoch order is a
 pure function of (seed, epoch). A resumed run therefore replays exactly what an uninterrupted run
 would have done, and epoch/step counters come from the saved state, never from counting launches.
+
+run_training reads top to bottom. Its setup helpers return plain objects (Caches, Sizes, Parts),
+gathered in a Run that never changes inside the loop; all the loop's state is one Progress record,
+passed explicitly to whatever steps, saves or reports.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import math
+import os
 import random
 import time
 import uuid
+from typing import Callable
 
 import torch
 
-from animad.errors import UserError
-from animad.layout import JobPaths, read_epochs_log
-from animad.anima import load as model_load
 from animad.anima.files import ModelFiles
-from animad.anima.text import T5Ids, TextEncoder, adapter_context, load_qwen_tokenizer
+from animad.anima.lora_names import read_lora_file
+from animad.anima.pipeline import Anima
+from animad.anima.text import TextEmbedding
+from animad.config.daemon import resolve_path
+from animad.errors import UserError
+from animad.fsutil import remove_stale_temp_files
+from animad.intake.dataset import Dataset
+from animad.layout import JobPaths
 from animad.train import checkpoint
 from animad.train.batches import epoch_plan, item_buckets, plan_length
-from animad.train.caches import TensorCache, cache_latents, cache_texts, dir_fingerprint, model_fingerprint
+from animad.train.caches import (LatentEntry, TensorCache, cache_latents, cache_texts, dir_fingerprint,
+                                 model_fingerprint)
 from animad.train.captions import augment_caption, is_dynamic
-from animad.train.ranks import SINGLE, Group, rank_device
-from animad.train.evaluation import build_eval_set, evaluate
+from animad.train.evaluation import EvalSet, build_eval_set, evaluate
+from animad.train.floor import floor_reached
 from animad.train.flow import flow_loss, noisy, sample_sigmas
-from animad.train.lora import build_network, read_lora_file
+from animad.train.lora import LoRANetwork, build_network
 from animad.train.optim import build_optimizer, build_scheduler, effective_lr
-from animad.train.precision import resolve_precision
+from animad.train.precision import Precision, resolve_precision
+from animad.train.ranks import SINGLE, Group, rank_device
 from animad.train.tracking import Tracker
 
 log = logging.getLogger("animad.train")
 
 
-def step_seed(seed: int, epoch: int, batch_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{epoch}:{batch_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands: the whole loop state, saved as is in the resume state."""
+
+    epoch: int = 1
+    batch_index: int = 0  # the next batch of this epoch's plan
+    global_step: int = 0  # optimizer steps so far, over every launch
+    loss_sum: float = 0.0  # this epoch's step losses so far, for its average
+    loss_count: int = 0
+    started: str = dataclasses.field(default_factory=now_iso)  # when the job first started training
+    session: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_index, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hashes:
+    """sha256 of the model files and tokenizers: cache keys, resume safety and the LoRA metadata."""
+
+    dit: str
+    text_encoder: str
+    vae: str
+    tokenizers: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Caches:
+    buckets: list[tuple[int, int]]  # each item's (width, height)
+    latents: list[LatentEntry]
+    texts: dict[str, TextEmbedding]  # caption -> embedding
+    live_text: bool  # the text encoder stays loaded and runs in the loop (captions change, or it trains)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    batches_per_epoch: int
+    batches_per_step: int  # one optimizer step consumes this many batches of the plan (grad_accum x world)
+    steps_per_epoch: int
+    max_epochs: int
+    max_steps: int | None
+    total_steps: int  # what the LR schedule spans
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    network: LoRANetwork
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # disabled (every call passes through) unless fp16
+    params: list[torch.Tensor]  # the trainable LoRA parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything fixed for one launch of the loop; what changes is the Progress next to it."""
+
+    paths: JobPaths
+    config: object
+    files: ModelFiles
+    dataset: Dataset
+    group: Group
+    precision: Precision
+    anima: Anima
+    hashes: Hashes
+    fingerprint: str
+    caches: Caches
+    sizes: Sizes
+    parts: Parts
+    eval_set: EvalSet
+    tracker: Tracker | NoTracker
+    should_stop: Callable[[], bool]
+    on_progress: Callable[[dict], None]
+
+
+def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_dir, should_stop,
+                 on_progress, group: Group = SINGLE) -> str:
+    """Train or resume; returns "finished" or "paused" (state saved at a step boundary).
+
+    With several ranks (train/launch.py) only rank 0 writes files, logs and reports.
+    """
+    precision = resolve_precision(config, rank_device(group.rank) if group.world > 1 else None)
+    state = checkpoint.load_resume_state(paths.resume_state)
+    if state and state.get("finished"):
+        log.info("training already finished at epoch %s", state["epoch"] - 1)
+        return "finished"
+    refuse_other_world(paths, state, group)
+
+    # 1) Fingerprints, then the caches. Rank 0 hashes and caches first; the other ranks then find
+    #    everything in the cache.
+    on_progress({"phase": "loading"})
+    if not group.is_main:
+        group.barrier()
+    hashes = hash_models(files, cache_dir)
+    fingerprint = run_fingerprint(config, dataset, hashes.dit)
+    refuse_other_run(paths, state, fingerprint)
+    anima = Anima(files, precision.device, precision.weight_dtype)
+    caches = fill_caches(anima, dataset, config, hashes, TensorCache(cache_dir), on_progress)
+    if group.is_main:
+        group.barrier()
+    if precision.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 2) The DiT and the LoRA network. Base weights are frozen in the training dtype; LoRA stays fp32.
+    sizes = plan_sizes(config, dataset, caches.buckets, group.world)
+    parts = build_parts(paths, config, anima, precision, sizes)
+    eval_set = build_eval_set(dataset, caches.latents, config.eval, config.timesteps, config.seed,
+                              dataset.samples_per_epoch())
+    log.info("LoRA: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas%s",
+             len(parts.network.loras), sum(p.numel() for p in parts.params) / 1e6, sizes.steps_per_epoch,
+             sizes.max_epochs, len(eval_set.items), len(eval_set.sigmas),
+             f"; {group.world} GPUs" if group.world > 1 else "")
+
+    # 3) Resume: every counter comes from the state, so any number of resumes keeps them true.
+    progress = resume(parts, state, sizes) if state else Progress()
+    if group.is_main:
+        for directory in (paths.epochs_dir, paths.state_dir, paths.root):
+            remove_stale_temp_files(directory)  # our own half-written files from a kill mid-save
+    tracker = Tracker(paths.tensorboard, paths.epochs_log, progress.global_step, progress.epoch - 1) \
+        if group.is_main else NoTracker()
+    run = Run(paths, config, files, dataset, group, precision, anima, hashes, fingerprint, caches, sizes, parts,
+              eval_set, tracker, should_stop, on_progress)
+
+    # 4) The loop.
+    try:
+        reason = train_epochs(run, progress)
+    finally:
+        tracker.close()
+    if reason is None:
+        return "paused"
+    log.info("training finished: %s", reason)
+    if group.is_main:
+        (paths.root / "finished.txt").write_text(reason + "\n")
+    return "finished"
+
+
+def train_epochs(run: Run, progress: Progress) -> str | None:
+    """Epochs of optimizer steps; after each, rank 0 evaluates and saves, then the resume state is saved.
+
+    Returns why training finished, or None if a stop request paused it (the state is saved).
+    """
+    selection, group = run.config.selection, run.group
+    run.parts.network.train()
+    pace = Pace()
+    reason = finish_reason(progress, run.sizes)
+    if reason:  # the run ended just before a state saying so was written
+        save_state(run, progress, finished=True)
+    while reason is None:
+        epoch_start = time.perf_counter()
+        if not train_epoch(run, progress, pace):
+            return None
+        if group.is_main:
+            end_epoch(run, progress, time.perf_counter() - epoch_start)
+        floor = group.is_main and selection.stop_at_floor and floor_reached(run.tracker.records, selection)
+        if group.any(floor):  # also where the other ranks wait for rank 0's eval and save
+            reason = f"stopped at the confirmed loss floor after epoch {progress.epoch}"
+        progress.next_epoch()
+        reason = reason or finish_reason(progress, run.sizes)
+        save_state(run, progress, finished=reason is not None)
+        pace.last_save = time.monotonic()
+    return reason
+
+
+# -- setup ---------------------------------------------------------------------------------------
 
 def run_fingerprint(config, dataset, base_hash: str) -> str:
     """What a resume state must agree with: the model, the data and every shape-defining setting."""
@@ -54,278 +233,286 @@ def run_fingerprint(config, dataset, base_hash: str) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def load_text_encoder(files: ModelFiles, device, dtype) -> TextEncoder:
-    model = model_load.load_text_encoder(files.text_encoder, device, dtype)
-    return TextEncoder(model, load_qwen_tokenizer(files.qwen_tokenizer), T5Ids(files.t5_tokenizer))
-
-
-def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_dir, should_stop,
-                 on_progress, group: Group = SINGLE) -> str:
-    """Train or resume; returns "finished" or "paused" (state saved at a step boundary).
-
-    With several ranks (train/distributed.py) only rank 0 writes files, logs and reports.
-    """
-    precision = resolve_precision(config, rank_device(group.rank) if group.world > 1 else None)
-    device, weight_dtype = precision.device, precision.weight_dtype
-    state = checkpoint.load_resume_state(paths.resume_state)
-    if state and state.get("finished"):
-        log.info("training already finished at epoch %s", state["epoch"] - 1)
-        return "finished"
+def refuse_other_world(paths: JobPaths, state: dict | None, group: Group) -> None:
     if state and state.get("world", 1) != group.world:
         raise UserError(f"{paths.resume_state}: this job was started on {state.get('world', 1)} GPU(s) and would "
                         f"resume on {group.world}. Set gpus: {state.get('world', 1)} in animad.yaml to resume it "
                         "(the schedule and step counts depend on it), or start a new job.")
-    name = config.name
-    cache = TensorCache(cache_dir)
 
-    # 1) Fingerprints: cache keys, resume safety and the base-model hash in the LoRA metadata.
-    #    Rank 0 hashes and caches first; the other ranks then find everything in the cache.
-    on_progress({"phase": "loading"})
-    if not group.is_main:
-        group.barrier()
-    dit_hash = model_fingerprint(files.dit, cache_dir)
-    te_hash = model_fingerprint(files.text_encoder, cache_dir)
-    vae_hash = model_fingerprint(files.vae, cache_dir)
-    tokenizer_hash = hashlib.sha256((dir_fingerprint(files.qwen_tokenizer) + dir_fingerprint(
-        files.t5_tokenizer)).encode()).hexdigest()
-    fingerprint = run_fingerprint(config, dataset, dit_hash)
+
+def refuse_other_run(paths: JobPaths, state: dict | None, fingerprint: str) -> None:
     if state and state.get("fingerprint") != fingerprint:
         raise UserError(f"{paths.resume_state}: the saved state belongs to a different model, dataset or network "
                         "setup than this job now has. Start a new job (or move the state/ folder away to start "
                         "this one over).")
 
-    # 2) Caches. The VAE is loaded only for images not cached yet, and dropped right after.
+
+def hash_models(files: ModelFiles, cache_dir) -> Hashes:
+    tokenizers = hashlib.sha256((dir_fingerprint(files.qwen_tokenizer) + dir_fingerprint(
+        files.t5_tokenizer)).encode()).hexdigest()
+    return Hashes(model_fingerprint(files.dit, cache_dir), model_fingerprint(files.text_encoder, cache_dir),
+                  model_fingerprint(files.vae, cache_dir), tokenizers)
+
+
+def fill_caches(anima: Anima, dataset, config, hashes: Hashes, cache: TensorCache, on_progress) -> Caches:
+    """Latents and caption embeddings, from the cache where possible.
+
+    The VAE is loaded only for images not cached yet, and dropped right after; the text encoder
+    stays loaded only if it runs in the loop.
+    """
     on_progress({"phase": "caching"})
     buckets = item_buckets(dataset, config.data)
     t0 = time.perf_counter()
-    latents = cache_latents(dataset, buckets, lambda: model_load.load_vae(files.vae, device, weight_dtype),
-                            vae_hash, cache,
+    latents = cache_latents(dataset, buckets, anima.load_vae, hashes.vae, cache,
                             on_item=lambda done, total: on_progress({"phase": "caching", "done": done,
                                                                      "total": total}))
-    dynamic = any(is_dynamic(s) for s in dataset.subsets) or config.network.train_text_encoder or (
+    anima.unload_vae()
+    live_text = any(is_dynamic(s) for s in dataset.subsets) or config.network.train_text_encoder or (
         not config.precision.cache_text)
-    text_encoder = load_text_encoder(files, device, weight_dtype) if dynamic else None
-    texts = cache_texts([i.caption for i in dataset.items], lambda: text_encoder or load_text_encoder(
-        files, device, weight_dtype), te_hash, tokenizer_hash, cache)
-    cache_seconds = time.perf_counter() - t0
-    if group.is_main:
-        group.barrier()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    log.info("caches ready in %.1fs (%d images; text encoder %s)", cache_seconds, len(dataset.items),
-             "runs in the loop (captions change every step)" if dynamic else "cached and unloaded")
+    texts = cache_texts([i.caption for i in dataset.items], anima.load_text_encoder, hashes.text_encoder,
+                        hashes.tokenizers, cache)
+    if live_text:
+        anima.load_text_encoder()  # (already loaded if some caption was not cached)
+    else:
+        anima.unload_text_encoder()  # every caption is cached: free its memory before the DiT arrives
+    log.info("caches ready in %.1fs (%d images; text encoder %s)", time.perf_counter() - t0, len(dataset.items),
+             "runs in the loop (captions change every step)" if live_text else "cached and unloaded")
+    return Caches(buckets, latents, texts, live_text)
 
-    # 3) Models and the LoRA network. Base weights are frozen in the training dtype; LoRA stays fp32.
-    dit, adapter = model_load.load_dit(files.dit, device, weight_dtype)
-    for module in (dit, adapter, text_encoder.model if text_encoder else None):
-        if module is not None:
-            module.requires_grad_(False)
-            module.eval()
-    dit.gradient_checkpointing = config.precision.gradient_checkpointing
-    init_state = None
-    if config.network.init_from:
-        from animad.config.daemon import resolve_path
 
-        init_path = resolve_path(paths.dataset, config.network.init_from)
-        try:
-            init_state = read_lora_file(init_path)
-        except (OSError, ValueError) as error:
-            raise UserError(f"network.init_from: cannot read {init_path}: {error}") from None
-    torch.manual_seed(config.seed)  # LoRA init must not depend on what ran before (caching, loading)
-    network = build_network(dit, adapter, text_encoder.model if text_encoder else None, config.network, init_state)
-    network.to(device=device, dtype=torch.float32)
-    if config.precision.compile:
-        compile_blocks(dit, device)
-    optimizer = build_optimizer(network.unet_parameters(), network.text_encoder_parameters(), config.optimizer)
-    batch_size, accum = config.data.batch_size, config.data.grad_accum
-    batches_per_epoch = plan_length(dataset, buckets, batch_size)
-    batches_per_step = accum * group.world  # one optimizer step consumes this many batches of the plan
+def plan_sizes(config, dataset, buckets, world: int) -> Sizes:
+    batches_per_epoch = plan_length(dataset, buckets, config.data.batch_size)
+    batches_per_step = config.data.grad_accum * world
     steps_per_epoch = math.ceil(batches_per_epoch / batches_per_step)
-    max_epochs = config.schedule.max_epochs
-    total_steps = config.schedule.max_steps or steps_per_epoch * max_epochs
-    scheduler = build_scheduler(optimizer, config.schedule, total_steps)
-    scaler = torch.amp.GradScaler(device.type) if precision.mixed == "fp16" else None
-    samples_per_epoch = dataset.samples_per_epoch()
-    eval_set = build_eval_set(dataset, latents, config.eval, config.timesteps, config.seed, samples_per_epoch)
-    params = [p for p in network.parameters() if p.requires_grad]
-    log.info("LoRA: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas%s",
-             len(network.loras), sum(p.numel() for p in params) / 1e6, steps_per_epoch, max_epochs,
-             len(eval_set.items), len(eval_set.sigmas), f"; {group.world} GPUs" if group.world > 1 else "")
+    max_epochs, max_steps = config.schedule.max_epochs, config.schedule.max_steps
+    return Sizes(batches_per_epoch, batches_per_step, steps_per_epoch, max_epochs, max_steps,
+                 max_steps or steps_per_epoch * max_epochs)
 
-    # 4) Resume: every counter comes from the state, so any number of resumes keeps them true.
-    epoch, batch_index, global_step = 1, 0, 0
-    loss_sum, loss_count = 0.0, 0
-    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    session = uuid.uuid4().hex
-    if state:
-        network.load_state_dict(state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, batch_index, global_step = state["epoch"], state["batch_index"], state["global_step"]
-        loss_sum, loss_count = state["loss_sum"], state["loss_count"]
-        started, session = state["started"], state["session"]
-        log.info("resuming at epoch %d, batch %d/%d (optimizer step %d)", epoch, batch_index, batches_per_epoch,
-                 global_step)
-    tracker = Tracker(paths.tensorboard, paths.epochs_log, global_step, epoch - 1) if group.is_main else NoTracker()
-    if group.is_main:
-        checkpoint_cleanup(paths)
 
-    def snapshot(finished: bool = False) -> None:
-        if not group.is_main:
-            return
-        checkpoint.save_resume_state(paths.resume_state, {
-            "lora": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-            "batch_index": batch_index, "global_step": global_step, "loss_sum": loss_sum,
-            "loss_count": loss_count, "started": started, "session": session, "fingerprint": fingerprint,
-            "finished": finished, "rng_cpu": torch.get_rng_state(), "world": group.world})
+def build_parts(paths: JobPaths, config, anima: Anima, precision: Precision, sizes: Sizes) -> Parts:
+    """The frozen DiT with a fresh (or continued) LoRA on it, and what trains the LoRA."""
+    anima.load_dit()
+    anima.freeze()
+    anima.set_gradient_checkpointing(config.precision.gradient_checkpointing)
+    init_state = read_init_lora(paths, config.network)
+    torch.manual_seed(config.seed)  # LoRA init must not depend on what ran before (caching, loading)
+    network = build_network(anima, config.network, init_state)
+    network.to(device=precision.device, dtype=torch.float32)
+    if config.precision.compile:
+        anima.compile_blocks(compile_backend(precision.device))
+    optimizer = build_optimizer(network.unet_parameters(), network.text_encoder_parameters(), config.optimizer)
+    scheduler = build_scheduler(optimizer, config.schedule, sizes.total_steps)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 do not, and a disabled scaler passes through.
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.mixed == "fp16")
+    return Parts(network, optimizer, scheduler, scaler, [p for p in network.parameters() if p.requires_grad])
 
-    def encode_batch(captions: list[str], live: list[bool]):
-        """Cached embeddings where the caption is fixed; the text encoder for shuffled ones."""
-        out = [texts.get(c) if not use_live else None for c, use_live in zip(captions, live)]
-        todo = [i for i, e in enumerate(out) if e is None]
-        if todo:
-            grad = torch.enable_grad() if config.network.train_text_encoder else torch.no_grad()
-            with grad, precision.autocast():
-                for i, emb in zip(todo, text_encoder.encode([captions[i] for i in todo])):
-                    out[i] = emb
-        return out
 
-    def velocity(x_t, sigma, embeddings):
-        with precision.autocast(), precision.attention_context():
-            context = adapter_context(adapter, embeddings, device, weight_dtype)
-            return dit(x_t, sigma, context)
-
-    def eval_step(x_t, sigma, captions):
-        return velocity(x_t.to(device), sigma.to(device), [texts[c] for c in captions])
-
-    def train_micro_batch(batch, batch_number: int) -> torch.Tensor:
-        rng = random.Random(step_seed(config.seed, epoch, batch_number))
-        torch.manual_seed(step_seed(config.seed, epoch, batch_number))
-        items = [dataset.items[i] for i in batch.items]
-        subsets = [dataset.subsets[i.subset] for i in items]
-        x0 = torch.stack([latents[i].flipped if s.flip and rng.random() < 0.5 else latents[i].latents
-                          for i, s in zip(batch.items, subsets)]).to(device)
-        mask = None
-        if any(s.alpha_mask for s in subsets):
-            mask = torch.stack([latents[i].mask if latents[i].mask is not None else torch.ones(
-                1, *x0.shape[-2:]) for i in batch.items]).to(device)
-        captions = [augment_caption(item.caption, subset, rng) for item, subset in zip(items, subsets)]
-        live = [text_encoder is not None and (is_dynamic(s) or config.network.train_text_encoder or
-                                              c not in texts) for s, c in zip(subsets, captions)]
-        noise = torch.randn_like(x0)
-        if config.timesteps.noise_offset:
-            noise = noise + config.timesteps.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1,
-                                                                        device=device)
-        sigma = sample_sigmas(x0.shape[0], config.timesteps, device)
-        prediction = velocity(noisy(x0, noise, sigma), sigma, encode_batch(captions, live))
-        return flow_loss(prediction, x0, noise, mask).mean()
-
-    def end_epoch(epoch: int, global_step: int, average_loss: float, seconds: float) -> None:
-        on_progress({"phase": "eval", "epoch": epoch})
-        t_eval = time.perf_counter()
-        network.eval()
-        eval_loss, eval_by_sigma = evaluate(eval_set, dataset, latents, texts, eval_step)
-        network.train()
-        eval_seconds = time.perf_counter() - t_eval
-        on_progress({"phase": "saving", "epoch": epoch})
-        epoch_file = paths.epoch_file(name, epoch)
-        checkpoint.save_lora(epoch_file, network.state_dict(), config.precision.save, checkpoint.lora_metadata(
-            config, epoch=epoch, step=global_step, dataset=dataset, files=files, base_hash=dit_hash,
-            started=started, rank_dims=(config.network.dim, config.network.alpha or config.network.dim),
-            session=session))
-        record = {"epoch": epoch, "step": global_step, "loss": average_loss, "eval_loss": eval_loss,
-                  "eval_by_sigma": eval_by_sigma, "lr": scheduler.get_last_lr()[0], "d_lr": effective_lr(optimizer),
-                  "prodigy_d": optimizer.param_groups[0].get("d"), "seconds": seconds + time.perf_counter() - t_eval,
-                  "eval_seconds": eval_seconds, "file": str(epoch_file.relative_to(paths.root)),
-                  "time": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-        tracker.epoch(record)
-        log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
-                 eval_loss, 100 * eval_seconds / max(1e-9, record["seconds"]))
-
-    # 5) The loop.
-    network.train()
-    last_state_save = time.monotonic()
-    step_times: list[float] = []
-    reason = f"reached max_epochs {max_epochs}"
+def read_init_lora(paths: JobPaths, network_config) -> dict | None:
+    """network.init_from: the LoRA file to continue (its ranks and weights), relative to the dataset."""
+    if not network_config.init_from:
+        return None
+    path = resolve_path(paths.dataset, network_config.init_from)
     try:
-        while epoch <= max_epochs and not (config.schedule.max_steps and global_step >= config.schedule.max_steps):
-            plan = epoch_plan(dataset, buckets, batch_size, config.seed, epoch)
-            epoch_start = time.perf_counter()
-            while batch_index < len(plan):
-                t_step = time.perf_counter()
-                batches = plan[batch_index: batch_index + batches_per_step]
-                step_loss, bad_loss = 0.0, None
-                for offset, batch in group.share(batches):
-                    loss = train_micro_batch(batch, batch_index + offset)
-                    if not torch.isfinite(loss):
-                        bad_loss = loss.item()
-                        break
-                    scaled = loss / len(batches)
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    step_loss += loss.item() / len(batches)
-                step_loss, bad = group.sum([step_loss, 1.0 if bad_loss is not None else 0.0])
-                if bad:
-                    raise UserError(f"loss became {bad_loss if bad_loss is not None else 'NaN/inf'} at epoch {epoch}, "
-                                    f"step {global_step + 1}. Lower the learning rate, or use precision.mixed: bf16 "
-                                    "instead of fp16.")
-                group.sum_grads(params)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if config.optimizer.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.optimizer.max_grad_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                batch_index += len(batches)
-                global_step += 1
-                loss_sum += step_loss
-                loss_count += 1
-                step_times.append(time.perf_counter() - t_step)
-                s_per_it = sum(step_times[-20:]) / len(step_times[-20:])
-                lr = scheduler.get_last_lr()[0]
-                tracker.step(global_step, step_loss, lr, effective_lr(optimizer))
-                remaining = total_steps - global_step
-                on_progress({"phase": "training", "epoch": epoch, "max_epochs": max_epochs, "step": global_step,
-                             "total_steps": total_steps, "step_in_epoch": math.ceil(batch_index / batches_per_step),
-                             "steps_per_epoch": steps_per_epoch, "loss": loss_sum / loss_count,
-                             "s_per_it": s_per_it, "eta_seconds": remaining * s_per_it})
-                if group.any(should_stop()):
-                    snapshot()
-                    log.info("stopped at epoch %d, step %d; state saved", epoch, global_step)
-                    return "paused"
-                minutes = config.schedule.state_every_minutes
-                if minutes and time.monotonic() - last_state_save > minutes * 60:
-                    snapshot()
-                    last_state_save = time.monotonic()
-                if config.schedule.max_steps and global_step >= config.schedule.max_steps:
-                    break
+        return read_lora_file(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"network.init_from: cannot read {path}: {error}") from None
 
-            # End of epoch (rank 0): stable eval, the epoch file, the log line, then the state.
-            if group.is_main:
-                end_epoch(epoch, global_step, loss_sum / max(1, loss_count), time.perf_counter() - epoch_start)
-            epoch, batch_index, loss_sum, loss_count = epoch + 1, 0, 0.0, 0
-            floor = group.is_main and config.selection.stop_at_floor and floor_confirmed(paths, config)
-            if group.any(floor):  # also where the other ranks wait for rank 0's eval and save
-                reason = f"stopped at the confirmed loss floor after epoch {epoch - 1}"
-                snapshot(finished=True)
-                break
-            snapshot(finished=epoch > max_epochs)
-            last_state_save = time.monotonic()
-        else:
-            snapshot(finished=True)
-    finally:
-        tracker.close()
-    log.info("training finished: %s", reason)
-    if group.is_main:
-        (paths.root / "finished.txt").write_text(reason + "\n")
-    return "finished"
+
+def compile_backend(device: torch.device) -> str:
+    """inductor on CUDA; elsewhere eager (inductor on the CPU buys nothing). ANIMAD_COMPILE_BACKEND overrides."""
+    return os.environ.get("ANIMAD_COMPILE_BACKEND") or ("inductor" if device.type == "cuda" else "eager")
+
+
+def resume(parts: Parts, state: dict, sizes: Sizes) -> Progress:
+    parts.network.load_state_dict(state["lora"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    progress = Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress)})
+    log.info("resuming at epoch %d, batch %d/%d (optimizer step %d)", progress.epoch, progress.batch_index,
+             sizes.batches_per_epoch, progress.global_step)
+    return progress
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Pace:
+    """This launch's clock (never saved): recent step times for s/it and the ETA, and the last state save."""
+
+    step_seconds: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=20))
+    last_save: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def finish_reason(progress: Progress, sizes: Sizes) -> str | None:
+    """Why the run is over at this point, or None while there is an epoch left to train.
+
+    An epoch under way (batch_index > 0) is always finished first: its eval and file are still due.
+    """
+    if progress.epoch > sizes.max_epochs:
+        return f"reached max_epochs {sizes.max_epochs}"
+    if out_of_steps(progress, sizes) and progress.batch_index == 0:
+        return f"reached max_steps {sizes.max_steps}"
+    return None
+
+
+def out_of_steps(progress: Progress, sizes: Sizes) -> bool:
+    return bool(sizes.max_steps) and progress.global_step >= sizes.max_steps
+
+
+def train_epoch(run: Run, progress: Progress, pace: Pace) -> bool:
+    """Train the rest of progress.epoch; False if a stop request paused it (the state is saved)."""
+    config, sizes = run.config, run.sizes
+    plan = epoch_plan(run.dataset, run.caches.buckets, config.data.batch_size, config.seed, progress.epoch)
+    while progress.batch_index < len(plan) and not out_of_steps(progress, sizes):
+        t_step = time.perf_counter()
+        batches = plan[progress.batch_index: progress.batch_index + sizes.batches_per_step]
+        step_loss = train_step(run, progress, batches)
+        progress.batch_index += len(batches)
+        progress.global_step += 1
+        progress.loss_sum += step_loss
+        progress.loss_count += 1
+        pace.step_seconds.append(time.perf_counter() - t_step)
+        report_step(run, progress, pace, step_loss)
+        if run.group.any(run.should_stop()):
+            save_state(run, progress)
+            log.info("stopped at epoch %d, step %d; state saved", progress.epoch, progress.global_step)
+            return False
+        minutes = config.schedule.state_every_minutes
+        if minutes and time.monotonic() - pace.last_save > minutes * 60:
+            save_state(run, progress)
+            pace.last_save = time.monotonic()
+    return True
+
+
+def train_step(run: Run, progress: Progress, batches: list) -> float:
+    """One optimizer step over `batches` (this rank trains its share); returns their mean loss over all ranks."""
+    parts, group = run.parts, run.group
+    step_loss = torch.zeros((), dtype=torch.float64, device=run.precision.device)
+    for offset, batch in group.share(batches):
+        loss = micro_batch_loss(run, batch, progress.epoch, progress.batch_index + offset)
+        parts.scaler.scale(loss / len(batches)).backward()
+        step_loss += loss.detach().double() / len(batches)  # summed on the device: no sync per micro-batch
+    # The step's one CPU-GPU sync: its loss is logged and reported, and a NaN/inf loss must stop the
+    # run before the optimizer applies it. (float64, so the sum is the one Python floats would give.)
+    local = step_loss.item()
+    bad_here = not math.isfinite(local)
+    step_loss, bad = group.sum([local, 1.0 if bad_here else 0.0])
+    if bad:
+        raise UserError(f"loss became {local if bad_here else 'NaN/inf'} at epoch {progress.epoch}, step "
+                        f"{progress.global_step + 1}. Lower the learning rate, or use precision.mixed: bf16 "
+                        "instead of fp16.")
+    group.sum_grads(parts.params)
+    parts.scaler.unscale_(parts.optimizer)  # clipping must see the true gradients
+    if run.config.optimizer.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(parts.params, run.config.optimizer.max_grad_norm)
+    parts.scaler.step(parts.optimizer)  # fp16: a sync (it skips the step if the gradients overflowed)
+    parts.scaler.update()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+def step_seed(seed: int, epoch: int, batch_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{epoch}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def micro_batch_loss(run: Run, batch, epoch: int, batch_number: int) -> torch.Tensor:
+    """The flow-matching loss of one batch; flips, caption shuffles, noise and sigmas are seeded by its place."""
+    config, dataset, latents, device = run.config, run.dataset, run.caches.latents, run.precision.device
+    rng = random.Random(step_seed(config.seed, epoch, batch_number))
+    torch.manual_seed(step_seed(config.seed, epoch, batch_number))
+    items = [dataset.items[i] for i in batch.items]
+    subsets = [dataset.subsets[i.subset] for i in items]
+    x0 = torch.stack([latents[i].flipped if s.flip and rng.random() < 0.5 else latents[i].latents
+                      for i, s in zip(batch.items, subsets)]).to(device)
+    mask = None
+    if any(s.alpha_mask for s in subsets):
+        mask = torch.stack([latents[i].mask if latents[i].mask is not None else torch.ones(
+            1, *x0.shape[-2:]) for i in batch.items]).to(device)
+    captions = [augment_caption(item.caption, subset, rng) for item, subset in zip(items, subsets)]
+    live = [run.caches.live_text and (is_dynamic(s) or config.network.train_text_encoder or c not in run.caches.texts)
+            for s, c in zip(subsets, captions)]
+    noise = torch.randn_like(x0)
+    if config.timesteps.noise_offset:
+        noise = noise + config.timesteps.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
+    sigma = sample_sigmas(x0.shape[0], config.timesteps, device)
+    prediction = velocity(run, noisy(x0, noise, sigma), sigma, embed_captions(run, captions, live))
+    return flow_loss(prediction, x0, noise, mask).mean()
+
+
+def embed_captions(run: Run, captions: list[str], live: list[bool]) -> list[TextEmbedding]:
+    """Cached embeddings where the caption is fixed; the text encoder for shuffled ones."""
+    out = [run.caches.texts.get(c) if not use_live else None for c, use_live in zip(captions, live)]
+    todo = [i for i, e in enumerate(out) if e is None]
+    if todo:
+        grad = torch.enable_grad() if run.config.network.train_text_encoder else torch.no_grad()
+        with grad, run.precision.autocast():
+            for i, embedding in zip(todo, run.anima.encode_text([captions[i] for i in todo])):
+                out[i] = embedding
+    return out
+
+
+def velocity(run: Run, x_t: torch.Tensor, sigma: torch.Tensor, embeddings: list[TextEmbedding]) -> torch.Tensor:
+    with run.precision.autocast(), run.precision.attention_context():
+        return run.anima.velocity(x_t, sigma, run.anima.context(embeddings))
+
+
+def report_step(run: Run, progress: Progress, pace: Pace, step_loss: float) -> None:
+    """TensorBoard's step scalars and the progress the daemon shows."""
+    sizes, parts = run.sizes, run.parts
+    s_per_it = sum(pace.step_seconds) / len(pace.step_seconds)
+    run.tracker.step(progress.global_step, step_loss, parts.scheduler.get_last_lr()[0], effective_lr(parts.optimizer))
+    run.on_progress({"phase": "training", "epoch": progress.epoch, "max_epochs": sizes.max_epochs,
+                     "step": progress.global_step, "total_steps": sizes.total_steps,
+                     "step_in_epoch": math.ceil(progress.batch_index / sizes.batches_per_step),
+                     "steps_per_epoch": sizes.steps_per_epoch, "loss": progress.loss_sum / progress.loss_count,
+                     "s_per_it": s_per_it, "eta_seconds": (sizes.total_steps - progress.global_step) * s_per_it})
+
+
+def end_epoch(run: Run, progress: Progress, seconds: float) -> None:
+    """Rank 0 after each epoch: the stable eval, the epoch's LoRA file, its record and its log line."""
+    config, paths, parts, epoch = run.config, run.paths, run.parts, progress.epoch
+    run.on_progress({"phase": "eval", "epoch": epoch})
+    t_eval = time.perf_counter()
+    parts.network.eval()
+    eval_loss, eval_by_sigma = evaluate(run.eval_set, run.dataset, run.caches.latents, run.caches.texts,
+                                        functools.partial(eval_velocity, run))
+    parts.network.train()
+    eval_seconds = time.perf_counter() - t_eval
+    run.on_progress({"phase": "saving", "epoch": epoch})
+    epoch_file = paths.epoch_file(config.name, epoch)
+    checkpoint.save_lora(epoch_file, parts.network.state_dict(), config.precision.save, checkpoint.lora_metadata(
+        config, epoch=epoch, step=progress.global_step, dataset=run.dataset, files=run.files,
+        base_hash=run.hashes.dit, started=progress.started, session=progress.session,
+        rank_dims=(config.network.dim, config.network.alpha or config.network.dim)))
+    record = {"epoch": epoch, "step": progress.global_step, "loss": progress.loss_sum / max(1, progress.loss_count),
+              "eval_loss": eval_loss, "eval_by_sigma": eval_by_sigma, "lr": parts.scheduler.get_last_lr()[0],
+              "d_lr": effective_lr(parts.optimizer), "prodigy_d": parts.optimizer.param_groups[0].get("d"),
+              "seconds": seconds + time.perf_counter() - t_eval, "eval_seconds": eval_seconds,
+              "file": str(epoch_file.relative_to(paths.root)), "time": now_iso()}
+    run.tracker.epoch(record)
+    log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
+             eval_loss, 100 * eval_seconds / max(1e-9, record["seconds"]))
+
+
+def eval_velocity(run: Run, x_t: torch.Tensor, sigma: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    device = run.precision.device
+    return velocity(run, x_t.to(device), sigma.to(device), [run.caches.texts[c] for c in captions])
+
+
+def save_state(run: Run, progress: Progress, finished: bool = False) -> None:
+    """The resume state (rank 0 writes it for every rank): the trained parts and the progress record."""
+    if not run.group.is_main:
+        return
+    parts = run.parts
+    checkpoint.save_resume_state(run.paths.resume_state, {
+        "lora": parts.network.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), **dataclasses.asdict(progress),
+        "fingerprint": run.fingerprint, "finished": finished, "rng_cpu": torch.get_rng_state(),
+        "world": run.group.world})
 
 
 class NoTracker:
@@ -339,35 +526,3 @@ class NoTracker:
 
     def close(self) -> None:
         pass
-
-
-def floor_confirmed(paths: JobPaths, config) -> bool:
-    """Ask the floor detector about the eval curve so far (the same rule select/ uses afterwards)."""
-    from animad.select.shortlist import analyze_curve
-
-    records = read_epochs_log(paths.epochs_log)
-    epochs = [r["epoch"] for r in records]
-    losses = [r["eval_loss"] if r.get("eval_loss") is not None else r["loss"] for r in records]
-    sel = config.selection
-    analysis = analyze_curve(epochs, losses, patience=sel.patience, shortlist_size=sel.shortlist_size,
-                             min_epoch=sel.min_epoch)
-    return analysis.status == "floor"
-
-
-def checkpoint_cleanup(paths: JobPaths) -> None:
-    """Remove our own half-written temp files left by a kill mid-save."""
-    from animad.fsutil import remove_stale_temp_files
-
-    for directory in (paths.epochs_dir, paths.state_dir, paths.root):
-        remove_stale_temp_files(directory)
-
-
-def compile_blocks(dit, device, backend: str | None = None) -> None:
-    """torch.compile each DiT block separately: compiles fast, and checkpointing still wraps whole blocks."""
-    import os
-
-    backend = backend or os.environ.get("ANIMAD_COMPILE_BACKEND") or ("inductor" if device.type == "cuda"
-                                                                        else "eager")
-    for block in dit.blocks:
-        block.compile(backend=backend, dynamic=False)
-

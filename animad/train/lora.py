@@ -1,51 +1,21 @@
-"""LoRA on the DiT (and optionally the LLM adapter and the Qwen3 text encoder), in sd-scripts' format.
+"""The LoRA mechanism: low-rank modules on frozen linears, and the network that holds them.
 
 Each LoRAModule wraps a frozen nn.Linear by replacing its forward (the base module and its state-dict
-names stay untouched). The network's own state_dict *is* the file format ComfyUI loads as is:
-`lora_unet_blocks_0_self_attn_q_proj.lora_down.weight`, `.lora_up.weight` and `.alpha`.
+names stay untouched). Which linears exist, what they are called in a file and which rank group they
+belong to is Anima's business (anima/lora_names.py, asked through the face); the network's own
+state_dict, keyed by those names, *is* the file format ComfyUI loads as is.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_PATTERNS = {
-    "self_attn": r"blocks\.\d+\.self_attn\.(q_proj|k_proj|v_proj|output_proj)",
-    "cross_attn": r"blocks\.\d+\.cross_attn\.(q_proj|k_proj|v_proj|output_proj)",
-    "mlp": r"blocks\.\d+\.mlp\.layer[12]",
-}
-ADAPTER_PATTERN = r"llm_adapter\.blocks\.\d+\.(self_attn|cross_attn)\.(q_proj|k_proj|v_proj|o_proj)|" \
-                  r"llm_adapter\.blocks\.\d+\.mlp\.[02]"
-TEXT_ENCODER_PATTERN = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-
-
-def select_targets(linear_names: list[str], network) -> list[str]:
-    """DiT (and adapter) linear names that get a LoRA, from the network config's targets/blocks/regexes."""
-    groups = "|".join(GROUP_PATTERNS[g] for g in network.targets)
-    chosen = []
-    for name in linear_names:
-        hit = bool(groups) and re.fullmatch(groups, name) is not None
-        if hit and network.blocks is not None:
-            hit = int(name.split(".")[1]) in network.blocks
-        if network.train_llm_adapter and re.fullmatch(ADAPTER_PATTERN, name):
-            hit = True
-        if any(re.fullmatch(p, name) for p in network.include):
-            hit = True
-        if any(re.fullmatch(p, name) for p in network.exclude):
-            hit = False
-        if hit:
-            chosen.append(name)
-    return chosen
-
-
-def lora_name(prefix: str, module_name: str) -> str:
-    return f"{prefix}_{module_name.replace('.', '_')}"
+from animad.anima.lora_names import TEXT_ENCODER, UNET
+from animad.anima.pipeline import Anima
 
 
 class LoRAModule(nn.Module):
@@ -94,14 +64,16 @@ class LoRAModule(nn.Module):
 
 
 class LoRANetwork(nn.Module):
-    """All LoRA modules, keyed by their sd-scripts names."""
+    """All LoRA modules, keyed by their names in the file, each in a rank group (unet or text encoder)."""
 
     def __init__(self):
         super().__init__()
         self.loras = nn.ModuleDict()
+        self.groups: dict[str, str] = {}
 
-    def add(self, name: str, module: LoRAModule) -> None:
+    def add(self, name: str, module: LoRAModule, group: str) -> None:
         self.loras[name] = module
+        self.groups[name] = group
         module.attach()
 
     def state_dict(self, *args, **kwargs):
@@ -120,47 +92,50 @@ class LoRANetwork(nn.Module):
         for module in self.loras.values():
             module.detach()
 
+    def group_parameters(self, group: str) -> list[nn.Parameter]:
+        return [p for n, m in self.loras.items() if self.groups[n] == group for p in m.parameters()]
+
     def unet_parameters(self):
-        return [p for n, m in self.loras.items() if not n.startswith("lora_te_") for p in m.parameters()]
+        return self.group_parameters(UNET)
 
     def text_encoder_parameters(self):
-        return [p for n, m in self.loras.items() if n.startswith("lora_te_") for p in m.parameters()]
+        return self.group_parameters(TEXT_ENCODER)
 
 
-def linear_modules(model: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
-    return {f"{prefix}{n}": m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+def file_modules(state: dict[str, torch.Tensor]) -> set[str]:
+    """The module names a loaded LoRA file holds."""
+    return {k.rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight")}
 
 
-def build_network(dit, adapter, text_encoder, network_config, init_state: dict | None = None) -> LoRANetwork:
-    """Attach LoRA modules to the chosen linears. init_state (a loaded LoRA file) sets ranks and weights."""
+def file_rank_alpha(state: dict[str, torch.Tensor], name: str) -> tuple[int, float]:
+    rank = state[f"{name}.lora_down.weight"].shape[0]
+    return rank, float(state.get(f"{name}.alpha", torch.tensor(float(rank))))
+
+
+def build_network(anima: Anima, network_config, init_state: dict | None = None) -> LoRANetwork:
+    """Attach LoRA modules to the chosen linears. init_state (a loaded LoRA file) sets ranks and weights.
+
+    The text encoder's linears take part only when anima has it loaded (the loop loads it when captions
+    change every step or its LoRA trains)."""
     init_state = init_state or {}
     cfg = network_config
     net = LoRANetwork()
-    unet_linears = linear_modules(dit)
-    unet_linears.update(linear_modules(adapter, "llm_adapter."))
-    targets = select_targets(list(unet_linears), cfg)
-    from_file = {k.rsplit(".lora_down.weight", 1)[0] for k in init_state if k.endswith(".lora_down.weight")}
-    wanted = [(lora_name("lora_unet", n), unet_linears[n], cfg.dim) for n in targets]
-    if cfg.train_text_encoder and text_encoder is not None:
-        te_dim = cfg.text_encoder_dim or cfg.dim
-        wanted += [(lora_name("lora_te", n), m, te_dim) for n, m in linear_modules(text_encoder).items()
-                   if re.fullmatch(TEXT_ENCODER_PATTERN, n)]
+    ranks = {UNET: cfg.dim, TEXT_ENCODER: cfg.text_encoder_dim or cfg.dim}
+    wanted = [(target, ranks[target.group]) for target in anima.lora_targets(cfg)]
     # Modules present in a continued LoRA file are always kept, even if today's targets are narrower.
-    by_name = {lora_name("lora_unet", n): m for n, m in unet_linears.items()}
-    if text_encoder is not None:
-        by_name.update({lora_name("lora_te", n): m for n, m in linear_modules(text_encoder).items()})
-    listed = {w[0] for w in wanted}
+    available = anima.lora_linears()
+    from_file = file_modules(init_state)
+    listed = {target.name for target, _ in wanted}
     for name in sorted(from_file - listed):
-        if name in by_name:
-            wanted.append((name, by_name[name], cfg.dim))
-    for name, base, rank in wanted:
+        if name in available:
+            wanted.append((available[name], cfg.dim))
+    for target, rank in wanted:
         alpha = cfg.alpha if cfg.alpha is not None else rank
-        if name in from_file:
-            rank = init_state[f"{name}.lora_down.weight"].shape[0]
-            alpha = float(init_state.get(f"{name}.alpha", torch.tensor(float(rank))))
-        module = LoRAModule(base, rank, alpha, cfg.dropout, cfg.rank_dropout, cfg.module_dropout)
-        module.to(device=base.weight.device)
-        net.add(name, module)
+        if target.name in from_file:
+            rank, alpha = file_rank_alpha(init_state, target.name)
+        module = LoRAModule(target.linear, rank, alpha, cfg.dropout, cfg.rank_dropout, cfg.module_dropout)
+        module.to(device=target.linear.weight.device)
+        net.add(target.name, module, target.group)
     if from_file:
         missing_in_model = from_file - set(net.loras)
         if missing_in_model:
@@ -173,43 +148,16 @@ def build_network(dit, adapter, text_encoder, network_config, init_state: dict |
     return net
 
 
-def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a LoRA file into sd-scripts names; accepts kohya keys and ComfyUI/PEFT `diffusion_model.` keys."""
-    from safetensors.torch import load_file
-
-    raw = load_file(str(path))
-    out = {}
-    for key, value in raw.items():
-        if key.startswith(("lora_unet_", "lora_te_")):
-            out[key] = value.float()
-            continue
-        match = re.match(r"(diffusion_model|text_encoders\.qwen3_06b\.transformer\.model)\.(.+)\."
-                         r"(lora_A|lora_B|lora_down|lora_up|alpha)(\.weight)?$", key)
-        if not match:
-            raise ValueError(f"{path}: unrecognised LoRA key {key}")
-        prefix = "lora_unet" if match.group(1) == "diffusion_model" else "lora_te"
-        part = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora_down": "lora_down.weight",
-                "lora_up": "lora_up.weight", "alpha": "alpha"}[match.group(3)]
-        out[f"{lora_name(prefix, match.group(2))}.{part}"] = value.float()
-    return out
-
-
-def network_from_state(dit, adapter, text_encoder, state: dict[str, torch.Tensor]) -> LoRANetwork:
+def network_from_state(anima: Anima, state: dict[str, torch.Tensor]) -> LoRANetwork:
     """A network with exactly the modules of a LoRA file (for previews: later epochs just load weights)."""
-    by_name = {lora_name("lora_unet", n): m for n, m in linear_modules(dit).items()}
-    by_name.update({lora_name("lora_unet", n): m for n, m in linear_modules(adapter, "llm_adapter.").items()})
-    if text_encoder is not None:
-        by_name.update({lora_name("lora_te", n): m for n, m in linear_modules(text_encoder).items()})
+    available = anima.lora_linears()
     net = LoRANetwork()
-    names = sorted({k.rsplit(".lora_down.weight", 1)[0] for k in state if k.endswith(".lora_down.weight")})
-    for name in names:
-        if name not in by_name:
+    for name in sorted(file_modules(state)):
+        if name not in available:
             raise ValueError(f"LoRA module {name} does not exist in this model")
-        base = by_name[name]
-        rank = state[f"{name}.lora_down.weight"].shape[0]
-        alpha = float(state.get(f"{name}.alpha", torch.tensor(float(rank))))
-        module = LoRAModule(base, rank, alpha).to(base.weight.device)
-        net.add(name, module)
+        target = available[name]
+        rank, alpha = file_rank_alpha(state, name)
+        net.add(name, LoRAModule(target.linear, rank, alpha).to(target.linear.weight.device), target.group)
     load_weights(net, state)
     return net
 

@@ -7,6 +7,9 @@ import dataclasses
 import logging
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from animad.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,6 @@ class Precision:
 
     def attention_context(self):
         """SDPA backend choice; flash needs a CUDA device and half precision, so it only applies there."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         if self.attention == "flash" and self.device.type == "cuda" and self.mixed != "fp32":
             return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
         if self.attention == "math":
@@ -46,8 +47,6 @@ def resolve_precision(config, device: torch.device | None = None) -> Precision:
     elif device is None:
         device = torch.device(wanted)
         if device.type == "cuda" and not torch.cuda.is_available():
-            from animad.errors import UserError
-
             raise UserError(f"device: '{wanted}' but no CUDA GPU is visible; use 'auto' or 'cpu'")
     mixed = config.precision.mixed
     if mixed == "auto":

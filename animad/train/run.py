@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable
 
 from animad.config.daemon import Daemon
 from animad.config.job import load_resolved
-from animad.errors import UserError, disk_full_is_user_error
-from animad.layout import JobPaths
+from animad.errors import disk_full_is_user_error
 from animad.intake.jobfiles import load_job_dataset
 from animad.intake.models import job_model_files
+from animad.layout import JobPaths
+from animad.train.launch import launch
+from animad.train.loop import run_training
 
 log = logging.getLogger("animad.train")
 
@@ -23,8 +24,6 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     gpus (default: animad.yaml's gpus) > 1 trains on that many GPUs, one process each.
     Raises UserError for problems the user can fix; anything else is a crash.
     """
-    from animad.train.loop import run_training
-
     config = load_resolved(paths.resolved)
     files = job_model_files(paths, config, daemon)
     dataset = load_job_dataset(paths, config)
@@ -34,7 +33,5 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     then = "Every file saved so far is intact: free some space and run the job again; it resumes from its last state."
     with disk_full_is_user_error(paths.root, then):
         if world > 1:
-            from animad.train.ranks import launch
-
             return launch(world, arguments, should_stop, on_progress)
         return run_training(**arguments, should_stop=should_stop, on_progress=on_progress)

@@ -10,7 +10,11 @@ from animad.layout import read_epochs_log
 
 
 class Tracker:
-    """One TensorBoard run per job (not per launch), so a resumed run is one continuous curve."""
+    """One TensorBoard run per job (not per launch), so a resumed run is one continuous curve.
+
+    `records` is what epochs.jsonl holds, read once here and appended per epoch: the loop asks the
+    floor about it without reading the file again.
+    """
 
     def __init__(self, tb_dir: Path, epochs_log: Path, resume_step: int, resume_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -21,12 +25,14 @@ class Tracker:
         self.truncate_epochs(resume_epoch)
 
     def truncate_epochs(self, keep_through: int) -> None:
-        """Drop epoch records newer than the resume state, so a replayed epoch is never listed twice."""
+        """Drop epoch records newer than the resume state, so a replayed epoch is never listed twice,
+        and a torn last line, so the next record starts on a line of its own."""
         records = read_epochs_log(self.epochs_log)
-        kept = [r for r in records if r.get("epoch", 0) <= keep_through]
-        if len(kept) != len(records) or (self.epochs_log.exists() and not self.epochs_log.read_text().endswith(
-                "\n") and records):
-            write_atomic(self.epochs_log, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.records = [r for r in records if r["epoch"] <= keep_through]
+        kept = "".join(json.dumps(r) + "\n" for r in self.records)
+        current = self.epochs_log.read_text() if self.epochs_log.is_file() else ""
+        if kept != current:  # usually equal: nothing to write
+            write_atomic(self.epochs_log, kept.encode())
 
     def step(self, step: int, loss: float, lr: float, d_lr: float) -> None:
         self.writer.add_scalar("loss/current", loss, step)
@@ -46,6 +52,7 @@ class Tracker:
                 handle.write(json.dumps(record) + "\n")
         except OSError as error:
             raise OSError(error.errno, error.strerror, str(self.epochs_log)) from error
+        self.records.append(record)
 
     def close(self) -> None:
         self.writer.close()

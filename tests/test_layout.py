@@ -1,0 +1,106 @@
+"""The floor plan holds (issue 9): imports go one way, and only animad/anima/ knows Anima.
+
+Static, from the source (tests/import_graph.py reads every import, inside functions too); nothing is
+imported or run. Layers, bottom first: ground < anima < config < intake < train < select < daemon <
+demo < cli; each may import only the layers below it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from import_graph import LAYERS, layer_of, module_circles, package_circles, read_graph, upward_imports
+
+PACKAGE = Path(__file__).resolve().parent.parent / "animad"
+
+# What only animad/anima/ may say: Anima's key names, LoRA names, file ids, tokens and shapes. Each
+# pattern names the fact, not a word users see (the `train_llm_adapter` option, ComfyUI's
+# models/diffusion_models/ folder or the configs/qwen3_06b tokenizer folder in help texts are fine).
+ANIMA_FACTS = [
+    (r"llm_adapter\.", "the LLM adapter's key prefix"),
+    (r"\blora_unet", "the DiT's LoRA name prefix"),
+    (r"\blora_te(?![a-z])", "the text encoder's LoRA name prefix"),
+    (r"[\"']net\.|diffusion_model\.", "a DiT checkpoint key prefix"),
+    (r"text_encoders\.qwen3_06b|transformer\.model\.", "a text-encoder checkpoint key prefix"),
+    (r"self_attn\.|cross_attn\.|mlp\.layer[12]|\b(blocks|layers)\\?\.(\\d|\d)", "a module path inside the models"),
+    (r"networks\.lora_anima|anima-preview|modelspec\.architecture", "a LoRA file's Anima ids"),
+    (r"<\|(endoftext|im_start|im_end)\|>", "a Qwen special token"),
+    (r"\bsentencepiece\b", "the T5 tokenizer library"),
+    (r"\b(Qwen3Model|Qwen3Config|AnimaTextConditioner|AutoencoderKLQwenImage)\b", "a model class"),
+    (r"\b512\b[^\n]{0,30}\b(rows?|context|pad)|\b(rows?|context|pad)\w*\b[^\n]{0,30}\b512\b", "the 512-row context"),
+    (r"\b16\s*,\s*\w+\s*//\s*8|//\s*8\s*,\s*\w+\s*//\s*8", "the latent shape"),
+]
+
+
+def layout_problems(package: Path) -> list[str]:
+    graph = read_graph(package)
+    problems = [f"module circle: {'; '.join(map(str, c))}" for c in module_circles(graph)]
+    problems += [f"package circle {' <-> '.join(layers)}: {'; '.join(map(str, upward))}"
+                 for layers, upward in package_circles(graph)]
+    problems += [f"upward import: {i} ({layer_of(i.source)} may not import {layer_of(i.target)}, a layer above it)"
+                 for i in upward_imports(graph)]
+    problems += [f"hidden import: {call}" for call in graph.hidden]
+    return problems
+
+
+def anima_mentions(package: Path) -> list[str]:
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "anima":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            found += [f"{path.relative_to(package.parent)}:{number}: {what}: {line.strip()}"
+                      for pattern, what in ANIMA_FACTS if re.search(pattern, line)]
+    return found
+
+
+def test_imports_go_one_way():
+    problems = layout_problems(PACKAGE)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_package_has_a_layer():
+    # A new package must take its place in LAYERS (and in the order) before the rules can judge it.
+    unplaced = {layer_of(m) for m in read_graph(PACKAGE).modules} - set(LAYERS)
+    assert not unplaced, f"packages without a layer in tests/import_graph.py LAYERS: {sorted(unplaced)}"
+
+
+def test_only_the_anima_package_knows_anima():
+    found = anima_mentions(PACKAGE)
+    assert not found, "\n".join(found)
+
+
+def test_the_checks_catch_what_they_forbid(tmp_path):
+    # A small package with one of each violation: the rules above must name every one.
+    package = tmp_path / "animad"
+    files = {
+        "__init__.py": "",
+        "errors.py": "",
+        "anima/__init__.py": "",
+        "anima/face.py": "def f():\n    from animad.train import evaluation\n",  # upward, inside a function
+        "anima/facts.py": "",
+        "train/__init__.py": "",
+        "train/evaluation.py": "",
+        "train/loop.py": "from animad.anima import facts\nfrom animad.train.ranks import x\n",
+        "train/ranks.py": "import animad.train.loop\nx = 'lora_unet_blocks_0'\n",
+        "config/__init__.py": "",
+        "config/job.py": "import importlib\nm = importlib.import_module('animad.cli.main')\n"
+                         "train_llm_adapter = True  # an option name, not a key\n",
+        "cli/__init__.py": "",
+        "cli/main.py": "from animad.errors import *\nfrom animad.config import job\n",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    problems = layout_problems(package)
+    assert problems == [
+        "module circle: animad/train/loop.py:2 (animad.train.loop) imports animad.train.ranks; "
+        "animad/train/ranks.py:1 (animad.train.ranks) imports animad.train.loop",
+        "package circle anima <-> train: animad/anima/face.py:2 (animad.anima.face) imports animad.train.evaluation",
+        "upward import: animad/anima/face.py:2 (animad.anima.face) imports animad.train.evaluation "
+        "(anima may not import train, a layer above it)",
+        "hidden import: animad/config/job.py:2: importlib.import_module('animad.cli.main')",
+    ]  # and cli importing ground and config is fine
+    assert anima_mentions(package) == [
+        "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]
