@@ -1,7 +1,9 @@
-"""Starting the real daemon process on a temp dir, and waiting on its queue."""
+"""The daemon on a temp dir: as a real process (`animad run`), or its Service ticked in this process at a
+local time the test sets; either way with real SQLite, a real watchdog and real job children."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -15,6 +17,8 @@ import yaml
 
 from animad.config.daemon import load_daemon_config
 from animad.daemon.queue import Queue
+from animad.daemon.service import Service
+from animad.daemon.states import ACTIVE
 
 
 def configure(config: Path, **settings) -> Path:
@@ -51,7 +55,7 @@ class DaemonProcess:
 
     def kill_everything(self) -> None:
         """kill -9 the daemon and its running job (a power cut, as far as the processes can tell)."""
-        for row in self.queue.by_status("running", "selecting"):
+        for row in self.queue.by_status(*ACTIVE):
             try:
                 os.killpg(os.getpgid(row["pid"]), signal.SIGKILL)
             except (ProcessLookupError, TypeError):
@@ -85,6 +89,50 @@ class DaemonProcess:
     def wait_status(self, name: str, *statuses, timeout=240) -> dict:
         return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
                          timeout, f"{name} to be {statuses}")
+
+
+class ServiceInProcess:
+    """The daemon's Service in this process, ticked at `now`, a local time the test sets (and moves).
+
+    What `animad run` does, minus the signal handlers and the real clock: the window follows `now`;
+    everything else is real, and the test waits for states, ticking between looks.
+    """
+
+    def __init__(self, config: Path, now: dt.datetime):
+        self.service = Service(load_daemon_config(config))
+        self.queue = self.service.queue
+        self.now = now
+        self.service.open()
+
+    def tick(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.service.tick(self.now)
+            self.service.wake.wait(0.05)  # a short nap, woken early by inbox events
+            self.service.wake.clear()
+
+    def wait(self, predicate, timeout=240, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.tick()
+            value = predicate()
+            if value:
+                return value
+        rows = [(r["name"], r["status"], r["error"]) for r in self.queue.all()]
+        raise AssertionError(f"timed out waiting for {what}; jobs: {rows}")
+
+    def job(self, name: str) -> dict | None:
+        rows = [r for r in self.queue.all() if r["name"] == name]
+        return rows[-1] if rows else None
+
+    def wait_status(self, name: str, *statuses, timeout=240) -> dict:
+        return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
+                         timeout, f"{name} to be {statuses}")
+
+    def close(self) -> None:
+        """What SIGTERM does to `animad run`: a running job saves its state and stops, then all is let go."""
+        self.service.stop()
+        self.wait(lambda: self.service.runner.child is None, timeout=120, what="the running job to stop")
+        self.service.close()
 
 
 def drop(staging: Path, inbox: Path) -> Path:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import DaemonProcess, configure, drop  # noqa: E402
 
 from animad.daemon.queue import pid_alive  # noqa: E402
+from animad.daemon.states import Status  # noqa: E402
 from animad.layout import read_epochs_log  # noqa: E402
 from animad.demo.synthetic import make_dataset, tiny_job  # noqa: E402
 
@@ -59,7 +60,7 @@ def main(config: Path, root: Path) -> dict:
                                 capture_output=True, text=True)
         seen["status_while_full"] = (status.returncode, status.stdout + status.stderr)
         filler.unlink()  # the user frees some space
-        failed = daemon.wait_status("full", "failed", "done", timeout=60)
+        failed = daemon.wait_status("full", Status.FAILED, Status.DONE, timeout=60)
         seen["failed_status"] = failed["status"]
         seen["error"] = failed["error"]
         seen["status_after"] = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "status"],
@@ -68,7 +69,7 @@ def main(config: Path, root: Path) -> dict:
         retry = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "retry", "full"],
                                capture_output=True, text=True)
         seen["retry_output"] = retry.stdout + retry.stderr
-        done = daemon.wait_status("full", "done", "failed", timeout=240)
+        done = daemon.wait_status("full", Status.DONE, Status.FAILED, timeout=240)
         seen["final_status"] = done["status"]
         seen["final_error"] = done["error"]
         seen["epochs"] = [r["epoch"] for r in read_epochs_log(Path(done["job_dir"]) / "epochs.jsonl")]

@@ -12,6 +12,7 @@ from animad.config.daemon import load_daemon_config
 from animad.daemon.freeze import finish_accepting, handle_folder
 from animad.daemon.inbox import SettleTracker
 from animad.daemon.queue import Queue
+from animad.daemon.states import Status
 from animad.layout import JobPaths
 from animad.demo.synthetic import make_dataset, tiny_job
 
@@ -66,7 +67,7 @@ def test_good_folder_is_frozen_into_a_job(setup):
     folder = make_dataset(inbox / "cat", job=tiny_job())
     job_id = handle_folder(folder, daemon, queue)
     row = queue.get(job_id)
-    assert row["status"] == "queued" and not folder.exists()
+    assert row["status"] == Status.QUEUED and not folder.exists()
     paths = JobPaths(Path(row["job_dir"]))
     assert (paths.root / "dataset" / "img000.png").is_file() and paths.resolved.is_file()
     assert "max_epochs: 3" in paths.resolved.read_text() and "dim: 4" in paths.resolved.read_text()
@@ -137,5 +138,5 @@ def test_interrupted_accept_is_finished_on_restart(setup):
     other = make_dataset(inbox / "dog", job=tiny_job())
     early = queue.add("dog", str(other))
     finish_accepting(daemon, queue)
-    assert queue.get(job_id)["status"] == "queued" and (job_dir / "job.resolved.yaml").is_file()
-    assert queue.get(early)["status"] == "cancelled" and other.is_dir()  # still in the inbox, taken again
+    assert queue.get(job_id)["status"] == Status.QUEUED and (job_dir / "job.resolved.yaml").is_file()
+    assert queue.get(early)["status"] == Status.CANCELLED and other.is_dir()  # still in the inbox, taken again

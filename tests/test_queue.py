@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 from animad.daemon.queue import Queue
+from animad.daemon.states import Status
 
 
 def queued(queue, name, priority=0):
     job = queue.add(name, f"/inbox/{name}", priority)
-    queue.update(job, status="queued")
+    queue.update(job, status=Status.QUEUED)
     return job
 
 
@@ -18,9 +19,9 @@ def test_fifo_with_priority_and_paused_first(tmp_path):
     queue = Queue(tmp_path / "q.sqlite")
     a, b, c = queued(queue, "a"), queued(queue, "b"), queued(queue, "c", priority=5)
     assert queue.next_runnable(True)["id"] == c  # priority first
-    queue.update(c, status="done")
+    queue.update(c, status=Status.DONE)
     assert queue.next_runnable(True)["id"] == a  # then first in, first out
-    queue.update(b, status="paused", resume_first=1)
+    queue.update(b, status=Status.PAUSED, resume_first=1)
     assert queue.next_runnable(True)["id"] == b  # a paused job resumes before newer work
     queue.update(b, held=1)  # paused by the user: waits for `animad resume`
     assert queue.next_runnable(True)["id"] == a
@@ -39,13 +40,13 @@ def test_dead_running_row_is_recovered(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     job = queued(queue, "a")
-    queue.claim(job, "running", dead.pid)
+    queue.claim(job, Status.RUNNING, dead.pid)
     alive = queued(queue, "b")
-    queue.claim(alive, "running", subprocess.os.getpid())
+    queue.claim(alive, Status.RUNNING, subprocess.os.getpid())
     assert queue.recover() == [job]
     row = queue.get(job)
-    assert row["status"] == "queued" and row["resume_first"] == 1 and row["attempts"] == 1
-    assert queue.get(alive)["status"] == "running"  # a live process is left alone
+    assert row["status"] == Status.QUEUED and row["resume_first"] == 1 and row["attempts"] == 1
+    assert queue.get(alive)["status"] == Status.RUNNING  # a live process is left alone
 
 
 def test_two_processes_write_at_once(tmp_path):
@@ -56,5 +57,5 @@ def test_two_processes_write_at_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), tag]) for tag in ("p", "q")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     rows = Queue(path).all()
-    assert len(rows) == 100 and all(r["status"] == "queued" for r in rows)
+    assert len(rows) == 100 and all(r["status"] == Status.QUEUED for r in rows)
     assert len({r["id"] for r in rows}) == 100

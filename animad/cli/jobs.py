@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from animad.cli.common import Verb, daemon_of, no_arguments
+from animad.cli.common import Verb, daemon_of
 from animad.config.window import parse_windows
 from animad.daemon.progress import describe_progress
 from animad.daemon.queue import Queue, pid_alive, queue_path
-from animad.daemon.window import Clock, is_open, next_close, next_open
+from animad.daemon.service import Service
+from animad.daemon.states import ACTIVE, FINAL, RUNNABLE, Request, Status
+from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
@@ -50,8 +52,6 @@ def run_arguments(parser) -> None:
 
 
 def cmd_run(args) -> int:
-    from animad.daemon.service import Service  # validation and training come with it: imports torch
-
     setup_logging(stream=sys.stdout)
     daemon = daemon_of(args)
     return Service(daemon, now_once=args.now, exit_when_idle=args.once).run()
@@ -69,7 +69,7 @@ def cmd_status(args) -> int:
     daemon_pid = int(pid_file.read_text()) if pid_file.is_file() and pid_file.read_text().strip().isdigit() else None
     alive = pid_alive(daemon_pid)
     windows = parse_windows(daemon.config.windows)
-    now = Clock().now()
+    now = local_now()
     open_now = is_open(now, windows)
     change = next_close(now, windows) if open_now else next_open(now, windows)
     if args.json:
@@ -86,10 +86,10 @@ def cmd_status(args) -> int:
     print(f"{'ID':>4}  {'NAME':<20} {'STATUS':<10} {'CREATED':<16} PROGRESS")
     for row in rows:
         created = dt.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
-        status = row["status"] + (" (held)" if row["held"] and row["status"] in ("paused", "queued") else "")
+        status = row["status"] + (" (held)" if row["held"] and row["status"] in RUNNABLE else "")
         print(f"{row['id']:>4}  {row['name'][:20]:<20} {status:<10} {created:<16} {describe_progress(row)}")
     # The table cuts reasons short; a failure's whole first line says what to do, so show it in full.
-    for row in [r for r in rows if r["status"] == "failed" and r.get("error")][-3:]:
+    for row in [r for r in rows if r["status"] == Status.FAILED and r.get("error")][-3:]:
         print(f"\njob {row['id']} ({row['name']}) failed: {row['error'].splitlines()[0]}")
         if row["job_dir"]:
             print(f"    once fixed: animad retry {row['id']}    (log: animad logs {row['id']})")
@@ -103,10 +103,10 @@ def job_argument(parser) -> None:
 def cmd_pause(args) -> int:
     queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
-    if row["status"] in ("done", "failed", "cancelled"):
+    if row["status"] in FINAL:
         raise UserError(f"job {row['id']} is {row['status']}; nothing to pause")
-    if row["status"] in ("running", "selecting"):
-        queue.update(row["id"], held=1, request="pause")
+    if row["status"] in ACTIVE:
+        queue.update(row["id"], held=1, request=Request.PAUSE)
         print(f"job {row['id']} will save its state at the next step and pause")
     else:
         queue.update(row["id"], held=1)
@@ -121,13 +121,13 @@ def resume_arguments(parser) -> None:
 
 def cmd_resume(args) -> int:
     queue = _queue(daemon_of(args))
-    rows = [_job(queue, args.job)] if args.job else [r for r in queue.by_status("paused", "queued") if r["held"]
-                                                      or r["status"] == "paused"]
+    rows = [_job(queue, args.job)] if args.job else [r for r in queue.by_status(*RUNNABLE) if r["held"]
+                                                      or r["status"] == Status.PAUSED]
     if not rows:
         print("no paused jobs")
         return 0
     for row in rows:
-        if row["status"] not in ("paused", "queued"):
+        if row["status"] not in RUNNABLE:
             raise UserError(f"job {row['id']} is {row['status']}; only paused or queued jobs can be resumed")
         queue.update(row["id"], held=0, request=None, run_now=1 if args.now else row["run_now"])
         when = "now" if args.now else "in the next window"
@@ -138,13 +138,13 @@ def cmd_resume(args) -> int:
 def cmd_cancel(args) -> int:
     queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
-    if row["status"] in ("done", "cancelled"):
+    if row["status"] in (Status.DONE, Status.CANCELLED):
         raise UserError(f"job {row['id']} is already {row['status']}")
-    if row["status"] in ("running", "selecting"):
-        queue.update(row["id"], request="cancel")
+    if row["status"] in ACTIVE:
+        queue.update(row["id"], request=Request.CANCEL)
         print(f"job {row['id']} will stop at the next step; its files are kept in {row['job_dir']}")
     else:
-        queue.update(row["id"], status="cancelled", finished=time.time())
+        queue.update(row["id"], status=Status.CANCELLED, finished=time.time())
         print(f"job {row['id']} cancelled; its files are kept in {row['job_dir']}")
     return 0
 
@@ -152,11 +152,11 @@ def cmd_cancel(args) -> int:
 def cmd_retry(args) -> int:
     queue = _queue(daemon_of(args))
     row = _job(queue, args.job)
-    if row["status"] not in ("failed", "cancelled"):
+    if row["status"] not in (Status.FAILED, Status.CANCELLED):
         raise UserError(f"job {row['id']} is {row['status']}; only failed or cancelled jobs can be retried")
     if not row["job_dir"] or not (Path(row["job_dir"]) / "job.resolved.yaml").is_file():
         raise UserError(f"job {row['id']} never got a job folder; drop the dataset folder into the inbox again")
-    queue.update(row["id"], status="queued", held=0, request=None, error=None, outcome=None, resume_first=1)
+    queue.update(row["id"], status=Status.QUEUED, held=0, request=None, error=None, outcome=None, resume_first=1)
     print(f"job {row['id']} queued again; it resumes from its last saved state ({row['phase']} phase)")
     return 0
 

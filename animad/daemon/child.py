@@ -17,6 +17,7 @@ from pathlib import Path
 
 from animad.config.daemon import find_config_path, load_daemon_config
 from animad.daemon.queue import Queue
+from animad.daemon.states import Outcome, Phase
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
@@ -69,7 +70,7 @@ def record_outcome(queue, job_id: int, report_fd: int | None, **fields) -> None:
 
 
 def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | None, config: str | None) -> Exit:
-    """Run one phase ("train" or "select") of a queued job; the exit code tells the daemon how it ended."""
+    """Run one phase (train or select) of a queued job; the exit code tells the daemon how it ended."""
     die_with_parent()
     paths = JobPaths(Path(job_dir))
     setup_logging(paths.log, stream=sys.stdout)
@@ -80,24 +81,24 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
     row = queue.get(job_id)
     try:
         daemon = load_daemon_config(find_config_path(config))
-        if phase == "train":
+        if Phase(phase) is Phase.TRAIN:
             log.info("job %d: training %s", job_id, paths.root)
             status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, job_id))
-            outcome, code = ("paused", Exit.PAUSED) if status == "paused" else ("finished", Exit.FINISHED)
+            outcome = Outcome.PAUSED if status == Outcome.PAUSED else Outcome.FINISHED
         else:
             log.info("job %d: selection and previews", job_id)
             queue.heartbeat(job_id, {"phase": "selecting"})
             package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop)
             if stop.requested:
-                outcome, code = "paused", Exit.PAUSED
+                outcome = Outcome.PAUSED
             else:
                 log.info("job %d: review package at %s", job_id, package / "index.html")
-                outcome, code = "finished", Exit.FINISHED
+                outcome = Outcome.FINISHED
         queue.update(job_id, outcome=outcome)
-        return code
+        return outcome.exit
     except UserError as error:
         log.error("job %d failed: %s", job_id, error)
-        record_outcome(queue, job_id, report_fd, outcome="user_error", error=str(error))
+        record_outcome(queue, job_id, report_fd, outcome=Outcome.USER_ERROR, error=str(error))
         return Exit.USER_ERROR
     except Exception as error:  # noqa: BLE001 - the whole point: record any crash and exit
         detail = "".join(traceback.format_exception(error))
@@ -105,6 +106,6 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
         message = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
             message += " (GPU out of memory: lower data.batch_size or resolution, or keep gradient checkpointing on)"
-        record_outcome(queue, job_id, report_fd, outcome="crash",
+        record_outcome(queue, job_id, report_fd, outcome=Outcome.CRASH,
                        error=message + "\n" + "\n".join(detail.splitlines()[-12:]))
         return Exit.CRASH

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from animad.config.daemon import Daemon
 from animad.daemon.queue import Queue
+from animad.daemon.states import Status
 from animad.fsutil import file_sha256, write_atomic
 from animad.layout import JobPaths, safe_name
 from animad.intake.jobfiles import write_job_files
@@ -56,7 +57,7 @@ def handle_folder(folder: Path, daemon: Daemon, queue: Queue) -> int | None:
     queue.update(job_id, job_dir=str(job_dir), outbox_dir=str(outbox_folder(daemon, queue, name)))
     move_dataset(folder, job_dir / "dataset")
     write_job_files(JobPaths(job_dir), result)
-    queue.update(job_id, status="queued")
+    queue.update(job_id, status=Status.QUEUED)
     log.info("queued job %d (%s): %d images", job_id, name, len(result.dataset.items))
     return job_id
 
@@ -92,7 +93,7 @@ def verify_copy(source: Path, copy: Path) -> None:
 
 def finish_accepting(daemon: Daemon, queue: Queue) -> None:
     """After a crash: complete (or roll back) every job that was being accepted."""
-    for row in queue.by_status("accepting"):
+    for row in queue.by_status(Status.ACCEPTING):
         source = Path(row["source"])
         job_dir = Path(row["job_dir"]) if row["job_dir"] else job_folder(daemon, row["id"], row["name"])
         dataset = job_dir / "dataset"
@@ -105,10 +106,10 @@ def finish_accepting(daemon: Daemon, queue: Queue) -> None:
             result = check_folder(dataset, daemon, work_dir=daemon.dir("state"))
             if result.ok:
                 write_job_files(JobPaths(job_dir), result)
-                queue.update(row["id"], status="queued", job_dir=str(job_dir))
+                queue.update(row["id"], status=Status.QUEUED, job_dir=str(job_dir))
                 continue
-            queue.update(row["id"], status="failed", error=result.report())
+            queue.update(row["id"], status=Status.FAILED, error=result.report())
             continue
         # Nothing moved yet: forget the row; the folder is still in the inbox and will be taken again.
-        queue.update(row["id"], status="cancelled", error="accepting was interrupted; the inbox folder is "
+        queue.update(row["id"], status=Status.CANCELLED, error="accepting was interrupted; the inbox folder is "
                      "handled again as a new job")

@@ -4,7 +4,8 @@ A folder is ready when it holds job.yaml and nothing inside it has changed (by c
 the settle time. A copy gives every file a fresh ctime, so a half-copied folder is never ready; a
 folder moved in whole keeps its old ctimes, so it is ready at once. Watchdog events only wake the
 daemon up to look; the file system itself is the truth, which also covers folders that were already
-there at start-up and file systems where events are unreliable.
+there at start-up and file systems where events are unreliable. `Inbox` is the daemon loop's intake
+step: look when something happened or a pending folder may have settled, and queue or reject what is ready.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import os
 import threading
 import time
 from pathlib import Path
+
+from animad.config.daemon import Daemon
+from animad.daemon.freeze import handle_folder
+from animad.daemon.queue import Queue
 
 log = logging.getLogger("animad.inbox")
 
@@ -124,3 +129,45 @@ class SettleTracker:
         changed = latest_change(folder)
         if changed is not None:
             self.rejected[folder.name] = changed
+
+
+class Inbox:
+    """The watcher, the settle rule and the freeze, as one step of the daemon's loop."""
+
+    def __init__(self, daemon: Daemon, queue: Queue, wake: threading.Event):
+        self.daemon, self.queue = daemon, queue
+        self.folder = daemon.dir("inbox")
+        self.tracker = SettleTracker(self.folder, daemon.config.settle_seconds)
+        self.watcher = InboxWatcher(self.folder, wake, daemon.config.poll_seconds)
+        self.next_check = 0.0  # time.monotonic() of the next look without an event; 0: look at once
+
+    def start(self) -> None:
+        self.watcher.start()
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def seconds_to_next_check(self) -> float:
+        return self.next_check - time.monotonic()
+
+    def take(self) -> None:
+        """Queue every settled folder, or leave ERRORS.txt beside it; look again when the next one may settle."""
+        if time.monotonic() < self.next_check and not self.watcher.dirty.is_set():
+            return
+        self.watcher.dirty.clear()
+        ready, wait = self.tracker.scan()
+        # Once a minute at least: that rescan finds folders whose events never came (WSL's /mnt/c).
+        self.next_check = time.monotonic() + (min(wait, 60.0) if wait is not None else 60.0)
+        for folder in ready:
+            try:
+                if handle_folder(folder, self.daemon, self.queue) is None:
+                    self.tracker.mark_rejected(folder)
+            except Exception as error:  # noqa: BLE001 - one odd folder must not stop the daemon
+                log.exception("could not take %s", folder)
+                try:
+                    (folder / "ERRORS.txt").write_text(
+                        f"animad could not take this folder: {error}\nIt stays here; nothing was deleted. "
+                        "Fix the cause (permissions? disk full?) and save job.yaml again.\n")
+                except OSError:
+                    pass
+                self.tracker.mark_rejected(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from animad.daemon.states import Status
+
 
 def _duration(seconds) -> str:
     if seconds is None:
@@ -14,9 +16,9 @@ def _duration(seconds) -> str:
 
 def describe_progress(row: dict) -> str:
     p = row.get("progress") or {}
-    if row["status"] == "failed":
+    if row["status"] == Status.FAILED:
         return (row.get("error") or "").splitlines()[0][:80] if row.get("error") else "failed"
-    if row["status"] == "done":
+    if row["status"] == Status.DONE:
         return f"review: {row['outbox_dir']}/index.html"
     if not p:
         return ""

@@ -1,9 +1,9 @@
 """The durable job queue: one SQLite table (WAL mode), rows are never deleted.
 
-Status: accepting -> queued -> running <-> paused -> selecting -> done, or failed (with a reason) or
-cancelled. `phase` says what a (re)started job runs next: train or select. A row left `running` by
-a dead process is recovered at startup: it goes back to the front of the queue and resumes from its
-saved state, so nobody ever has to edit the database by hand.
+Status (the words are in daemon/states.py): accepting -> queued -> running <-> paused -> selecting ->
+done, or failed (with a reason) or cancelled. `phase` says what a (re)started job runs next: train or
+select. A row left `running` by a dead process is recovered at startup: it goes back to the front of
+the queue and resumes from its saved state, so nobody ever has to edit the database by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from animad.daemon.states import ACTIVE, RUNNABLE, Outcome, Phase, Request, Status
 
 SCHEMA = """
 create table if not exists jobs (
@@ -43,10 +45,6 @@ create table if not exists jobs (
 );
 create index if not exists jobs_status on jobs(status);
 """
-
-ACTIVE = ("running", "selecting")
-RUNNABLE = ("queued", "paused")
-
 
 def queue_path(daemon) -> Path:
     """The queue database of a daemon config (its state dir)."""
@@ -126,7 +124,7 @@ class Queue:
                 rows = db.execute("select * from jobs where name = ? order by id desc", (key,)).fetchall()
         return [self._row(r) for r in rows]
 
-    def by_status(self, *statuses: str) -> list[dict]:
+    def by_status(self, *statuses: Status) -> list[dict]:
         marks = ",".join("?" * len(statuses))
         with self.connect() as db:
             rows = db.execute(f"select * from jobs where status in ({marks}) order by id", statuses).fetchall()
@@ -139,9 +137,9 @@ class Queue:
         """
         with self.connect() as db:
             row = db.execute(
-                "select * from jobs where status in ('queued', 'paused') and held = 0 and request is null "
+                "select * from jobs where status in (?, ?) and held = 0 and request is null "
                 "and (? or run_now = 1) order by resume_first desc, priority desc, id asc limit 1",
-                (1 if window_open else 0,)).fetchone()
+                (*RUNNABLE, 1 if window_open else 0)).fetchone()
         return self._row(row)
 
     @staticmethod
@@ -150,6 +148,9 @@ class Queue:
             return None
         out = dict(row)
         out["progress"] = json.loads(out["progress"]) if out.get("progress") else None
+        out["status"], out["phase"] = Status(out["status"]), Phase(out["phase"])
+        out["request"] = Request(out["request"]) if out["request"] else None
+        out["outcome"] = Outcome(out["outcome"]) if out["outcome"] else None
         return out
 
     # -- writing ---------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class Queue:
         now = time.time()
         with self.transaction() as db:
             cursor = db.execute("insert into jobs (name, status, source, priority, created, updated) "
-                                "values (?, 'accepting', ?, ?, ?, ?)", (name, source, priority, now, now))
+                                "values (?, ?, ?, ?, ?, ?)", (name, Status.ACCEPTING, source, priority, now, now))
             return cursor.lastrowid
 
     def update(self, job_id: int, **fields) -> None:
@@ -169,7 +170,7 @@ class Queue:
         with self.transaction() as db:
             db.execute(f"update jobs set {assignments} where id = ?", (*fields.values(), job_id))
 
-    def claim(self, job_id: int, status: str, pid: int) -> None:
+    def claim(self, job_id: int, status: Status, pid: int) -> None:
         now = time.time()
         with self.transaction() as db:
             db.execute("update jobs set status = ?, pid = ?, heartbeat = ?, started = coalesce(started, ?), "
@@ -194,7 +195,7 @@ class Queue:
         for row in self.by_status(*ACTIVE):
             if pid_alive(row["pid"]):
                 continue  # still running (an orphan from a previous daemon): the service adopts it
-            self.update(row["id"], status="queued", resume_first=1, pid=None,
+            self.update(row["id"], status=Status.QUEUED, resume_first=1, pid=None,
                         error=f"recovered after the process {row['pid']} disappeared")
             recovered.append(row["id"])
         return recovered

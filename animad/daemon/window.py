@@ -1,4 +1,4 @@
-"""Training windows: pure maths on aware local datetimes, so tests can inject any clock.
+"""Training windows: pure maths on aware local datetimes, so tests can pass any time they like.
 
 The grammar (`22:00-07:00`, `mon-fri 23:00-06:30`, `always`) is parsed in config/window.py. DST is
 handled by building each boundary as a local wall-clock time on its own date.
@@ -7,8 +7,6 @@ handled by building each boundary as a local wall-clock time on its own date.
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
 from animad.config.window import Window
 
@@ -61,18 +59,6 @@ def next_close(now: dt.datetime, windows: list[Window]) -> dt.datetime | None:
     return moment
 
 
-class Clock:
-    """Local time, or a fake time from $ANIMAD_FAKE_CLOCK_FILE (an ISO datetime) for tests."""
-
-    def __init__(self):
-        self.fake = os.environ.get("ANIMAD_FAKE_CLOCK_FILE")
-
-    def now(self) -> dt.datetime:
-        if self.fake:
-            try:
-                text = Path(self.fake).read_text().strip()
-                value = dt.datetime.fromisoformat(text)
-                return value if value.tzinfo else value.astimezone()
-            except (OSError, ValueError):
-                pass
-        return dt.datetime.now().astimezone()
+def local_now() -> dt.datetime:
+    """The real local time, aware (the daemon's loop and `animad status` decide the window by it)."""
+    return dt.datetime.now().astimezone()

@@ -18,6 +18,7 @@ from animad.anima.tiny import make_tiny_model_set
 from animad.config.daemon import load_daemon_config
 from animad.daemon.progress import describe_progress
 from animad.daemon.queue import Queue, queue_path
+from animad.daemon.states import FINAL, Status
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
 
@@ -66,7 +67,7 @@ def run_demo(root: Path, epochs: int = 12) -> int:
         except subprocess.TimeoutExpired:
             daemon.kill()
         log_file.close()
-    if row["status"] != "done":
+    if row["status"] != Status.DONE:
         raise UserError(f"the demo job ended as {row['status']}: {row.get('error')}\nsee {root / 'daemon.log'}")
     index = Path(row["outbox_dir"]) / "index.html"
     print(f"4/4 done. Review package: {index}")
@@ -88,7 +89,7 @@ def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: flo
             if line != last:
                 print(line, flush=True)
                 last = line
-            if row["status"] in ("done", "failed", "cancelled"):
+            if row["status"] in FINAL:
                 return row
         time.sleep(1.0)
     raise UserError(f"the demo job did not finish within {timeout:.0f}s")

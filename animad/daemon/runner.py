@@ -1,0 +1,185 @@
+"""One job child at a time: spawn it, watch it, ask it to stop (then make it), record how it ended.
+
+The child is `animad job ...` in its own session (so a stop signal reaches everything it started).
+It writes its outcome into its row; a failure message also goes down a pipe, which needs no disk,
+so the reason survives a disk too full for SQLite to write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from animad.config.daemon import Daemon
+from animad.daemon.inhibit import SleepInhibitor
+from animad.daemon.queue import Queue, pid_alive
+from animad.daemon.states import Phase, Request, Status
+from animad.outcomes import Exit
+
+log = logging.getLogger("animad.daemon")
+
+
+@dataclasses.dataclass
+class Child:
+    job_id: int
+    phase: Phase
+    pid: int
+    process: subprocess.Popen | None  # None for a job adopted from a previous daemon
+    run_now: bool
+    stop_reason: str | None = None
+    stop_sent: float | None = None
+    killed: bool = False
+    report_fd: int | None = None  # read end of the pipe the child writes its failure message into
+    report: str = ""
+
+    def read_report(self) -> str:
+        """The child's last words, read once; they arrive even when the disk is too full to record them."""
+        if self.report_fd is not None:
+            chunks = []
+            try:
+                while chunk := os.read(self.report_fd, 65536):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                pass
+            os.close(self.report_fd)
+            self.report_fd = None
+            self.report = b"".join(chunks).decode("utf-8", "replace").strip()
+        return self.report
+
+    def exit_code(self, queue: Queue) -> int | None:
+        """The exit status once the process has ended; None while it runs.
+
+        An adopted child is not ours to wait for, so its status is lost: the outcome it wrote into
+        its row says how it went instead (no outcome written: it crashed).
+        """
+        if self.process is not None:
+            return self.process.poll()
+        if pid_alive(self.pid):
+            return None
+        outcome = queue.get(self.job_id)["outcome"]
+        return outcome.exit if outcome else Exit.CRASH
+
+    def send(self, sig: int) -> None:
+        try:
+            os.killpg(os.getpgid(self.pid), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Runner:
+    def __init__(self, daemon: Daemon, queue: Queue):
+        self.daemon, self.queue = daemon, queue
+        self.grace = daemon.config.stop_grace_seconds
+        self.inhibitor = SleepInhibitor(daemon.config.inhibit_sleep)
+        self.child: Child | None = None
+
+    def adopt(self, row: dict) -> None:
+        log.info("job %d is still running as pid %d from an earlier daemon; watching it", row["id"], row["pid"])
+        self.child = Child(row["id"], row["phase"], row["pid"], None, bool(row["run_now"]))
+
+    def spawn(self, row: dict, phase: Phase, run_now: bool) -> None:
+        command = [sys.executable, "-m", "animad"]
+        if self.daemon.path:
+            command += ["--config", str(self.daemon.path)]
+        command += ["job", row["job_dir"], "--db", str(self.queue.path), "--job-id", str(row["id"]),
+                    "--phase", str(phase)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        report_read, report_write = os.pipe()
+        os.set_blocking(report_read, False)
+        command += ["--report-fd", str(report_write)]
+        try:
+            process = subprocess.Popen(command, start_new_session=True, env=env, stdin=subprocess.DEVNULL,
+                                       pass_fds=(report_write,))
+        except BaseException:
+            os.close(report_read)
+            raise
+        finally:
+            os.close(report_write)
+        # Watched from this moment, even if recording the start fails: never an unsupervised child.
+        self.child = Child(row["id"], phase, process.pid, process, run_now, report_fd=report_read)
+        self.queue.claim(row["id"], phase.status, process.pid)
+        self.queue.update(row["id"], phase=phase, outcome=None, request=None)
+        self.inhibitor.hold(f"training {row['name']}")
+        log.info("job %d (%s): %s started as pid %d", row["id"], row["name"], phase, process.pid)
+
+    def watch(self, window_open: bool, signals: int) -> None:
+        """One look at the child: record how it ended, or ask it to stop, or kill it when it is overdue.
+
+        `signals` counts the daemon's own stop signals: the first lets the job save and stop, the second kills it.
+        """
+        child = self.child
+        code = child.exit_code(self.queue)
+        if code is not None:
+            self.inhibitor.release()
+            # Only forget the child once its outcome is recorded: if the write fails (a full disk),
+            # the next tick records it again instead of leaving the row "running" for ever.
+            self.record_exit(child, code, go_on=(window_open or child.run_now) and not signals)
+            if self.child is child:
+                self.child = None
+            return
+        row = self.queue.get(child.job_id)
+        reason = None
+        if signals:
+            reason = "daemon stopping"
+        elif row["request"] is not None:
+            reason = row["request"].value
+        elif not window_open and not child.run_now:
+            reason = "window closed"
+        if reason and child.stop_sent is None:
+            log.info("job %d: %s; asking it to save its state and stop", child.job_id, reason)
+            child.stop_reason, child.stop_sent = reason, time.monotonic()
+            child.send(signal.SIGTERM)
+        if child.stop_sent is not None and not child.killed:
+            # The grace is about a real process's real exit, so it runs on the real (monotonic) clock.
+            overdue = time.monotonic() - child.stop_sent > self.grace
+            if signals >= 2 or overdue:
+                log.warning("job %d: stopping it hard (%s)", child.job_id, "second signal" if signals >= 2
+                            else f"no exit within {self.grace:.0f}s")
+                child.killed = True
+                child.send(signal.SIGKILL)
+
+    def record_exit(self, child: Child, code: int, go_on: bool) -> None:
+        """Turn the child's exit into the row's next status (and start the select phase when training finished)."""
+        report = child.read_report()  # also closes the pipe, however the job ended
+        row = self.queue.get(child.job_id)
+        now = time.time()
+        if code == Exit.FINISHED and child.phase is Phase.TRAIN:
+            self.queue.update(child.job_id, phase=Phase.SELECT, pid=None, progress={"phase": "selecting"})
+            if go_on:
+                self.spawn(self.queue.get(child.job_id), Phase.SELECT, child.run_now)
+            else:
+                self.queue.update(child.job_id, status=Status.PAUSED, resume_first=1)
+            return
+        if code == Exit.FINISHED:
+            self.queue.update(child.job_id, status=Status.DONE, pid=None, finished=now, request=None, error=None)
+            log.info("job %d done: review package in %s", child.job_id, row["outbox_dir"])
+            return
+        if row["request"] is Request.CANCEL:
+            self.queue.update(child.job_id, status=Status.CANCELLED, pid=None, request=None, finished=now)
+            return
+        if code == Exit.PAUSED or (child.stop_sent is not None and child.killed):
+            held = 1 if row["request"] is Request.PAUSE else row["held"]
+            self.queue.update(child.job_id, status=Status.PAUSED, pid=None, request=None, resume_first=1, held=held)
+            log.info("job %d paused (%s); it resumes from its saved state", child.job_id,
+                     child.stop_reason or "stopped")
+            return
+        reason = failure_reason(code, row, report)
+        self.queue.update(child.job_id, status=Status.FAILED, pid=None, error=reason, finished=now, request=None)
+        log.error("job %d failed: %s", child.job_id, reason.splitlines()[0])
+
+
+def failure_reason(code: int, row: dict, report: str) -> str:
+    """What `animad status` says about a failed job: the child's own words first, else what its exit tells."""
+    if code == Exit.USER_ERROR:
+        return row["error"] or report or f"the job reported a problem; see: animad logs {row['id']}"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return f"the job process was killed by {name}" + (
+            " (the kernel's out-of-memory killer does this: lower batch size or resolution)"
+            if -code == signal.SIGKILL else "")
+    return row["error"] or report or f"the job process exited with code {code}"
