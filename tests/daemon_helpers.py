@@ -28,7 +28,19 @@ def configure(config: Path, **settings) -> Path:
     return config
 
 
-class DaemonProcess:
+class JobRows:
+    """Reading a daemon's queue by job name (self.queue) and waiting (self.wait) for a job's status."""
+
+    def job(self, name: str) -> dict | None:
+        rows = [r for r in self.queue.all() if r["name"] == name]
+        return rows[-1] if rows else None
+
+    def wait_status(self, name: str, *statuses, timeout=240) -> dict:
+        return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
+                         timeout, f"{name} to be {statuses}")
+
+
+class DaemonProcess(JobRows):
     def __init__(self, config: Path, env: dict | None = None):
         self.config = config
         self.root = config.parent
@@ -82,16 +94,8 @@ class DaemonProcess:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}:\n" + self.log_text()[-4000:])
 
-    def job(self, name: str) -> dict | None:
-        rows = [r for r in self.queue.all() if r["name"] == name]
-        return rows[-1] if rows else None
 
-    def wait_status(self, name: str, *statuses, timeout=240) -> dict:
-        return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
-                         timeout, f"{name} to be {statuses}")
-
-
-class ServiceInProcess:
+class ServiceInProcess(JobRows):
     """The daemon's Service in this process, ticked at `now`, a local time the test sets (and moves).
 
     What `animad run` does, minus the signal handlers and the real clock: the window follows `now`;
@@ -120,13 +124,6 @@ class ServiceInProcess:
         rows = [(r["name"], r["status"], r["error"]) for r in self.queue.all()]
         raise AssertionError(f"timed out waiting for {what}; jobs: {rows}")
 
-    def job(self, name: str) -> dict | None:
-        rows = [r for r in self.queue.all() if r["name"] == name]
-        return rows[-1] if rows else None
-
-    def wait_status(self, name: str, *statuses, timeout=240) -> dict:
-        return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
-                         timeout, f"{name} to be {statuses}")
 
     def close(self) -> None:
         """What SIGTERM does to `animad run`: a running job saves its state and stops, then all is let go."""
