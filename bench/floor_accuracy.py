@@ -7,7 +7,9 @@ Per family of tests/curve_families.py: the mean, median and max absolute error o
 epochs, the mean signed error (bias), and how many curves got no confirmed floor. For the
 still-falling families: the false-floor rate on the whole curve, and the rate at which stop-at-floor
 (asked after every epoch from epoch 20 on) would have stopped the run early. For the white and
-autocorrelated families: how many epochs after the true onset stop-at-floor stops.
+autocorrelated families: how many epochs after the true onset stop-at-floor stops. For the
+shortlist: how many picks each family gets, how far the knee lands from the noiseless 90%-of-drop
+point of the knee-then-slow-tail curves, and how many picks land on the steep descent (before it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from animad.select.shortlist import analyze_curve  # noqa: E402
 from animad.train.floor import floor_confirmed  # noqa: E402
-from curve_families import FALLING, FAMILIES, make_curve, still_falling  # noqa: E402
+from curve_families import FALLING, FAMILIES, knee_then_tail, make_curve, still_falling  # noqa: E402
 
 SEED_BASE = 1000  # tests use seeds below this, so the bench measures curves the tests were not tuned on
 
@@ -81,6 +83,34 @@ def measure_stop_delay(family: str, count: int) -> dict:
             "never_stopped": count - len(delays)}
 
 
+def measure_shortlists(count: int) -> dict:
+    """Return the shortlist sizes per family, and the knee error and descent picks on knee-then-tail curves."""
+    sizes = {}
+    for family in FAMILIES:
+        patience = 3 if family == "short" else 15
+        counts = [len(analyze_curve(*make_curve(family, seed)[:2], patience=patience).shortlist)
+                  for seed in range(SEED_BASE, SEED_BASE + count)]
+        sizes[family] = round(float(np.mean(counts)), 2)
+    for kind in FALLING:
+        counts = [len(analyze_curve(*still_falling(seed, kind=kind)).shortlist)
+                  for seed in range(SEED_BASE, SEED_BASE + count)]
+        sizes[kind] = round(float(np.mean(counts)), 2)
+    tails = {}
+    for length in (12, 30, 60):
+        knee_errors, counts, on_descent = [], [], 0
+        for seed in range(SEED_BASE, SEED_BASE + count):
+            epochs, losses, knee = knee_then_tail(seed, length)
+            analysis = analyze_curve(epochs, losses, patience=4 if length == 12 else 15)
+            knee_errors.append(analysis.knee_epoch - knee)
+            counts.append(len(analysis.shortlist))
+            on_descent += sum(e < knee for e in analysis.shortlist)
+        tails[f"knee_then_tail_{length}"] = {
+            "mean_picks": round(float(np.mean(counts)), 2), "min_picks": int(np.min(counts)),
+            "knee_mean_abs_error_epochs": round(float(np.mean(np.abs(knee_errors))), 2),
+            "knee_bias_epochs": round(float(np.mean(knee_errors)), 2), "picks_on_the_descent": on_descent}
+    return {"mean_picks": sizes, **tails}
+
+
 def measure_speed(repeats: int = 50) -> dict:
     """Return milliseconds per call on a 500-epoch curve."""
     epochs, losses, _, _ = make_curve("long", 0)
@@ -101,6 +131,7 @@ def main() -> None:
            "still_falling": {kind: measure_false_floors(kind, args.curves) for kind in FALLING},
            "stop_at_floor_delay": {family: measure_stop_delay(family, args.curves)
                                    for family in ("white", "autocorrelated")},
+           "shortlist": measure_shortlists(args.curves),
            "speed": measure_speed()}
     print(json.dumps(out, indent=1))
 

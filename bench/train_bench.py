@@ -123,8 +123,8 @@ def bench_step(config: DiTConfig, device, dtype, side: int, batch: int, checkpoi
 def bench_vae_and_previews(device, dtype, side: int, full: bool) -> dict:
     from diffusers import AutoencoderKLQwenImage
 
+    from animad.anima import sampling
     from animad.anima.vae import VAE
-    from animad.train.flow import euler_sample
 
     vae = VAE(AutoencoderKLQwenImage(base_dim=96 if full else 8).to(device, dtype).eval())
     images = torch.rand(1, 3, side, side, device=device) * 2 - 1
@@ -143,17 +143,17 @@ def bench_vae_and_previews(device, dtype, side: int, full: bool) -> dict:
     context = torch.randn(2, 512, config.context_dim, device=device, dtype=dtype)
     steps = 30
 
-    def velocity(x, sigma):
+    def velocity(x, sigma, both):  # what Anima.sample runs: cond and uncond as one batch of two
+        flat = x[:, :, 0]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            both = dit(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
-        cond, neg = both.float().chunk(2)
-        return neg + 4.0 * (cond - neg)
+            out = dit(torch.cat([flat, flat]), torch.cat([sigma, sigma]), context)
+        return out.float()[:, :, None].chunk(2)
 
-    noise = torch.randn(1, 16, side // 8, side // 8, device=device)
-    euler_sample(velocity, noise, 2, 3.0)
+    noise = sampling.initial_noise(0, side, side).to(device)
+    sampling.sample_euler(velocity, noise, 2, 4.0)
     t = time.perf_counter()
-    latents = euler_sample(velocity, noise, steps, 3.0)
-    vae.decode(latents)
+    latents = sampling.sample_euler(velocity, noise, steps, 4.0)
+    vae.decode(latents[:, :, 0])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     per_image = time.perf_counter() - t

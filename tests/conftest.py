@@ -10,6 +10,10 @@ import pytest
 # Tests must never reach a model hub, and must not depend on the user's config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("ANIMAD_CONFIG", None)
+# The tiny models gain nothing from several CPU threads, and on a busy machine OpenMP threads that
+# spin against other processes (the job children, a second rank) made runs up to 15x slower.
+# Set before torch is imported; children (animad train, daemon jobs) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

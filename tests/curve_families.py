@@ -78,3 +78,31 @@ def still_falling(seed: int, epochs: int = 120, kind: str = "linear_white") -> t
 def tolerance(onset: int) -> int:
     """How far a found floor may be from the true onset: the onset itself is only defined to ~tau/3."""
     return max(3, round(0.35 * onset))
+
+
+def knee_then_tail(seed: int, epochs: int = 30) -> tuple[np.ndarray, np.ndarray, int]:
+    """(epochs, losses, knee) of a curve like a real small run's: a steep fall, then a quiet tail still falling slowly.
+
+    A fast decay (tau 1.5-2.5) carries most of the drop; a slow one (tau 15-25, a fifth of the
+    drop) keeps the tail falling to the end, so that no earlier epoch is within noise of the
+    lowest. The knee returned is where the curve has 90% of its drop over the run behind it,
+    computed without noise.
+    """
+    rng = np.random.default_rng(seed)
+    e = np.arange(1, epochs + 1)
+    fast, slow = rng.uniform(1.5, 2.5), rng.uniform(15, 25)
+    clean = 0.8 * np.exp(-e / fast) + 0.16 * np.exp(-e / slow) + 0.3
+    knee = int(e[np.flatnonzero(clean <= clean[0] - 0.9 * (clean[0] - clean[-1]))[0]])
+    return e, clean + rng.normal(0, 0.003, len(e)), knee
+
+
+def with_cooldown(epochs: np.ndarray, losses: np.ndarray, floor_at: int, count: int,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Given a curve cut at the epoch its floor was confirmed, return it with `count` cooldown epochs
+    appended, whose loss sinks a little as the LR anneals to zero (as a warmup-stable-decay run's does)."""
+    rng = np.random.default_rng(seed)
+    kept = epochs <= floor_at
+    base = float(np.median(losses[kept][-10:]))
+    extra = np.arange(floor_at + 1, floor_at + count + 1)
+    sink = base - 0.02 * (np.arange(1, count + 1) / count) ** 0.5 + rng.normal(0, 0.002, count)
+    return np.concatenate([epochs[kept], extra]), np.concatenate([losses[kept], sink]), [int(e) for e in extra]

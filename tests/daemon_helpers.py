@@ -20,6 +20,10 @@ from animad.daemon.queue import Queue
 from animad.daemon.service import Service
 from animad.daemon.states import ACTIVE
 
+# How long a wait may take before the test calls it hung. A guard, never a speed budget: CI runs on a
+# busy 2-core machine, where a tiny training run can take minutes; every wait is for a state.
+HANG_SECONDS = 1800
+
 
 def configure(config: Path, **settings) -> Path:
     data = yaml.safe_load(config.read_text())
@@ -35,7 +39,7 @@ class JobRows:
         rows = [r for r in self.queue.all() if r["name"] == name]
         return rows[-1] if rows else None
 
-    def wait_status(self, name: str, *statuses, timeout=240) -> dict:
+    def wait_status(self, name: str, *statuses, timeout=HANG_SECONDS) -> dict:
         return self.wait(lambda: (row := self.job(name)) and row["status"] in statuses and row,
                          timeout, f"{name} to be {statuses}")
 
@@ -54,7 +58,7 @@ class DaemonProcess(JobRows):
                                         stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
         return self
 
-    def stop(self, timeout=60) -> int:
+    def stop(self, timeout=HANG_SECONDS) -> int:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -79,7 +83,7 @@ class DaemonProcess(JobRows):
     def log_text(self) -> str:
         return (self.root / "daemon.log").read_text()
 
-    def wait(self, predicate, timeout=240, what="condition"):
+    def wait(self, predicate, timeout=HANG_SECONDS, what="condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -114,7 +118,7 @@ class ServiceInProcess(JobRows):
             self.service.wake.wait(0.05)  # a short nap, woken early by inbox events
             self.service.wake.clear()
 
-    def wait(self, predicate, timeout=240, what="condition"):
+    def wait(self, predicate, timeout=HANG_SECONDS, what="condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.tick()
@@ -128,7 +132,7 @@ class ServiceInProcess(JobRows):
     def close(self) -> None:
         """What SIGTERM does to `animad run`: a running job saves its state and stops, then all is let go."""
         self.service.stop()
-        self.wait(lambda: self.service.runner.child is None, timeout=120, what="the running job to stop")
+        self.wait(lambda: self.service.runner.child is None, what="the running job to stop")
         self.service.close()
 
 

@@ -52,7 +52,7 @@ def main(config: Path, root: Path) -> dict:
         seen["filled_bytes"] = fill(filler)
         # The job process hits ENOSPC on its next save and exits. While the disk stays full the queue
         # may be unwritable too; the daemon must ride that out and record the failure once it can.
-        daemon.wait(lambda: not pid_alive(row["pid"]), timeout=120, what="the job process to stop")
+        daemon.wait(lambda: not pid_alive(row["pid"]), what="the job process to stop")
         seen["epoch_files_at_failure"] = sorted(p.name for p in epochs_dir.iterdir())
         time.sleep(3)
         seen["daemon_alive_while_full"] = daemon.process.poll() is None
@@ -60,7 +60,7 @@ def main(config: Path, root: Path) -> dict:
                                 capture_output=True, text=True)
         seen["status_while_full"] = (status.returncode, status.stdout + status.stderr)
         filler.unlink()  # the user frees some space
-        failed = daemon.wait_status("full", Status.FAILED, Status.DONE, timeout=60)
+        failed = daemon.wait_status("full", Status.FAILED, Status.DONE)
         seen["failed_status"] = failed["status"]
         seen["error"] = failed["error"]
         seen["status_after"] = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "status"],
@@ -69,7 +69,7 @@ def main(config: Path, root: Path) -> dict:
         retry = subprocess.run([sys.executable, "-m", "animad", "--config", str(config), "retry", "full"],
                                capture_output=True, text=True)
         seen["retry_output"] = retry.stdout + retry.stderr
-        done = daemon.wait_status("full", Status.DONE, Status.FAILED, timeout=240)
+        done = daemon.wait_status("full", Status.DONE, Status.FAILED)
         seen["final_status"] = done["status"]
         seen["final_error"] = done["error"]
         seen["epochs"] = [r["epoch"] for r in read_epochs_log(Path(done["job_dir"]) / "epochs.jsonl")]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 from animad.config.job import JobConfig, example_text, load_job_file, parse_job
 from animad.config.problems import Problems
+from animad.train.optim import schedule_kind
 
 
 def parse(data):
@@ -23,7 +25,10 @@ def test_empty_job_yaml_gives_the_guides_defaults(tmp_path):
     assert config.network.dim == 16 and config.network.alpha is None
     assert config.network.targets == ["self_attn", "cross_attn", "mlp"] and not config.network.train_llm_adapter
     assert config.optimizer.type == "prodigy" and config.optimizer.weight_decay == 0.1
-    assert config.schedule.type == "cosine" and config.schedule.max_epochs == 200
+    assert config.schedule.type == "auto" and config.schedule.max_epochs == 200
+    # auto: constant then cooled at the floor with stop-at-floor on (bench/schedule_quality.py), else cosine
+    assert schedule_kind(config.schedule, config.selection) == "constant"
+    assert schedule_kind(config.schedule, dataclasses.replace(config.selection, stop_at_floor=False)) == "cosine"
     assert config.data.resolution == 1024 and config.data.batch_size == "auto" and config.data.keep_tokens == 1
     assert config.data.shuffle_captions and config.precision.gradient_checkpointing
     assert config.timesteps.sampling == "logit_normal" and config.previews.cfg == 4.0

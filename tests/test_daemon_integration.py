@@ -73,7 +73,7 @@ def test_two_drops_one_slow_copy_and_a_bad_folder(tmp_path, daemon_config):
         copier.start()
         first_row = daemon.wait_status("first", Status.QUEUED, *ACTIVE, Status.DONE)
         copier.join()
-        slow_row = daemon.wait_status("slow", Status.QUEUED, *ACTIVE, Status.DONE, timeout=60)
+        slow_row = daemon.wait_status("slow", Status.QUEUED, *ACTIVE, Status.DONE)
         taken = daemon.queue.get(slow_row["id"])["created"]
         assert taken >= max(copied_at.values()) + 0.9  # never taken before the copy had settled
         assert first_row["id"] < slow_row["id"]
@@ -82,7 +82,7 @@ def test_two_drops_one_slow_copy_and_a_bad_folder(tmp_path, daemon_config):
         (bad / "img002.png").unlink()
         (bad / "img002.txt").unlink()
         (bad / "job.yaml").write_text(json.dumps(tiny_job(epochs=1)))
-        daemon.wait_status("bad", Status.QUEUED, *ACTIVE, Status.DONE, timeout=60)
+        daemon.wait_status("bad", Status.QUEUED, *ACTIVE, Status.DONE)
 
         # 4) both are trained and done, in order, each with a review package
         done_first = daemon.wait_status("first", Status.DONE, Status.FAILED)
@@ -116,11 +116,11 @@ def test_status_shows_a_running_jobs_progress(tmp_path, daemon_config):
         # pause and resume through the CLI
         subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "pause", "busy"], check=True,
                        capture_output=True, timeout=60)
-        paused = daemon.wait_status("busy", Status.PAUSED, timeout=60)
+        paused = daemon.wait_status("busy", Status.PAUSED)
         assert paused["held"] == 1
         subprocess.run([sys.executable, "-m", "animad", "--config", str(daemon_config), "cancel", "busy"], check=True,
                        capture_output=True, timeout=60)
-        assert daemon.wait_status("busy", Status.CANCELLED, timeout=30)
+        assert daemon.wait_status("busy", Status.CANCELLED)
     finally:
         daemon.stop()
 
@@ -134,7 +134,7 @@ def test_window_close_pauses_and_next_window_resumes(tmp_path, daemon_config):
         row = daemon.wait(lambda: (r := daemon.job("night")) and r["job_dir"] and len(epochs_of(r)) >= 2 and r,
                           what="two epochs")
         daemon.now = at("2026-11-24T07:00:30+01:00")  # the window closes mid-run
-        paused = daemon.wait_status("night", Status.PAUSED, timeout=60)
+        paused = daemon.wait_status("night", Status.PAUSED)
         assert not paused["held"]
         import torch
 
@@ -144,7 +144,7 @@ def test_window_close_pauses_and_next_window_resumes(tmp_path, daemon_config):
         assert daemon.job("night")["status"] == Status.PAUSED  # stays paused while the window is closed
         assert daemon.service.runner.child is None
         daemon.now = at("2026-11-24T22:00:05+01:00")  # the next night
-        done = daemon.wait_status("night", Status.DONE, Status.FAILED, timeout=240)
+        done = daemon.wait_status("night", Status.DONE, Status.FAILED)
         assert done["status"] == Status.DONE, done["error"]
         assert epochs_of(done) == [1, 2, 3, 4, 5, 6]
         assert epoch_files(done) == [f"night-e{e:04d}.safetensors" for e in range(1, 7)]
@@ -166,7 +166,7 @@ def test_kill_9_of_daemon_and_job_mid_training_then_restart(tmp_path, daemon_con
     assert daemon.job("crash")["status"] == Status.RUNNING  # what a power cut leaves behind
     restarted = DaemonProcess(daemon_config).start()
     try:
-        done = restarted.wait_status("crash", Status.DONE, Status.FAILED, timeout=300)
+        done = restarted.wait_status("crash", Status.DONE, Status.FAILED)
         assert done["status"] == Status.DONE, done["error"]
         assert epochs_of(done) == [1, 2, 3, 4, 5]  # nothing lost, nothing duplicated
         assert epoch_files(done) == [f"crash-e{e:04d}.safetensors" for e in range(1, 6)]
@@ -193,7 +193,7 @@ def test_twenty_folders_dropped_at_once_are_all_queued_in_order(tmp_path, daemon
         for folder in [*folders, bad]:  # 21 renames within a few milliseconds
             drop(folder, inbox)
         rows = daemon.wait(lambda: len(r := daemon.queue.by_status(Status.QUEUED)) == 20 and r,
-                           timeout=120, what="20 queued jobs")
+                           what="20 queued jobs")
         report = daemon.wait(lambda: (inbox / "broken" / "ERRORS.txt").is_file()
                              and (inbox / "broken" / "ERRORS.txt").read_text(), what="the bad folder's report")
         assert "optimizer.lr" in report

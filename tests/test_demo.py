@@ -10,12 +10,14 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
+from daemon_helpers import HANG_SECONDS
+
 pytestmark = pytest.mark.slow
 
 
 def test_demo_ends_with_a_review_package(tmp_path):
     result = subprocess.run([sys.executable, "-m", "animad", "demo", "--dir", str(tmp_path / "d")],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=HANG_SECONDS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     package = tmp_path / "d" / "outbox" / "demo-shapes"
     assert f"file://{package / 'index.html'}" in result.stdout  # it says where to look
@@ -26,7 +28,7 @@ def test_demo_ends_with_a_review_package(tmp_path):
             assert any(k.startswith("lora_unet_blocks_") for k in lora.keys())
     with Image.open(package / "contact_sheet.png") as sheet:
         assert sheet.format == "PNG" and sheet.width > 200
-    assert len(list((package / "previews").rglob("*.png"))) == len(summary["prompts"]) * (1 + len(summary["shortlist"]))
+    assert len(list((package / "previews").rglob("*.png"))) == len(summary["prompts"]) * len(summary["rows"])
     page = (package / "index.html").read_text()
     assert "contact_sheet.png" in page and pick["file"] in page
     # Everything stays in the demo folder (the user's own dirs are untouched).

@@ -15,6 +15,7 @@ import pytest
 
 from animad.layout import read_epochs_log
 from animad.demo.synthetic import make_dataset, tiny_job
+from daemon_helpers import HANG_SECONDS
 
 EPOCHS = 4
 
@@ -113,7 +114,7 @@ def test_daemon_survives_a_disk_filled_mid_run_and_retry_finishes_the_job(tmp_pa
         pytest.skip("unshare -rm with a tmpfs mount is not allowed here")
     script = Path(__file__).parent / "disk_full_daemon.py"
     result = subprocess.run(["unshare", "-rm", sys.executable, str(script), str(daemon_config), str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=4 * HANG_SECONDS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     context = json.dumps({k: v for k, v in seen.items() if k != "daemon_log"}, indent=1) + seen["daemon_log"]

@@ -159,3 +159,16 @@ def test_the_one_epochs_log_reader_and_the_one_curve_rule(tmp_path):
         read_epochs_log(path)
     assert epoch_curve(good) == ([1, 2], [0.5, 0.45], "loss")  # one epoch without eval: the training loss for all
     assert epoch_curve(good[:1]) == ([1], [0.4], "eval_loss")
+
+
+def test_a_demo_like_curve_gets_a_shortlist_after_its_knee(tmp_path):
+    # 12 epochs like `animad demo`'s: steep to epoch 4, then a quiet tail still falling slowly.
+    losses = [1.9444, 1.4529, 1.2232, 1.1504, 1.1202, 1.1059, 1.0966, 1.0926, 1.0888, 1.0859, 1.0852, 1.0851]
+    path = write_csv(tmp_path / "demo.csv", range(1, 13), losses)
+    out = json.loads(run_floor(path, "--json", "--patience", 4).stdout)
+    assert out["status"] == "no_floor_yet" and out["lowest_epoch"] == 12
+    assert len(out["shortlist"]) >= 3 and all(e > 4 for e in out["shortlist"])  # none on the steep descent
+    assert out["candidate_epoch"] in out["shortlist"]  # the possible floor is shortlisted, not only marked
+    assert all(p["reason"] for p in out["picks"]) and "ends at epoch 4" in out["message"]
+    readable = run_floor(path, "--patience", 4)
+    assert readable.returncode == 0 and "candidate" in readable.stdout and "tail" in readable.stdout

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from animad.layout import read_epochs_log
 from animad.demo.synthetic import make_dataset, tiny_job
+from daemon_helpers import HANG_SECONDS
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -34,7 +35,7 @@ def train(config, dataset, out, *extra):
                              str(out), "--no-select", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def finish(process, timeout=300) -> str:
+def finish(process, timeout=HANG_SECONDS) -> str:
     return process.communicate(timeout=timeout)[0].decode()
 
 
@@ -110,7 +111,7 @@ def test_the_daemon_runs_a_two_rank_job_to_its_review_package(tmp_path, daemon_c
     daemon = DaemonProcess(daemon_config).start()
     try:
         drop(make_dataset(tmp_path / "staging" / "pair", count=4, job=tiny_job(epochs=2)), tmp_path / "inbox")
-        done = daemon.wait_status("pair", "done", "failed", timeout=240)
+        done = daemon.wait_status("pair", "done", "failed")
         assert done["status"] == "done", done["error"]
         assert [r["epoch"] for r in read_epochs_log(Path(done["job_dir"]) / "epochs.jsonl")] == [1, 2]
         assert "2 GPUs" in (Path(done["job_dir"]) / "train.log").read_text()

@@ -322,3 +322,162 @@ def test_if_the_final_rename_fails_the_earlier_package_is_put_back(tmp_path, mon
         write_review_package(tmp_path / "outbox" / "cat", review)
     assert (out / "my-notes.txt").read_text() == "keep me" and (out / "index.html").is_file()
     assert sorted(os.listdir(tmp_path / "outbox")) == ["cat"]
+
+
+# --- select_job on a real (tiny) trained job: default rows and prompts, and rows added by hand ---
+
+from animad.errors import UserError  # noqa: E402
+from animad.select.page import render_page  # noqa: E402
+from animad.select.run import comfyui_loader, select_job  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory, tiny_models):
+    """A 2-epoch tiny run, every epoch saved: enough to shortlist, preview and add rows to."""
+    from test_train_engine import prepare, train
+
+    from animad.demo.synthetic import tiny_job, write_daemon_config
+
+    tmp = tmp_path_factory.mktemp("small-job")
+    config = write_daemon_config(tmp / "animad.yaml", tiny_models)
+    job = tiny_job(epochs=2, selection={"stop_at_floor": False})
+    paths, daemon = prepare(tmp, config, job, count=4)
+    status, _ = train(paths, daemon)
+    assert status == "finished"
+    return paths, daemon
+
+
+def image_stats(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every rendered PNG with (mtime, inode): a re-render writes a new file, so both change."""
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*.png")}
+
+
+def read_summary(package: Path) -> dict:
+    return json.loads((package / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_select_adds_rows_and_prompts_without_rendering_again(small_job, tmp_path):
+    paths, daemon = small_job
+    outbox = tmp_path / "outbox" / "ds"
+    package = select_job(paths, daemon=daemon, outbox=outbox, steps=1, size=16)
+    summary = read_summary(package)
+    # The default set: six prompts in the guide's kinds, labelled in summary.json.
+    assert [k["kind"] for k in summary["prompt_kinds"]] == ["caption", "caption", "no_trigger",
+                                                            "novel", "novel", "novel"]
+    assert [k["text"] for k in summary["prompt_kinds"]] == summary["prompts"]
+    # Rows: the baseline, each pick at 1.0, and the lowest-loss epoch also at 0.8.
+    lowest = summary["analysis"]["lowest_epoch"]
+    picks = summary["analysis"]["shortlist"]
+    assert summary["rows"] == ["baseline"] + sorted([f"e{e:04d}" for e in picks] + [f"e{lowest:04d}@0.8"])
+    assert summary["row_labels"][f"e{lowest:04d}@0.8"].endswith("@ 0.8")
+    assert len(summary["previews"]) == len(summary["rows"]) * 6
+    assert all(p["loader"] == "LoraLoaderModelOnly" for p in summary["shortlist"])
+    assert summary["schedule"]["text"].startswith("cosine") and "ran all 2 epochs" in summary["schedule"]["text"]
+    rendered = image_stats(paths.selection)
+    assert len(rendered) == len(summary["previews"])
+
+    # --epoch N --strength S: one row more, rendered alone; nothing already there is drawn again.
+    extra = next(e for e in (1, 2) if e not in picks)
+    package = select_job(paths, daemon=daemon, outbox=outbox, steps=1, size=16, add_epochs=[extra],
+                         add_strengths=[0.6])
+    added = read_summary(package)
+    key = f"e{extra:04d}@0.6"
+    assert added["rows"] == ["baseline"] + sorted(summary["rows"][1:] + [key])
+    assert added["prompts"] == summary["prompts"] and added["seeds"] == summary["seeds"]
+    after = image_stats(paths.selection)
+    assert {p: after[p] for p in rendered} == rendered  # same files, same mtimes and inodes
+    assert len(after) - len(rendered) == 6  # the new row's six images, no more
+    hand = next(p for p in added["shortlist"] if p["epoch"] == extra)
+    assert hand["kind"] == "added" and "by hand" in hand["reason"] and (package / hand["file"]).is_file()
+
+    # --prompt P: a seventh column, one image per row; the hand-added row stays.
+    package = select_job(paths, daemon=daemon, outbox=outbox, steps=1, size=16, prompts=["@demo, green star"])
+    more = read_summary(package)
+    assert more["prompts"] == summary["prompts"] + ["@demo, green star"]
+    assert more["prompt_kinds"][-1]["kind"] == "user" and more["seeds"] == summary["seeds"] + [1006]
+    assert key in more["rows"]
+    final = image_stats(paths.selection)
+    assert {p: final[p] for p in after} == after
+    assert len(final) - len(after) == len(more["rows"])
+
+    # A bare `animad select` starts over from the job's settings: the hand-added row is gone.
+    again = read_summary(select_job(paths, daemon=daemon, outbox=outbox, steps=1, size=16))
+    assert again["rows"] == summary["rows"] and again["prompts"] == summary["prompts"]
+
+
+def test_select_names_a_missing_epoch_file(small_job, tmp_path):
+    paths, daemon = small_job
+    with pytest.raises(UserError, match=r"--epoch 99: .*ds-e0099\.safetensors does not exist.*: 1, 2\)"):
+        select_job(paths, daemon=daemon, outbox=tmp_path / "outbox" / "ds", add_epochs=[99], previews=False)
+
+
+def test_the_loader_node_follows_the_lora_file(tmp_path):
+    from animad.anima.lora_names import PREFIXES, TEXT_ENCODER, UNET
+
+    dit_only, both = tmp_path / "dit.safetensors", tmp_path / "both.safetensors"
+    unet = f"{PREFIXES[UNET]}_blocks_0_mlp_layer1.lora_down.weight"
+    save_file({unet: torch.zeros(2, 4)}, str(dit_only))
+    save_file({unet: torch.zeros(2, 4), f"{PREFIXES[TEXT_ENCODER]}_layers_0_mlp_up_proj.lora_down.weight":
+               torch.zeros(2, 4)}, str(both))
+    assert comfyui_loader(dit_only) == "LoraLoaderModelOnly" and comfyui_loader(both) == "LoraLoader"
+
+
+def test_page_shows_kinds_loader_escaping_and_schedule(tmp_path):
+    review, analysis, _ = build_review(tmp_path)
+    review.prompts = ["@cat, hatsune miku (vocaloid), smile", "@cat, outdoors, city street, night"]
+    review.extra["prompt_kinds"] = [{"text": review.prompts[0], "kind": "caption", "label": "dataset caption"},
+                                    {"text": review.prompts[1], "kind": "novel", "label": "novel scene: new setting"}]
+    review.extra["schedule"] = {"text": "cosine; floor confirmed at epoch 31, LR cooled to 0 over 6 epochs, "
+                                        "stopped at 37 of max 200"}
+    review.analysis["picks"][0]["loader"] = "LoraLoader"  # this epoch has a text-encoder part
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    text = " ".join(" ".join(parse_page(out / "index.html").text).split())
+    assert "dataset caption" in text and "novel scene: new setting" in text
+    assert "brackets are prompt weights" in text and r"hatsune miku \(vocaloid\), smile" in text
+    assert "Schedule followed: cosine; floor confirmed at epoch 31, LR cooled to 0 over 6 epochs" in text
+    first = analysis.picks[0].epoch
+    page = (out / "index.html").read_text(encoding="utf-8")
+    card = page[page.index(f"id='pick-{first}'"):]
+    assert "ComfyUI: <code>LoraLoader</code>" in card[:card.index("</div>")]
+    assert "LoraLoaderModelOnly" in page  # the other epochs still load with the model-only node
+    assert "drag a preview into ComfyUI" in text
+
+
+def test_page_links_the_workflow_file_when_the_package_has_one():
+    summary = {"job": "cat", "previews": [{"row": "baseline", "prompt": 1, "file": "previews/a.png"}],
+               "comfyui_workflow": "comfyui-workflow.json", "prompts": ["a"], "seeds": [1]}
+    page = render_page(summary)
+    assert "<a id='comfyui-workflow' href='comfyui-workflow.json'>" in page
+    assert "comfyui-workflow" not in render_page({**summary, "comfyui_workflow": None})
+
+
+def test_the_schedule_line_says_what_the_run_followed():
+    from types import SimpleNamespace
+
+    from animad.select.run import schedule_followed
+
+    config = SimpleNamespace(schedule=SimpleNamespace(type="cosine", max_epochs=200))
+    records = [{"epoch": e, "lr": 1.0 if e <= 31 else (37 - e) / 6, "cooldown": e > 31} for e in range(1, 38)]
+    cooled = schedule_followed(config, records, "stopped at the confirmed loss floor after epoch 31, then cooled "
+                                                "the learning rate to 0 over 6 epochs")
+    assert cooled["text"] == "cosine; floor confirmed at epoch 31, LR cooled to 0 over 6 epochs, stopped at 37 of " \
+                             "max 200"
+    assert cooled["floor_confirmed_at"] == 31 and cooled["cooldown_epochs"] == 6
+    cut = schedule_followed(config, records[:31], "stopped at the confirmed loss floor after epoch 31")
+    assert cut["text"] == "cosine; floor confirmed at epoch 31, stopped at 31 of max 200"
+    config.schedule = SimpleNamespace(type="constant", max_epochs=37)
+    assert schedule_followed(config, records, "reached max_epochs 37")["text"] == \
+        "constant; no floor confirmed, LR cooled to 0 over the last 6 epochs, ran all 37 epochs"
+
+
+def test_select_flags_parse_and_bad_values_are_clear_errors(capsys):
+    from animad.cli.main import build_parser, main
+
+    args = build_parser().parse_args(["select", "job", "--epoch", "7", "--epoch", "9", "--strength", "0.8",
+                                      "--prompt", "@x, 1girl", "--prompts-mode", "replace"])
+    assert args.epoch == [7, 9] and args.strength == [0.8] and args.prompt == ["@x, 1girl"]
+    assert args.prompts_mode == "replace"
+    assert main(["select", "job", "--strength", "-1"]) == 2
+    assert "--strength must be between 0 and 10" in capsys.readouterr().err
+    assert main(["select", "job", "--epoch", "0"]) == 2
+    assert "--epoch must be at least 1" in capsys.readouterr().err

@@ -70,6 +70,10 @@ def near(colour, target, tolerance: int = 3) -> bool:
 def test_review_page_in_headless_chromium(tmp_path):
     browser = find_chromium()
     review, analysis, _ = build_review(tmp_path)
+    review.extra["prompt_kinds"] = [{"kind": "caption", "label": "dataset caption"},
+                                    {"kind": "novel", "label": "novel scene: new setting"}]
+    review.extra["schedule"] = {"text": "cosine; floor confirmed at epoch 31, LR cooled to 0 over 6 epochs, "
+                                        "stopped at 37 of max 200"}
     out = write_review_package(tmp_path / "outbox" / "cat", review)
     url = (out / "index.html").resolve().as_uri()
     profile = tmp_path / "profile"
@@ -82,6 +86,8 @@ def test_review_page_in_headless_chromium(tmp_path):
         assert f"pick-{pick.epoch}" in dom.ids
         assert f"cat-e{pick.epoch:04d}-{pick.kind}.safetensors" in text
     assert "Low loss only shortlists; the previews decide." in text
+    assert {"prompts", "prompt-kinds", "escaping", "schedule"} <= dom.ids
+    assert "dataset caption" in text and "novel scene: new setting" in text and "LoraLoaderModelOnly" in text
     assert dom.scripts == 0  # the hostile prompt did not become a script element...
     assert f"@cat, {EVIL}" in text  # ...it is visible, inert text
     assert f"caption {EVIL} is odd" in text

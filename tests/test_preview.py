@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from PIL import Image
 
+from animad.anima.comfyui import read_png_chunks, read_recipe
 from animad.config.job import load_resolved
 from animad.select.previews import render_previews
 from animad.intake.models import job_model_files
@@ -42,6 +45,8 @@ def test_same_seed_same_images_and_epochs_differ(trained, tmp_path):  # noqa: F8
     assert sorted(first) == [(row, p) for row in ("baseline", "e0001", "e0006") for p in (0, 1)]
     for key, path in first.items():
         assert pixels(path).shape == (48, 64, 3)
+        assert read_recipe(json.loads(read_png_chunks(path)["prompt"])).lora_name == (  # a ComfyUI recipe
+            None if key[0] == "baseline" else f"ds-{key[0]}.safetensors")
         assert np.array_equal(pixels(path), pixels(second[key])), key  # a seed is the same picture
     for prompt in (0, 1):
         assert changed(first[("e0001", prompt)], first[("e0006", prompt)]) > 0.05  # epochs look different

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from animad.layout import read_epochs_log
 from animad.demo.synthetic import make_dataset, tiny_job
+from daemon_helpers import HANG_SECONDS
 
 EPOCHS = 5
 # Bit-identical is expected on the same machine and thread count (every step reseeds its own RNG);
@@ -28,7 +29,7 @@ def run_train(config, dataset, out, env=None):
                             env={**os.environ, **(env or {})})
 
 
-def wait_for_epochs(out, count, process, timeout=120):
+def wait_for_epochs(out, count, process, timeout=HANG_SECONDS):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(read_epochs_log(out / "epochs.jsonl")) >= count:
@@ -37,6 +38,22 @@ def wait_for_epochs(out, count, process, timeout=120):
             raise AssertionError(process.stdout.read().decode()[-3000:])
         time.sleep(0.02)
     raise AssertionError(f"no epoch {count} within {timeout}s")
+
+
+def wait_for_mid_epoch_state(out, epoch, process, timeout=HANG_SECONDS):
+    """Until the resume state on disk is one saved partway through `epoch` (saves are atomic renames)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = torch.load(out / "state" / "resume.pt", weights_only=False)
+        except (OSError, RuntimeError, EOFError):
+            state = None
+        if state and state["epoch"] == epoch and state["batch_index"] > 0:
+            return
+        if process.poll() is not None:
+            raise AssertionError(process.stdout.read().decode()[-3000:])
+        time.sleep(0.02)
+    raise AssertionError(f"no mid-epoch state in epoch {epoch} within {timeout}s")
 
 
 @pytest.mark.slow
@@ -48,20 +65,20 @@ def test_sigkill_mid_epoch_twice_then_resume_matches_uninterrupted(tmp_path, dae
 
     reference = tmp_path / "reference"
     process = run_train(daemon_config, dataset, reference)
-    assert process.wait(timeout=300) == 0, process.stdout.read().decode()[-3000:]
+    assert process.wait(timeout=HANG_SECONDS) == 0, process.stdout.read().decode()[-3000:]
 
     resumed = tmp_path / "resumed"
     mid_epoch_states = []
     for kill_after in (1, 3):
         process = run_train(daemon_config, dataset, resumed)
         wait_for_epochs(resumed, kill_after, process)
-        time.sleep(0.4)  # well inside the next epoch (32 steps of ~30 ms)
+        wait_for_mid_epoch_state(resumed, kill_after + 1, process)  # a state saved inside the next epoch
         process.send_signal(signal.SIGKILL)
         process.wait()
         state = torch.load(resumed / "state" / "resume.pt", weights_only=False)
         mid_epoch_states.append((state["epoch"], state["batch_index"]))
     process = run_train(daemon_config, dataset, resumed)
-    output = process.communicate(timeout=300)[0].decode()
+    output = process.communicate(timeout=HANG_SECONDS)[0].decode()
     assert process.returncode == 0, output[-3000:]
     assert "resuming at epoch" in (resumed / "train.log").read_text()
     assert any(batch > 0 for _, batch in mid_epoch_states), mid_epoch_states  # we really resumed mid-epoch

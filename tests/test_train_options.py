@@ -179,8 +179,10 @@ def test_a_pause_on_the_max_steps_step_still_saves_that_epoch_and_names_max_step
 
 def test_a_confirmed_floor_stops_the_run_at_the_first_epoch_it_is_confirmed(tmp_path, daemon_config):
     # lr 0: the LoRA never moves, so the eval curve is flat and its floor is confirmed as soon as
-    # the detector has enough epochs (5 points spanning 2 * patience).
-    job = tiny_job(epochs=30, optimizer={"lr": 0.0}, selection={"stop_at_floor": True, "patience": 2})
+    # the detector has enough epochs (5 points spanning 2 * patience). cooldown_fraction 0: stop at
+    # once (the default cools down first, tests/test_cooldown.py).
+    job = tiny_job(epochs=30, optimizer={"lr": 0.0}, selection={"stop_at_floor": True, "patience": 2,
+                                                                 "cooldown_fraction": 0})
     paths, daemon = prepare(tmp_path, daemon_config, job, count=4)
     assert train(paths, daemon)[0] == "finished"
     records = read_epochs_log(paths.epochs_log)

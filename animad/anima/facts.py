@@ -19,6 +19,7 @@ LORA_TARGET_GROUPS = ("self_attn", "cross_attn", "mlp")
 # LoRA inspectors and UIs read to tell which base model a LoRA belongs to.
 LORA_FILE_IDS = {
     "ss_network_module": "networks.lora_anima",
+    "ss_base_model_version": "anima",  # what sd-scripts' Anima trainer writes (its load_target_model's version)
     "modelspec.architecture": "anima-preview/lora",
     "modelspec.implementation": "https://huggingface.co/circlestone-labs/Anima",
 }

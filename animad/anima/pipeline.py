@@ -7,6 +7,8 @@
     context = anima.context(embeddings)         # adapter: (B, 512 rows, context_dim)
     v = anima.velocity(x_t, sigma, context)     # flow velocity (noise - x0)
     noise = torch.randn(anima.latent_shape(w, h))
+    noise = anima.preview_noise(seed, w, h)     # the noise ComfyUI's KSampler draws for that seed
+    latents = anima.sample(noise, context, steps, cfg)  # KSampler euler/simple on Anima's flow table
     anima.lora_targets(network_config)          # the linears a LoRA wraps, named as in LoRA files
 
 Parts load separately because training caches latents with the VAE and then frees it before the
@@ -16,12 +18,15 @@ context and LoRA module names stays behind this face.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from animad.anima import facts
 from animad.anima import load as loader
 from animad.anima import lora_names
+from animad.anima import sampling
 from animad.anima.files import ModelFiles
 from animad.anima.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
 from animad.anima.vae import VAE
@@ -92,6 +97,28 @@ class Anima:
     @staticmethod
     def latent_shape(width: int, height: int, batch: int = 1) -> tuple[int, int, int, int]:
         return facts.latent_shape(width, height, batch)
+
+    @staticmethod
+    def preview_noise(seed: int, width: int, height: int) -> torch.Tensor:
+        """The noise ComfyUI's KSampler draws for this seed over an empty latent of this size (CPU, fp32)."""
+        return sampling.initial_noise(seed, width, height)
+
+    def sample(self, noise: torch.Tensor, context: torch.Tensor, steps: int, cfg: float,
+               shift: float = sampling.SHIFT, scope=contextlib.nullcontext) -> torch.Tensor:
+        """ComfyUI's KSampler (euler, simple, denoise 1) from preview_noise to normalised latents (1, 16, h, w).
+
+        context holds the rows [cond, uncond] (or just [cond] at cfg 1); scope() wraps every DiT call
+        (autocast, attention backend). Both rows run as one batch of two, as ComfyUI batches them.
+        """
+        def velocity(x, sigma, both):
+            flat = x[:, :, 0]  # ComfyUI's 5-D latent is one frame; the DiT takes (B, C, h, w)
+            with scope():
+                if not both:
+                    return self.dit(flat, sigma, context[:1]).float()[:, :, None]
+                out = self.dit(torch.cat([flat, flat]), torch.cat([sigma, sigma]), context)
+            return out.float()[:, :, None].chunk(2)
+
+        return sampling.sample_euler(velocity, noise.to(self.device), steps, cfg, shift)[:, :, 0]
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.dit.gradient_checkpointing = enabled

@@ -35,11 +35,12 @@ def cmd_floor(args) -> int:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     curve = read_curve_file(Path(args.curve), args.tag)
     analysis = analyze_curve(curve.epochs, curve.losses, patience=args.patience, shortlist_size=args.size,
-                             min_epoch=args.min_epoch)
+                             min_epoch=args.min_epoch, cooldown_epochs=curve.cooldown)
     if args.json:
         print(json.dumps({"floor_epoch": analysis.floor_epoch, "lowest_epoch": analysis.lowest_epoch,
                           "shortlist": analysis.shortlist, "status": analysis.status, "noise": analysis.noise,
-                          "candidate_epoch": analysis.candidate_epoch,
+                          "candidate_epoch": analysis.candidate_epoch, "knee_epoch": analysis.knee_epoch,
+                          "cooldown_epochs": sorted(analysis.cooldown_epochs),
                           "picks": [dataclasses.asdict(pick) for pick in analysis.picks],
                           "ignored_epochs": analysis.ignored_epochs, "source": curve.source, "tag": curve.tag,
                           "message": analysis.message}, indent=2))
@@ -52,7 +53,7 @@ def cmd_floor(args) -> int:
     print(f"noise sigma:  {analysis.noise:.4g}")
     print("shortlist:")
     for pick in analysis.picks:
-        print(f"  epoch {pick.epoch:>5}  loss {pick.loss:.5g}  {pick.kind:<6}  {pick.reason}")
+        print(f"  epoch {pick.epoch:>5}  loss {pick.loss:.5g}  {pick.kind:<9}  {pick.reason}")
     print(textwrap.fill(analysis.message, width=100))
     return 0
 
@@ -71,20 +72,43 @@ def find_job_paths(args) -> tuple[JobPaths, Path]:
 
 def select_arguments(parser) -> None:
     parser.add_argument("job", help="job id or name, or a work folder from 'animad train'")
-    parser.add_argument("--prompt", action="append", help="preview prompt (repeatable; replaces the job's)")
-    parser.add_argument("--seed", action="append", type=int, help="preview seed (repeatable)")
-    parser.add_argument("--steps", type=int, help="sampler steps")
-    parser.add_argument("--size", type=int, help="preview width and height")
+    parser.add_argument("--epoch", action="append", type=int, default=[], metavar="N",
+                        help="add a preview row for epoch N to the package (repeatable); images already "
+                             "rendered are reused")
+    parser.add_argument("--strength", action="append", type=float, default=[], metavar="S",
+                        help="LoRA strength for the added rows (repeatable; default 1.0; without --epoch: "
+                             "every shortlisted epoch at S)")
+    parser.add_argument("--prompt", action="append", help="preview prompt (repeatable): added to the package's "
+                                                          "prompts, or replacing them with --prompts-mode replace")
+    parser.add_argument("--prompts-mode", choices=("add", "replace"), default="add",
+                        help="add (default): --prompt joins the package's prompts; replace: the --prompt list is "
+                             "the whole set")
+    parser.add_argument("--seed", action="append", type=int,
+                        help="preview seed (repeatable): one per --prompt; when starting over (no --epoch, "
+                             "--strength or --prompt), one per prompt of the job")
+    parser.add_argument("--steps", type=int, help="sampler steps (renders every image again)")
+    parser.add_argument("--size", type=int, help="preview width and height (renders every image again)")
     parser.add_argument("--no-previews", action="store_true", help="only the floor analysis and package")
 
 
 def cmd_select(args) -> int:
+    """Given `animad select` arguments, redo a job's selection (or add rows/prompts to its package); return 0.
+
+    With no --epoch, --strength or --prompt the package is built afresh from the job's settings.
+    """
     from animad.select.run import select_job  # loads the models: imports torch
 
+    for epoch in args.epoch:
+        if epoch < 1:
+            raise UserError(f"--epoch must be at least 1 (got {epoch})")
+    for strength in args.strength:
+        if not 0 <= strength <= 10:
+            raise UserError(f"--strength must be between 0 and 10 (got {strength:g}); 1.0 is the LoRA as trained")
     setup_logging()
     paths, outbox = find_job_paths(args)
-    package = select_job(paths, daemon=daemon_of(args), outbox=outbox, prompts=args.prompt, seeds=args.seed,
-                         steps=args.steps, size=args.size, previews=not args.no_previews)
+    package = select_job(paths, daemon=daemon_of(args), outbox=outbox, prompts=args.prompt,
+                         prompts_mode=args.prompts_mode, seeds=args.seed, steps=args.steps, size=args.size,
+                         add_epochs=args.epoch, add_strengths=args.strength, previews=not args.no_previews)
     print(f"review package: {package / 'index.html'}")
     return 0
 

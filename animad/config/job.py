@@ -13,6 +13,7 @@ import re
 import typing
 from pathlib import Path
 
+from animad.anima.comfyui import NEGATIVE_PROMPT
 from animad.anima.facts import LORA_TARGET_GROUPS, SIDE_MULTIPLE
 from animad.config.problems import ConfigError, Problems
 from animad.config.schema import option, parse, section, template, to_dict
@@ -107,9 +108,12 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class ScheduleConfig:
-    type: str = option("cosine", "cosine, cosine_with_restarts, constant or linear. Cosine is the spec's default "
-                                 "and what the Prodigy README recommends with it.",
-                       choices=("cosine", "cosine_with_restarts", "constant", "linear"))
+    type: str = option("auto", "auto, cosine, cosine_with_restarts, constant or linear. auto: constant until the "
+                               "confirmed floor, then the cooldown (warmup-stable-decay) with stop_at_floor on; the "
+                               "guides' cosine over max_epochs with it off. bench/schedule_quality.py measured the "
+                               "constant-then-cooled run lower in eval loss than cosine cut at the floor and cooled, "
+                               "on every seed. With stop_at_floor on, any schedule is cooled at the floor.",
+                       choices=("auto", "cosine", "cosine_with_restarts", "constant", "linear"))
     cycles: int = option(1, "Restart cycles for cosine_with_restarts. 1 = no restart; the guide's Panchy run "
                             "uses 3.", min=1)
     warmup_steps: int = option(0, "Linear warmup optimizer steps. 0 (the spec's default): Prodigy starts small and "
@@ -234,28 +238,42 @@ class SelectionConfig:
                                     "dips, as users pick by hand; at most 6 keep the contact sheet readable.",
                                  min=1, max=6)
     min_epoch: int = option(1, "Never pick or stop before this epoch. 1: the curve decides.", min=1)
+    cooldown_fraction: float = option(0.2, "After a confirmed floor, cool the LR linearly to 0 over this share of "
+                                           "the epochs trained so far, then stop (warmup-stable-decay). 0.2: the "
+                                           "decay share WSD training uses; stopping at a high LR would skip the "
+                                           "low-LR tail the guides pick from. 0 = stop at the floor at once.",
+                                      min=0, max=1)
+    cooldown_min_epochs: int = option(3, "The cooldown lasts at least this many epochs. 3: fewer would drop the LR "
+                                         "too fast for the epochs to differ, and give the shortlist no annealed "
+                                         "epochs to compare.", min=1)
 
 
 @dataclasses.dataclass
 class PreviewConfig:
-    prompts: list[str] = option([], "Preview prompts. Empty: built from the dataset, the guide's kinds: a typical "
-                                    "caption, the same without the trigger, and novel scenes.")
-    negative_prompt: str = option("", "Negative prompt for CFG. Empty: the uncond is the empty prompt, encoded as "
-                                      "ComfyUI encodes it.")
+    prompts: list[str] = option([], "Your preview prompts. Empty: none; the default set (built from the dataset in "
+                                    "the guide's kinds: two typical captions, one without the trigger, three novel "
+                                    "scenes) is always there unless prompts_mode is replace.")
+    prompts_mode: str = option("add", "How your prompts combine with the default set. add: the guide asks for 5-10 "
+                                      "prompts of several kinds, so yours come on top; replace: only yours.",
+                               choices=("add", "replace"))
+    negative_prompt: str = option(NEGATIVE_PROMPT, f"Negative prompt for CFG. '{NEGATIVE_PROMPT}': the one in "
+                                                   "ComfyUI's official Anima template, so a preview is what that "
+                                                   "workflow gives; empty means the empty prompt.")
     seeds: list[int] = option([], "One fixed seed per prompt. Empty: 1000, 1001, ..., the same for every epoch so "
                                   "the rows compare.", min=0)
     steps: int = option(30, "Sampler steps. 30, as ComfyUI's official Anima template.", min=1, max=200)
     cfg: float = option(4.0, "Classifier-free guidance scale. 4.0, as ComfyUI's official Anima template.", min=0)
-    flow_shift: float = option(3.0, "Flow shift of the sampling schedule. 3.0, Anima's shift in ComfyUI.",
-                               min=0.01)
+    flow_shift: float = option(3.0, "Flow shift of the sampling schedule. 3.0, Anima's shift in ComfyUI (another "
+                                    "value adds a ModelSamplingAuraFlow node to the preview's graph).", min=0.01)
     sampler: str = option("euler", "Sampler. euler (the only one), with the simple schedule, as ComfyUI's official "
                                    "Anima template.", choices=("euler",))
     width: int = option(1024, "Preview width (a multiple of 16). 1024, the template's and the training size.",
                         min=64, max=2048)
     height: int = option(1024, "Preview height (a multiple of 16). 1024, the template's and the training size.",
                          min=64, max=2048)
-    strengths: list[float] = option([1.0], "LoRA strengths to render. 1.0: the LoRA as trained (add 0.8 to see it "
-                                           "softer).", min=0)
+    strengths: list[float] = option([], "LoRA strengths to render for every pick. Empty: 1.0 (the LoRA as trained) "
+                                        "for every pick and also 0.8 for the lowest-loss epoch, as the guide advises "
+                                        "trying a softer strength.", min=0)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,19 @@ def _duration(seconds) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def describe_floor(p: dict) -> str:
+    """E.g. "; floor: confirmed at epoch 31, cooling down, 4 epochs left", "; floor: not yet"; "" when not watched."""
+    floor = p.get("floor")
+    if floor is None or floor == "off":
+        words = ""
+    else:
+        words = f"; floor: {floor}"
+    if p.get("cooling"):
+        left = p.get("cooldown_epochs_left")
+        words += f"{',' if words else ';'} cooling down, {left} epoch{'s' if left != 1 else ''} left"
+    return words
+
+
 def describe_progress(row: dict) -> str:
     p = row.get("progress") or {}
     if row["status"] == Status.FAILED:
@@ -24,8 +37,11 @@ def describe_progress(row: dict) -> str:
         return ""
     if "s_per_it" in p:
         phase = "" if p.get("phase") == "training" else f" ({p.get('phase')})"
-        return (f"epoch {p['epoch']}/{p['max_epochs']} step {p['step']}/{p['total_steps']} loss {p['loss']:.4f} "
-                f"{p['s_per_it']:.2f} s/it ETA {_duration(p.get('eta_seconds'))}{phase}")
+        # end_epoch/end_step: where the run now ends (the cooldown's end once cooling); older rows lack them.
+        until = f" to {p['eta_until']}" if p.get("eta_until") else ""
+        return (f"epoch {p['epoch']}/{p.get('end_epoch', p['max_epochs'])} step {p['step']}/"
+                f"{p.get('end_step', p['total_steps'])} loss {p['loss']:.4f} {p['s_per_it']:.2f} s/it "
+                f"ETA {_duration(p.get('eta_seconds'))}{until}{describe_floor(p)}{phase}")
     if p.get("phase") == "caching" and p.get("total"):
         return f"caching latents {p['done']}/{p['total']}"
     if "epoch" in p:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from animad.errors import UserError
 from animad.layout import read_epochs_log
-from animad.train.floor import CURVE_SOURCES, epoch_curve
+from animad.train.floor import CURVE_SOURCES, cooldown_epochs, epoch_curve
 
 TAG_PREFERENCE = ("eval/loss", "loss/epoch_average")  # the stable eval curve first, then the epoch mean
 EVENT_FILE_PREFIX = "events.out.tfevents."
@@ -25,6 +25,7 @@ class Curve:
     losses: list[float]
     source: str  # "eval" (stable eval loss), "epoch_average" (mean train loss); "csv"/"tensorboard": unknown
     tag: str  # the column, key or scalar tag read
+    cooldown: frozenset[int] = frozenset()  # epochs.jsonl only: epochs trained in the cooldown after the floor
 
 
 def read_curve_file(path: Path, tag: str | None = None) -> Curve:
@@ -98,7 +99,8 @@ def read_epochs_jsonl(path: Path) -> Curve:
     if not records:
         raise UserError(f"{path}: no epoch records yet")
     epochs, losses, key = epoch_curve(records)
-    return Curve(*order_by_epoch(dict(zip(epochs, losses))), CURVE_SOURCES[key], key)
+    return Curve(*order_by_epoch(dict(zip(epochs, losses))), CURVE_SOURCES[key], key,
+                 frozenset(cooldown_epochs(records)))
 
 
 def find_event_files(path: Path) -> list[Path]:

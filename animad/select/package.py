@@ -2,7 +2,9 @@
 
 What it holds: the shortlisted LoRA files (copied from the job's work folder, never moved, renamed
 `<name>-e0023-lowest.safetensors`), `previews/<row>-p<prompt>-s<seed>.png` (prompts counted from 1,
-as on the page), `contact_sheet.png`, `loss_curve.png`, `summary.json` and `index.html`.
+as on the page), `contact_sheet.png`, `loss_curve.png`, `comfyui-workflow.json`, `summary.json` and
+`index.html`. Each preview carries the ComfyUI graph that made it; in the package copy the graph
+loads the package's LoRA file name, so a PNG dragged into ComfyUI finds the file the user copied.
 
 Re-runs: the package is assembled in a hidden sibling folder (`.<name>.partial-*`) and renamed into
 place at the end, so nobody ever sees half a package. An existing `<name>/` (an earlier run of the
@@ -24,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image, PngImagePlugin
+
+from animad.anima import comfyui
 from animad.fsutil import fsync_dir
 from animad.layout import safe_name
 from animad.select.page import render_page
@@ -31,6 +36,7 @@ from animad.select.plot import loss_plot
 from animad.select.sheet import contact_sheet
 
 STALE_PARTIAL_SECONDS = 3600  # a staging folder this old is a leftover from a killed run
+WORKFLOW_FILE = "comfyui-workflow.json"
 
 
 @dataclasses.dataclass
@@ -121,9 +127,38 @@ def copy_shortlist(review: Review, name: str, staging: Path) -> list[dict]:
     return shortlist
 
 
-def copy_previews(review: Review, staging: Path) -> tuple[list[dict], list[dict], dict]:
-    """Copy every rendered preview into previews/; returns (table, missing, {(row, prompt): path})."""
-    table, missing, placed = [], [], {}
+def preview_recipe(texts: dict[str, str]) -> comfyui.Recipe | None:
+    """The ComfyUI recipe a preview's `prompt` chunk holds; None for a PNG without one."""
+    try:
+        return comfyui.read_recipe(json.loads(texts["prompt"]))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def copy_preview(source: Path, target: Path, renames: dict[str, str]) -> dict[str, str]:
+    """Copy one preview; if its graph loads an epoch file the package renamed, name the package's file.
+
+    Only the text chunks change (the pixels are decoded and written back losslessly). Returns the chunks.
+    """
+    texts = comfyui.read_png_chunks(source)
+    recipe = preview_recipe(texts)
+    if recipe is None or recipe.lora_name not in renames:
+        shutil.copy2(source, target)
+        return texts
+    texts = comfyui.renamed_lora(texts, renames[recipe.lora_name])
+    info = PngImagePlugin.PngInfo()
+    for key, value in texts.items():
+        info.add_text(key, value)
+    with Image.open(source) as image:
+        image.save(target, format="PNG", pnginfo=info, compress_level=4)
+    return texts
+
+
+def copy_previews(review: Review, staging: Path, renames: dict[str, str] | None = None
+                  ) -> tuple[list[dict], list[dict], dict, dict]:
+    """Copy every rendered preview into previews/; returns (table, missing, {(row, prompt): path},
+    {(row, prompt): text chunks}). renames: epoch file name -> the package's name for it."""
+    table, missing, placed, chunks = [], [], {}, {}
     for cell in review.cells:
         seed = seed_for(review.seeds, cell.prompt_index)
         entry = {"row": cell.row, "row_label": review.row_labels.get(cell.row, cell.row),
@@ -132,10 +167,37 @@ def copy_previews(review: Review, staging: Path) -> tuple[list[dict], list[dict]
             missing.append({**entry, "source": str(cell.image)})
             continue
         entry["file"] = f"previews/{preview_file_name(cell.row, cell.prompt_index, seed)}"
-        shutil.copy2(cell.image, staging / entry["file"])
+        chunks[(cell.row, cell.prompt_index)] = copy_preview(Path(cell.image), staging / entry["file"], renames or {})
         placed[(cell.row, cell.prompt_index)] = staging / entry["file"]
         table.append(entry)
-    return table, missing, placed
+    return table, missing, placed, chunks
+
+
+def workflow_for_package(review: Review, shortlist: list[dict], chunks: dict) -> dict | None:
+    """The one comfyui-workflow.json: the workflow of the lowest pick's first preview at strength 1.
+
+    Without previews, the template's workflow with the lowest pick's file and the first prompt and seed.
+    """
+    lowest = next((e["file"] for e in shortlist if e.get("kind") == "lowest" and e.get("file")), None)
+    lowest = lowest or next((e["file"] for e in shortlist if e.get("file")), None)
+    ranked = []
+    for (row, index), texts in chunks.items():
+        recipe = preview_recipe(texts)
+        if recipe is None or "workflow" not in texts:
+            continue
+        rank = (recipe.lora_name != lowest, recipe.lora_name is None, recipe.lora_strength != 1.0, index)
+        ranked.append((rank, texts["workflow"]))
+    if ranked:
+        return json.loads(min(ranked, key=lambda pair: pair[0])[1])
+    if lowest is None or not review.prompts:
+        return None
+    settings = review.settings or {}
+    recipe = comfyui.Recipe(
+        prompt=review.prompts[0], seed=int(seed_for(review.seeds, 0) or 0), lora_name=lowest,
+        negative_prompt=settings.get("negative_prompt", comfyui.NEGATIVE_PROMPT),
+        steps=int(settings.get("steps", comfyui.STEPS)), cfg=float(settings.get("cfg", comfyui.CFG)),
+        width=int(settings.get("width", comfyui.WIDTH)), height=int(settings.get("height", comfyui.HEIGHT)))
+    return comfyui.ui_workflow(recipe)
 
 
 def previous_name(folder: Path) -> Path | None:
@@ -203,13 +265,18 @@ def build_package(staging: Path, package_name: str, review: Review) -> dict:
     (staging / "previews").mkdir()
     name = safe_name(review.job_name)
     shortlist = copy_shortlist(review, name, staging)
-    previews, missing, placed = copy_previews(review, staging)
+    renames = {Path(e["source"]).name: e["file"] for e in shortlist if e.get("source") and e.get("file")}
+    previews, missing, placed, chunks = copy_previews(review, staging, renames)
+    workflow = workflow_for_package(review, shortlist, chunks)
+    if workflow is not None:
+        (staging / WORKFLOW_FILE).write_text(json.dumps(workflow, indent=2), encoding="utf-8")
 
     sheet, sheet_size = None, None
     if placed:
         sheet = "contact_sheet.png"
+        kinds = [k.get("short") if isinstance(k, dict) else None for k in review.extra.get("prompt_kinds") or []]
         sheet_size = contact_sheet(review.rows, review.row_labels, review.prompts, placed, staging / sheet,
-                                   seeds=review.seeds, title=review.job_name)
+                                   seeds=review.seeds, title=review.job_name, kinds=kinds or None)
     plot = "loss_curve.png"
     title = "stable eval loss" if review.curve_source == "eval" else "epoch-average train loss"
     # The faint train curve only adds something when the main curve is the separate eval loss.
@@ -233,6 +300,7 @@ def build_package(staging: Path, package_name: str, review: Review) -> dict:
         "previews": previews,
         "missing_previews": missing,
         "contact_sheet": sheet,
+        "comfyui_workflow": WORKFLOW_FILE if workflow is not None else None,
         "contact_sheet_size": list(sheet_size) if sheet_size else None,
         "loss_plot": plot,
         "loss_plot_size": list(plot_size),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import html
 from urllib.parse import quote
 
+from animad.anima.comfyui import escape_prompt
 from animad.fsutil import human_bytes
+from animad.select.prompts import KIND_LABELS
 
 # No script-src, so nothing runs even if some text slipped through unescaped; images only from the
 # package's own folder (file:), nothing from the network.
@@ -35,7 +37,10 @@ a{color:var(--accent)}
 .status.floor{border-left:6px solid #2a9d5c}.status.no_floor_yet,.status.too_short,.status.empty{border-left:6px solid #d9a400}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.82em;font-weight:600;vertical-align:middle}
 .badge.lowest{background:#dff2e6;color:#17673a}.badge.floor{background:#fde5e5;color:#9b2424}
-.badge.dip{background:#e3ecfb;color:#1f4f9c}.badge.other{background:#eee;color:#444}
+.badge.dip{background:#e3ecfb;color:#1f4f9c}.badge.candidate{background:#fff1d6;color:#8a5a00}
+.badge.tail{background:#ece6fb;color:#4b2f9c}.badge.annealed{background:#dcf3f3;color:#1d6464}
+.badge.added{background:#f3e8dc;color:#6b4423}.badge.other{background:#eee;color:#444}
+td.kind{white-space:nowrap;color:var(--muted)}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
 .picks{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:14px}
 .pick p{margin:6px 0}.pick .file{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
@@ -50,7 +55,15 @@ code{background:#ececf0;padding:1px 5px;border-radius:4px;font-size:.92em;overfl
 footer{margin-top:40px;color:var(--muted);font-size:.9em}
 """
 
-KIND_WORDS = {"lowest": "the lowest loss of the run", "floor": "where the loss stopped improving", "dip": "an earlier dip"}
+MODEL_ONLY = "LoraLoaderModelOnly"  # ComfyUI's node for a LoRA of the diffusion model alone
+LOADER_WIRING = {
+    MODEL_ONLY: "node between the model loader and the sampler",
+    "LoraLoader": "node (it also applies the half of the LoRA that trained the text encoder), between the model "
+                  "and CLIP loaders and the sampler and text encoders",
+}
+KIND_WORDS = {"lowest": "the lowest loss of the run", "floor": "where the loss stopped improving", "dip": "an earlier dip",
+              "candidate": "a possible floor (not confirmed)", "tail": "spread over the slow tail",
+              "annealed": "after the learning rate was annealed to 0", "added": "added by hand"}
 
 
 def esc(value) -> str:
@@ -74,6 +87,10 @@ def header_html(summary: dict) -> list[str]:
             f"{esc(summary.get('epochs_trained'))} epochs trained",
             esc(summary.get("stopped_reason") or ""), f"written {esc(summary.get('created'))}"]
     trigger = (f" Put <code>{esc(summary['trigger'])}</code> in your prompt." if summary.get("trigger") else "")
+    loaders = sorted({pick.get("loader") or MODEL_ONLY for pick in summary.get("shortlist") or []}) or [MODEL_ONLY]
+    wired = [f"<strong>{esc(node)}</strong> {LOADER_WIRING.get(node, '')}".strip() for node in loaders]
+    # When some epochs trained the text encoder and some did not, each card names its node.
+    loader = f"a {wired[0]}" if len(wired) == 1 else "the loader node its card names: " + "; ".join(wired)
     return [
         f"<h1>{esc(summary.get('job'))}</h1>",
         "<p class='meta'>" + "".join(f"<span>{item}</span>" for item in meta if item) + "</p>",
@@ -85,10 +102,53 @@ def header_html(summary: dict) -> list[str]:
         "likeness, style, and whether prompts unlike the training captions still work.</li>"
         "<li>Pick the epoch you like best: not necessarily the one with the lowest loss.</li>"
         "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
-        "<code>models/loras</code> folder and load it with a <strong>LoraLoaderModelOnly</strong> node "
-        f"between the model loader and the sampler.{trigger}</li></ol></div>",
+        f"<code>models/loras</code> folder and load it with {loader}.{trigger}</li>"
+        f"{workflow_item(summary)}</ol></div>",
         f"<div class='status {esc(analysis.get('status'))}' id='floor-message'><strong>Loss floor:</strong> "
         f"{esc(analysis.get('message') or 'no analysis')}</div>",
+    ]
+
+
+def workflow_item(summary: dict) -> str:
+    """The list item that says how to reproduce a preview in ComfyUI (the graph is inside every PNG)."""
+    if not summary.get("previews"):
+        return ""
+    workflow = summary.get("comfyui_workflow")
+    link = (f" <a id='comfyui-workflow' href='{href(workflow)}'>{esc(workflow)}</a> is the same workflow as a "
+            "file, for ComfyUI's Load button." if workflow else "")
+    return ("<li>To see an epoch with your own prompts, drag a preview into ComfyUI to open its workflow: every "
+            f"preview PNG carries the graph that made it (model files, LoRA, strength, prompts, seed, sampler).{link}"
+            "</li>")
+
+
+def kind_label(entry: dict) -> str:
+    return str(entry.get("label") or KIND_LABELS.get(entry.get("kind"), entry.get("kind") or ""))
+
+
+def prompts_table(summary: dict) -> list[str]:
+    """Every prompt with its kind, seed, and the text to paste into ComfyUI (brackets escaped)."""
+    prompts, seeds = summary.get("prompts") or [], summary.get("seeds") or []
+    kinds = summary.get("prompt_kinds") or []
+    rows = []
+    for index, prompt in enumerate(prompts):
+        kind = kinds[index] if index < len(kinds) and isinstance(kinds[index], dict) else {}
+        typed = escape_prompt(prompt)  # exactly the text the PNG's graph holds
+        comfy = (f"<td class='prompt'><code>{esc(typed)}</code></td>" if typed != prompt
+                 else "<td class='muted'>as it is</td>")
+        rows.append(f"<tr><td>{index + 1}</td><td class='kind'>{esc(kind_label(kind))}</td>"
+                    f"<td>{esc(seeds[index] if index < len(seeds) else '')}</td>"
+                    f"<td class='prompt'>{esc(prompt)}</td>{comfy}</tr>")
+    return [
+        "<p id='prompt-kinds' class='muted'>The prompts test what the guides test: <strong>dataset captions</strong> "
+        "(does the LoRA reproduce its training images?), a <strong>caption without the trigger</strong> (how much "
+        "does the trigger carry?) and <strong>novel scenes</strong> that keep the subject and change its setting, "
+        "clothing or action (does it generalise, or only copy?).</p>",
+        "<p id='escaping' class='muted'>In ComfyUI, brackets are prompt weights: <code>(tag)</code> means "
+        "<code>tag</code> at 1.1x and the brackets are dropped. A caption <code>hatsune miku (vocaloid)</code> "
+        "must be typed as <code>hatsune miku \\(vocaloid\\)</code> to be the same prompt. The ComfyUI column "
+        "below is ready to paste.</p>",
+        "<table id='prompts'><tr><th>#</th><th>kind</th><th>seed</th><th>prompt</th><th>in ComfyUI</th></tr>"
+        f"{''.join(rows)}</table>",
     ]
 
 
@@ -104,11 +164,9 @@ def previews_html(summary: dict) -> list[str]:
                  "<figcaption>Rows are epochs, the first row is the model without the LoRA; columns are "
                  "prompts. Every image uses the same seed per column and the same settings. Click the sheet for "
                  "full size, or open single images below.</figcaption></figure>")
-    prompts, seeds = summary.get("prompts") or [], summary.get("seeds") or []
+    prompts = summary.get("prompts") or []
     if prompts:
-        rows = "".join(f"<tr><td>{i + 1}</td><td>{esc(seeds[i] if i < len(seeds) else '')}</td>"
-                       f"<td class='prompt'>{esc(prompt)}</td></tr>" for i, prompt in enumerate(prompts))
-        parts.append(f"<table id='prompts'><tr><th>#</th><th>seed</th><th>prompt</th></tr>{rows}</table>")
+        parts += prompts_table(summary)
     table: dict[str, dict[int, str]] = {}
     for preview in summary.get("previews") or []:
         table.setdefault(preview["row"], {})[preview["prompt"]] = preview["file"]
@@ -122,6 +180,14 @@ def previews_html(summary: dict) -> list[str]:
     parts.append(f"<details><summary>Full-size images</summary><table id='preview-files'><tr><th>row</th>{head}</tr>"
                  f"{''.join(body)}</table></details>")
     return parts
+
+
+def loader_html(pick: dict) -> str:
+    if not pick.get("file"):
+        return ""
+    loader = pick.get("loader") or MODEL_ONLY
+    why = " (it also trained the text encoder)" if loader == "LoraLoader" else ""
+    return f"<p class='loader muted'>ComfyUI: <code>{esc(loader)}</code>{esc(why)}</p>"
 
 
 def shortlist_html(summary: dict) -> list[str]:
@@ -145,7 +211,7 @@ def shortlist_html(summary: dict) -> list[str]:
             f"<div class='card pick' id='pick-{esc(pick.get('epoch'))}'>"
             f"<h3>epoch {esc(pick.get('epoch'))} <span class='badge {badge}'>{esc(kind)}</span></h3>"
             f"<p class='muted'>loss {esc(loss_text)}</p><p class='reason'>{esc(pick.get('reason'))}</p>"
-            f"<p class='file'>{file_html}</p></div>")
+            f"<p class='file'>{file_html}</p>{loader_html(pick)}</div>")
     parts.append("</div>")
     return parts
 
@@ -162,6 +228,9 @@ def curve_html(summary: dict) -> list[str]:
     if analysis.get("ignored_epochs"):
         facts.append("ignored epochs (spikes, NaN): " + ", ".join(str(e) for e in analysis["ignored_epochs"]))
     parts = ["<h2 id='loss'>Loss curve</h2>", f"<p>{esc(analysis.get('message') or '')}</p>"]
+    schedule = summary.get("schedule") or {}
+    if schedule.get("text"):
+        parts.append(f"<p id='schedule'><strong>Schedule followed:</strong> {esc(schedule['text'])}</p>")
     if summary.get("loss_plot"):
         image = image_tag(summary["loss_plot"], "loss curve with the floor and the picks marked",
                           summary.get("loss_plot_size"), "loss-plot")

@@ -3,6 +3,11 @@
 Two panels when it helps: the whole run on top and, below it, a zoom on the floor region. At the
 scale of the whole run the shortlisted epochs usually sit within a few pixels of each other; the
 zoom shows how they compare with the noise, which is the point of the plot.
+
+Only shortlisted epochs get a ring. The floor line is drawn strong when its epoch is a pick and
+faint, labelled "not shortlisted", when it is not, so that a marked epoch the review has no
+preview of is never taken for one. The steep descent (before the knee, where nothing is picked)
+and the cooldown (LR annealed to 0) are shaded, so the reader sees where the picks could come from.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ COLOURS = {
     "background": (255, 255, 255), "axis": (70, 70, 78), "grid": (232, 232, 236), "text": (40, 40, 48),
     "muted": (120, 120, 130), "raw": (130, 170, 225), "smooth": (25, 75, 165), "train": (200, 200, 206),
     "band": (222, 234, 250), "floor": (200, 50, 50), "candidate": (150, 150, 150), "pick": (20, 140, 70),
-    "ignored": (215, 120, 0),
+    "ignored": (215, 120, 0), "descent": (243, 243, 245), "cooldown": (233, 246, 238),
 }
 
 
@@ -100,6 +105,8 @@ def read_series(analysis: dict) -> dict:
         "floor": analysis.get("floor_epoch"),
         "candidate": analysis.get("candidate_epoch"),
         "status": analysis.get("status"),
+        "knee": analysis.get("knee_epoch"),
+        "cooldown": sorted(analysis.get("cooldown_epochs") or []),
     }
 
 
@@ -119,7 +126,8 @@ def zoom_panel_ranges(series: dict, x_low: float, x_high: float) -> tuple[float,
     start, end = max(x_low, min(marks) - pad), x_high
     values = [v for e, v in series["raw"] + series["smooth"] if start <= e <= end]
     band_low, band_high = lowest - BAND_SIGMAS * noise, lowest + BAND_SIGMAS * noise
-    top = min(max(values + [band_high]), lowest + 10 * noise)
+    # Every pick stays on the scale: picks spread over a slow tail can sit well above the band.
+    top = max([min(max(values + [band_high]), lowest + 10 * noise)] + [p["loss"] for p in series["picks"]])
     y_low, y_high = value_range([min(values + [band_low]), top], 0.08)
     full_low, full_high = value_range([v for _, v in series["raw"] + series["smooth"]])
     if start <= x_low or end - start < 2 or (y_high - y_low) > 0.6 * (full_high - full_low):
@@ -127,11 +135,31 @@ def zoom_panel_ranges(series: dict, x_low: float, x_high: float) -> tuple[float,
     return start, end, y_low, y_high
 
 
-def floor_marks(series: dict) -> list[tuple[str, int]]:
-    """The confirmed floor, or else the unconfirmed candidate, as (colour key, epoch)."""
+def floor_marks(series: dict) -> list[tuple[str, int, bool]]:
+    """The confirmed floor, or else the unconfirmed candidate, as (colour key, epoch, shortlisted)."""
+    picked = {p["epoch"] for p in series["picks"]}
     if series["floor"] is not None:
-        return [("floor", series["floor"])]
-    return [("candidate", series["candidate"])] if series["candidate"] is not None else []
+        return [("floor", series["floor"], series["floor"] in picked)]
+    if series["candidate"] is not None:
+        return [("candidate", series["candidate"], series["candidate"] in picked)]
+    return []
+
+
+def floor_label(key: str, epoch: int, shortlisted: bool) -> str:
+    """Given a floor mark, return its label: whether it is confirmed, and whether it is a pick with previews."""
+    what = f"floor: epoch {epoch}" if key == "floor" else f"possible floor: epoch {epoch} (not confirmed)"
+    return what if shortlisted else f"{what}, not shortlisted"
+
+
+def shaded_stretches(series: dict) -> list[tuple[str, float, float, str]]:
+    """The stretches to shade, as (colour key, first epoch, last epoch, label): the steep descent and the cooldown."""
+    stretches = []
+    epochs = [e for e, _ in series["raw"]]
+    if series["knee"] is not None and epochs and series["knee"] > min(epochs):
+        stretches.append(("descent", min(epochs), series["knee"], "steep descent"))
+    if series["cooldown"]:
+        stretches.append(("cooldown", series["cooldown"][0] - 0.5, series["cooldown"][-1], "cooldown: LR to 0"))
+    return stretches
 
 
 def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple[int, float]]) -> None:
@@ -142,6 +170,10 @@ def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple
     def local(points):
         return [(panel.x(e) - panel.left, panel.y(v) - panel.top) for e, v in points]
 
+    for key, first, last, _ in shaded_stretches(series):
+        left, right = panel.x(max(first, panel.x_low)) - panel.left, panel.x(min(last, panel.x_high)) - panel.left
+        if right > left:
+            draw.rectangle([left, 0, right, layer.height], fill=COLOURS[key] + (255,))
     noise, lowest = series["noise"], series["lowest"]
     if noise > 0 and finite(lowest):
         top, bottom = local([(0, lowest + BAND_SIGMAS * noise), (0, lowest - BAND_SIGMAS * noise)])
@@ -151,12 +183,14 @@ def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple
     for key, points, line_width in curves:
         if len(points) > 1:
             draw.line(local(points), fill=COLOURS[key] + (255,), width=line_width, joint="curve")
-    for key, epoch in floor_marks(series):
+    for key, epoch, shortlisted in floor_marks(series):
         if epoch is None or not panel.contains_x(epoch):
             continue
         x = panel.x(epoch) - panel.left
-        for y in range(0, layer.height, 10):  # dashed
-            draw.line([x, y, x, y + 5], fill=COLOURS[key] + (255,), width=2)
+        # dashed; faint and thin when the epoch is not a pick, so it does not read as one
+        colour, width, step = (COLOURS[key] + (255,), 2, 10) if shortlisted else (COLOURS[key] + (110,), 1, 14)
+        for y in range(0, layer.height, step):
+            draw.line([x, y, x, y + 5], fill=colour, width=width)
     image.paste(layer, (panel.left, panel.top), layer)
 
 
@@ -181,9 +215,16 @@ def draw_marks(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, fonts: dic
 
     avoid is a box (the legend) the floor label must not be drawn over.
     """
-    for key, epoch in floor_marks(series):
+    for key, first, last, label in shaded_stretches(series):
+        # the descent's label sits at its foot, which the falling curve leaves empty; the cooldown
+        # (low on the right, under the curve and the legend) is named in the legend alone
+        left = panel.x(max(first, panel.x_low))
+        if key == "descent" and not detailed and panel.contains_x(last) and panel.x(last) - left > 40:
+            draw.text(((left + panel.x(last)) / 2, panel.bottom - 6), label,
+                      fill=COLOURS["muted"], font=fonts["tick"], anchor="mb")
+    for key, epoch, shortlisted in floor_marks(series):
         if epoch is not None and panel.contains_x(epoch):
-            text = f"floor: epoch {epoch}" if key == "floor" else f"possible floor: epoch {epoch} (not confirmed)"
+            text = floor_label(key, epoch, shortlisted)
             x = panel.x(epoch)
             text_width = draw.textlength(text, font=fonts["label"])
             anchor = "la" if x + 6 + text_width < panel.right else "ra"
@@ -191,7 +232,8 @@ def draw_marks(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, fonts: dic
             top = panel.top + 4
             if avoid and left < avoid[2] and left + text_width > avoid[0]:
                 top = avoid[3] + 6
-            draw.text((x + (6 if anchor == "la" else -6), top), text, fill=COLOURS[key], font=fonts["label"],
+            draw.text((x + (6 if anchor == "la" else -6), top), text,
+                      fill=COLOURS[key] if shortlisted else COLOURS["muted"], font=fonts["label"],
                       anchor=anchor, stroke_width=3, stroke_fill=COLOURS["background"])
     for epoch, value in series["ignored"]:
         if not panel.contains_x(epoch):
@@ -230,10 +272,11 @@ def draw_legend(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, has_train
         entries.append(("band", "box", f"noise band: lowest \u00b1 {BAND_SIGMAS:g} sigma"))
     if series["picks"]:
         entries.append(("pick", "ring", "shortlisted epoch"))
-    if series["floor"] is not None:
-        entries.append(("floor", "dash", "floor"))
-    elif series["candidate"] is not None:
-        entries.append(("candidate", "dash", "possible floor"))
+    for key, _, shortlisted in floor_marks(series):
+        words = "floor" if key == "floor" else "possible floor (not confirmed)"
+        entries.append((key, "dash", words if shortlisted else f"{words}, not shortlisted"))
+    for key, _, _, label in shaded_stretches(series):
+        entries.append((key, "box", "steep descent (no picks)" if key == "descent" else "cooldown: LR annealed to 0"))
     if series["ignored"]:
         entries.append(("ignored", "cross", "ignored (spike / NaN)"))
     width = 24 + max(draw.textlength(text, font=fonts["label"]) for _, _, text in entries) + 36

@@ -1,35 +1,36 @@
 """Fixed-seed previews of the shortlisted epochs and a no-LoRA baseline, after training ends.
 
-The models load once; switching epochs only swaps the LoRA tensors (no reload). Each image uses the
-same prompt, seed, steps, CFG and flow shift, so rows differ only by the LoRA. CFG runs cond and
-uncond as one batch of two, and the initial noise is drawn on the CPU in fp32 from the seed (as
-sd-scripts does), so a seed means the same picture on any device.
+Each preview is what ComfyUI's KSampler makes from the same settings (anima/sampling.py: the noise
+from the seed, Anima's flow sigma table, euler on the CFG'd denoised prediction), and its PNG carries
+the ComfyUI graph and the A1111 parameters that reproduce it (anima/comfyui.py). The models load
+once; switching epochs only swaps the LoRA tensors (no reload). Rows differ only by the LoRA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
+from safetensors import safe_open
 
+from animad.anima import comfyui
 from animad.anima.lora_names import read_lora_file
 from animad.anima.pipeline import Anima
-from animad.intake.dataset import split_tags
-from animad.train.flow import euler_sample
 from animad.train.lora import load_weights, network_from_state
 from animad.train.precision import resolve_precision
 
 log = logging.getLogger("animad.select")
 
-NOVEL_TAGS = ("outdoors", "night sky", "smile", "sitting", "looking at viewer", "upper body", "city street",
-              "sunset", "rain", "holding umbrella", "cherry blossoms", "from side", "snow", "beach")
+# The settings that decide pixels for every image alike; prompts, seeds and LoRA rows are per image
+# and are checked against the recipe each finished PNG carries.
+PIXEL_SETTINGS = ("steps", "cfg", "flow_shift", "sampler", "width", "height", "negative_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +40,11 @@ class Row:
     strength: float
 
 
-def default_prompts(captions: list[str], trigger: str | None) -> list[str]:
-    """SPEC 3: a typical dataset caption, the same without the trigger, and two novel prompts."""
-    frequency = Counter(tag for c in captions for tag in split_tags(c))
-    typical = max(captions, key=lambda c: (sum(frequency[t] for t in split_tags(c)), c)) if captions else ""
-    prompts = [typical]
-    if trigger and trigger in split_tags(typical):
-        prompts.append(", ".join(t for t in split_tags(typical) if t != trigger))
-    absent = [t for t in NOVEL_TAGS if t not in frequency]
-    lead = f"{trigger}, " if trigger else ""
-    for first, second in ((0, 1), (2, 3)):
-        if len(absent) > second:
-            prompts.append(f"{lead}{absent[first]}, {absent[second]}")
-    return [p for p in prompts if p.strip()] or ["1girl"]
+@dataclasses.dataclass(frozen=True)
+class LoraFile:
+    name: str  # the file name the ComfyUI graph loads
+    text_encoder: bool  # has a text-encoder part: ComfyUI needs LoraLoader, not LoraLoaderModelOnly
+    hash: str  # A1111/Civitai's LoRA hash (sha256 of the tensor bytes)
 
 
 def preview_rows(epochs: list[int], strengths: list[float]) -> list[Row]:
@@ -64,29 +57,81 @@ def preview_rows(epochs: list[int], strengths: list[float]) -> list[Row]:
 
 
 def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    # "comfyui-ksampler": renders of the earlier linspace sampler are never taken for these.
+    chosen = {"sampler_version": "comfyui-ksampler", **{k: settings.get(k) for k in PIXEL_SETTINGS}}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def to_png(image: torch.Tensor, path: Path) -> None:
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def recipe(files, settings: dict, row: Row, prompt: str, seed: int, lora: LoraFile | None) -> comfyui.Recipe:
+    """The ComfyUI recipe of one preview: the template's values with ours filled in."""
+    return comfyui.Recipe(
+        prompt=prompt, seed=seed, negative_prompt=settings["negative_prompt"], steps=settings["steps"],
+        cfg=float(settings["cfg"]), width=settings["width"], height=settings["height"], sampler=settings["sampler"],
+        shift=float(settings["flow_shift"]), unet_name=Path(files.dit).name,
+        lora_name=lora.name if lora and row.epoch is not None else None, lora_strength=float(row.strength),
+        lora_text_encoder=bool(lora and lora.text_encoder))
+
+
+def to_png(image: torch.Tensor, path: Path, texts: dict[str, str] | None = None) -> None:
+    """Write (3, H, W) in [-1, 1] as ComfyUI's VAEDecode + SaveImage do: clamp to [0, 1], 255x, truncate."""
+    unit = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy()
+    array = np.clip(255.0 * unit, 0, 255).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    for key, value in (texts or {}).items():
+        info.add_text(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", pnginfo=info, compress_level=4)
     tmp.replace(path)
 
 
+def already_rendered(path: Path, texts: dict[str, str]) -> bool:
+    """The PNG exists and says it was made from exactly this recipe (graph and parameters)."""
+    if not path.is_file():
+        return False
+    found = comfyui.read_png_chunks(path)
+    return all(found.get(key) == texts[key] for key in ("prompt", "parameters"))
+
+
+def lora_file(path: Path) -> LoraFile:
+    with safe_open(str(path), "pt") as handle:
+        keys = list(handle.keys())
+    return LoraFile(Path(path).name, comfyui.has_text_encoder_part(keys), comfyui.lora_file_hash(path))
+
+
 def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, prompts: list[str],
-                    seeds: list[int], settings: dict, should_stop=None) -> dict[tuple[str, int], Path]:
-    """Render every (row, prompt) image into out_dir; images already rendered with the same settings are kept."""
+                    seeds: list[int], settings: dict, rows: list[Row] | None = None,
+                    should_stop=None) -> dict[tuple[str, int], Path]:
+    """Render every (row, prompt) image into out_dir; an image already rendered from the same recipe is kept.
+
+    rows: what to render (Row(key, epoch, strength)); each epoch named must be in epoch_files. None: the
+    baseline and every epoch at every settings["strengths"] (preview_rows). Returns {(row key, prompt
+    index): path}; file names are stable per (row, prompt index, seed).
+    """
+    if rows is None:
+        rows = preview_rows(sorted(epoch_files), settings["strengths"])
+    out_dir = Path(out_dir) / settings_key(settings)
+    loras = {row.epoch: lora_file(epoch_files[row.epoch]) for row in rows if row.epoch is not None}
+    targets, texts = {}, {}
+    for row in rows:
+        for index, prompt in enumerate(prompts):
+            targets[(row.key, index)] = out_dir / f"{row.key}-p{index}-s{seeds[index]}.png"
+            lora = loras.get(row.epoch)
+            texts[(row.key, index)] = comfyui.png_chunks(recipe(files, settings, row, prompt, seeds[index], lora),
+                                                        lora.hash if lora else None)
+    todo = {key for key, path in targets.items() if not already_rendered(path, texts[key])}
+    if todo:
+        render(config, files, epoch_files, prompts, seeds, settings,
+               [row for row in rows if any((row.key, i) in todo for i in range(len(prompts)))],
+               {key: (targets[key], texts[key]) for key in todo}, should_stop)
+    return targets
+
+
+def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop) -> None:
+    """Load the models once and render each image in todo ({(row, prompt): (path, chunks)}), row by row."""
     precision = resolve_precision(config)
     device, dtype = precision.device, precision.weight_dtype
-    rows = preview_rows(sorted(epoch_files), settings["strengths"])
-    key = settings_key({**settings, "prompts": prompts, "seeds": seeds})
-    out_dir = Path(out_dir) / key
-    targets = {(row.key, i): out_dir / f"{row.key}-p{i}-s{seeds[i]}.png" for row in rows for i in range(len(prompts))}
-    if all(p.is_file() for p in targets.values()):
-        return targets
-    states = {epoch: read_lora_file(path) for epoch, path in epoch_files.items()}
+    states = {row.epoch: read_lora_file(epoch_files[row.epoch]) for row in rows if row.epoch is not None}
     anima = Anima(files, device, dtype)
     anima.load_text_encoder()
     anima.load_dit()
@@ -98,10 +143,15 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
         network.eval()
     # A text-encoder LoRA changes the embeddings with every row; otherwise the prompts encode once.
     has_te_lora = network is not None and bool(network.text_encoder_parameters())
-    height, width = settings["height"], settings["width"]
-    cfg = settings["cfg"]
+    cfg, negative = float(settings["cfg"]), settings["negative_prompt"]
+
+    @contextlib.contextmanager
+    def scope():
+        with precision.autocast(), precision.attention_context():
+            yield
+
     with torch.no_grad():
-        cached_text = None if has_te_lora else anima.encode_text(prompts + [settings["negative_prompt"]])
+        cached_text = None if has_te_lora else anima.encode_text(prompts + [negative])
         for row in rows:
             if should_stop and should_stop():
                 break
@@ -109,27 +159,15 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
                 if row.epoch is not None:
                     load_weights(network, states[row.epoch])
                 network.set_multiplier(row.strength if row.epoch is not None else 0.0)
-            texts = cached_text or anima.encode_text(prompts + [settings["negative_prompt"]])
-            uncond = texts[-1]
-            for index, prompt in enumerate(prompts):
-                path = targets[(row.key, index)]
-                if path.is_file():
+            embeddings = cached_text or anima.encode_text(prompts + [negative])
+            for index in range(len(prompts)):
+                if (row.key, index) not in todo:
                     continue
-                with precision.autocast(), precision.attention_context():
-                    context = anima.context([texts[index], uncond])
-                generator = torch.Generator().manual_seed(seeds[index])
-                noise = torch.randn(anima.latent_shape(width, height), generator=generator).to(device)
-
-                def velocity(x, sigma):
-                    with precision.autocast(), precision.attention_context():
-                        if cfg == 1.0:
-                            return anima.velocity(x, sigma, context[:1])
-                        both = anima.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
-                        cond, neg = both.float().chunk(2)
-                        return neg + cfg * (cond - neg)
-
-                latents = euler_sample(velocity, noise, settings["steps"], settings["flow_shift"])
-                to_png(anima.decode_latents(latents)[0], path)
+                path, chunks = todo[(row.key, index)]
+                with scope():
+                    context = anima.context([embeddings[index], embeddings[-1]])
+                noise = anima.preview_noise(seeds[index], settings["width"], settings["height"])
+                latents = anima.sample(noise, context, settings["steps"], cfg, float(settings["flow_shift"]), scope)
+                to_png(anima.decode_latents(latents)[0], path, chunks)
     if network is not None:
         network.detach_all()
-    return targets

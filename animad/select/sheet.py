@@ -126,10 +126,12 @@ def paste_fitted(sheet: Image.Image, path: Path, box: tuple[int, int, int, int])
 
 def contact_sheet(rows: list[str], row_labels: dict[str, str], prompts: list[str],
                   cells: dict[tuple[str, int], Path], out: Path, *, seeds: list[int] | None = None,
-                  title: str | None = None, cell_size: int = CELL_SIZE) -> tuple[int, int]:
+                  title: str | None = None, cell_size: int = CELL_SIZE,
+                  kinds: list[str] | None = None) -> tuple[int, int]:
     """Write the sheet for cells {(row, prompt_index): png} to out; return its (width, height).
 
-    Rows come in the given order; a missing or unreadable image leaves a marked empty tile.
+    Rows come in the given order; a missing or unreadable image leaves a marked empty tile. kinds:
+    a short word per prompt ("caption", "novel"...) shown in its column heading.
     """
     tile_width, tile_height = tile_size(cells, cell_size)
     columns = len(prompts)
@@ -149,7 +151,9 @@ def contact_sheet(rows: list[str], row_labels: dict[str, str], prompts: list[str
     for column, prompt in enumerate(prompts):
         x = LABEL_WIDTH + column * (tile_width + PAD)
         seed = seeds[column] if seeds and column < len(seeds) else None
-        heading = f"prompt {column + 1}" + (f"  \u00b7  seed {seed}" if seed is not None else "")
+        kind = kinds[column] if kinds and column < len(kinds) and kinds[column] else None
+        heading = (f"{column + 1}  \u00b7  {kind}" if kind else f"prompt {column + 1}") + \
+            (f"  \u00b7  seed {seed}" if seed is not None else "")
         draw.text((x, PAD + 2), fit_text(draw, heading, medium, tile_width), fill=TEXT, font=medium)
         prompt_font = font_for(prompt, 13)
         for line_index, line in enumerate(wrap_text(draw, prompt, prompt_font, tile_width, 3)):

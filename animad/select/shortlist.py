@@ -1,10 +1,19 @@
 """Shortlist the epochs worth rendering, and say why, from the floor decision (train/floor.py).
 
 The floor itself (cleaning, noise, candidate, confirmation) is decided in train/floor.py, the same
-function stop-at-floor asks during training. Here:
-5. Shortlist: the exact argmin, then the floor epoch, the earliest and then the lowest of the
-   earlier local dips within 2 sigma of the lowest loss (the one-standard-error rule), at least
-   `gap` epochs apart, at most `shortlist_size`, ascending, each with the reason it was picked.
+function stop-at-floor asks during training. Here, on the clean curve:
+5. The knee: the first epoch from which the curve (a running median of 3) stays within 10% of its
+   total drop of the bottom, up to the bottom. Before it is the steep descent, where no epoch is
+   picked: it is plainly under-trained. Read from the drop, not the slope, because the drop is large
+   against the noise where the slope is not; a spike is gone before (clean_curve), a lone noisy
+   epoch is outvoted by the median, and the rise of an over-trained end is not looked at.
+6. Shortlist, at most `shortlist_size`, ascending, each with the reason it was picked, at least
+   `gap` epochs apart, none before the knee: the exact argmin; the last cooldown epoch (the LR
+   annealed to 0) when there was a cooldown; the floor epoch (or the unconfirmed candidate); the
+   earliest and then the lowest of the earlier dips within 2 sigma of the lowest loss (the
+   one-standard-error rule); then epochs spread evenly between the floor (or the knee) and the
+   lowest, each the lowest loss near its even spot. A quiet tail that still falls slowly has no
+   earlier dip as good as the lowest, and the spread is what gives the user something to compare.
 """
 
 from __future__ import annotations
@@ -17,14 +26,17 @@ import numpy as np
 from animad.train.floor import MIN_POINTS, RELATIVE_MARGIN, Floor, decide_floor, level_width, sort_curve
 
 BAND_SIGMAS = 2.0  # a dip this close to the lowest loss is "as good, within noise"
+KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
+KNEE_NOISE = 3.0  # a total drop under 3 noise sigmas is no descent at all: the whole curve is tail
+KINDS = ("lowest", "annealed", "floor", "candidate", "dip", "tail")  # what a pick can be, in Pick.kind
 
 
 @dataclasses.dataclass
 class Pick:
     epoch: int
     loss: float
-    kind: str  # "lowest", "floor" (the confirmed floor epoch) or "dip"
-    reason: str
+    kind: str  # one of KINDS: why the epoch is on the shortlist, in one word
+    reason: str  # the same in plain words, shown on the review page
 
 
 @dataclasses.dataclass
@@ -41,6 +53,8 @@ class FloorAnalysis:
     smoothed: list[float]
     ignored_epochs: list[int]
     message: str
+    knee_epoch: int | None = None  # the first epoch after the steep descent (no pick before it)
+    cooldown_epochs: list[int] = dataclasses.field(default_factory=list)  # epochs trained with the LR annealed
 
     def to_dict(self) -> dict:
         """Given the analysis, return a JSON-ready dict (non-finite losses become None)."""
@@ -50,48 +64,148 @@ class FloorAnalysis:
         return out
 
 
-def choose_picks(floor: Floor, size: int, min_epoch: int) -> list[Pick]:
-    """Given the floor decision, return the shortlist picks in ascending epoch order.
+def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: float) -> int | None:
+    """Given a clean curve, its level and its noise, return the first epoch after its steep descent.
 
-    Preference: the lowest loss; the floor epoch; the earliest dip before the lowest that is as
-    good within noise (the least-trained epoch not measurably worse: the one-standard-error rule);
-    then the other such dips, lowest loss first. A pick closer than `gap` epochs to an earlier one
-    is skipped, so the shortlist spreads over the run instead of clustering at its bottom.
+    The drop runs from the first epoch (clean_curve never drops the first) to the lowest level (a
+    running mean, not biased low by noise as the lowest loss is). The curve read against it is a
+    running median of 3, which a lone noisy epoch cannot move; it must stay within the last 10% of
+    the drop from the knee to the bottom, so one early lucky epoch does not end the descent.
     """
-    epochs, losses = floor.epochs, floor.losses
+    if len(losses) == 0:
+        return None
+    bottom_index = int(np.argmin(level))
+    drop = float(losses[0] - level[bottom_index])
+    if len(losses) < 3 or drop <= KNEE_NOISE * noise:
+        return int(epochs[0])
+    padded = np.pad(losses, 1, mode="edge")  # edge, not reflect: the first epoch keeps its own height
+    median = np.median(np.lib.stride_tricks.sliding_window_view(padded, 3), axis=1)
+    threshold = losses[0] - KNEE_SHARE * drop
+    worst_ahead = np.maximum.accumulate(median[: bottom_index + 1][::-1])[::-1]
+    below = np.flatnonzero(worst_ahead <= threshold)
+    return int(epochs[below[0]]) if len(below) else int(epochs[bottom_index])
+
+
+def cooldown_words(floor: Floor, cooldown: list[int]) -> str:
+    """Given the pre-cooldown floor decision and the cooldown epochs, return what the cooldown followed."""
+    if floor.floor_epoch is not None:
+        return f"after the floor at epoch {floor.floor_epoch}"
+    before = [int(e) for e in floor.epochs if e < cooldown[0]]  # e.g. a constant LR that reached max_epochs
+    return f"after epoch {before[-1]}" if before else "from the start"
+
+
+class PickList:
+    """The picks so far, and the rule every new one obeys: at least `gap` epochs from the others, at most `size`."""
+
+    def __init__(self, size: int, gap: int, lowest_loss: float, band: float, noise: float):
+        self.size, self.gap, self.lowest_loss, self.band, self.noise = size, gap, lowest_loss, band, noise
+        self.picks: list[Pick] = []
+
+    def fits(self, epoch: int) -> bool:
+        return len(self.picks) < self.size and all(abs(epoch - pick.epoch) >= self.gap for pick in self.picks)
+
+    def above(self, loss: float) -> str:
+        """Given a loss, return how it compares with the lowest, in words."""
+        difference = loss - self.lowest_loss
+        sigmas = f", {difference / self.noise:.1f} noise sigmas" if self.noise > 0 else ""
+        within = " (within the noise band)" if difference <= self.band else ""
+        return f"loss {loss:.5g}, {difference:.3g} above the lowest{sigmas}{within}"
+
+    def add(self, epoch: int, loss: float, kind: str, reason: str, force: bool = False) -> bool:
+        if not (force or self.fits(epoch)) or any(pick.epoch == epoch for pick in self.picks):
+            return False
+        self.picks.append(Pick(epoch, loss, kind, reason))
+        return True
+
+
+def choose_picks(floor: Floor, whole: Floor, size: int, min_epoch: int, knee: int | None,
+                 cooldown: list[int]) -> list[Pick]:
+    """Given the floor decision, the whole clean curve, the knee and the cooldown epochs, return the picks, ascending.
+
+    floor is decided on the epochs before the cooldown (the anneal is not the floor); whole is the
+    clean curve of every epoch, cooldown included, which the picks come from.
+    """
+    epochs, losses = whole.epochs, whole.losses
     eligible = epochs >= min_epoch
     if size < 1 or not eligible.any():
         return []
     lowest = int(np.argmin(np.where(eligible, losses, np.inf)))  # the first on ties: the earliest epoch
-    lowest_loss = float(losses[lowest])
-    band = max(BAND_SIGMAS * floor.noise, RELATIVE_MARGIN * abs(lowest_loss))
-    span = int(epochs[eligible][-1] - epochs[eligible][0])
-    gap = max(2, math.ceil(span / (2 * size)))
-    picks = [Pick(int(epochs[lowest]), lowest_loss, "lowest", f"lowest loss of the run ({lowest_loss:.5g})")]
+    lowest_epoch, lowest_loss = int(epochs[lowest]), float(losses[lowest])
+    start = max(min_epoch, knee if knee is not None else min_epoch)
+    after_knee = eligible & (epochs >= start)
+    clean_cooldown = [int(e) for e in epochs[eligible] if int(e) in set(cooldown)]
+    # The gap is read over the stretch picks can come from (knee to lowest, or to the cooldown's
+    # end), not the whole run: an over-trained rise after the lowest holds no pick.
+    span = max([lowest_epoch] + clean_cooldown) - start
+    picks = PickList(size, max(2, math.ceil(span / (2 * size))), lowest_loss,
+                     max(BAND_SIGMAS * floor.noise, RELATIVE_MARGIN * abs(lowest_loss)), floor.noise)
+    cooled = set(cooldown)
+    after = cooldown_words(floor, cooldown) if cooldown else ""
 
-    def add(index: int, kind: str, why: str) -> None:
+    def add(index: int, kind: str, why: str, force: bool = False) -> bool:
         epoch, loss = int(epochs[index]), float(losses[index])
-        if len(picks) < size and all(abs(epoch - pick.epoch) >= gap for pick in picks):
-            picks.append(Pick(epoch, loss, kind, f"{why}, {loss - lowest_loss:.3g} above the lowest loss, "
-                                                 f"within the noise band (±{band:.3g})"))
+        if epoch in cooled:  # a cooldown epoch is "annealed" whatever else it is
+            step = cooldown.index(epoch) + 1
+            last = step == len(cooldown)
+            lr = "reached 0 at this epoch" if last else f"cooldown epoch {step} of {len(cooldown)}"
+            why = f"{why}; the learning rate was annealed to zero {after} ({lr})"
+            kind = "annealed"
+        return picks.add(epoch, loss, kind, why, force)
 
-    in_band = eligible & (losses <= lowest_loss + band) & (np.arange(len(losses)) < lowest)
-    if floor.floor_epoch is not None:
-        index = int(np.searchsorted(epochs, floor.floor_epoch))
-        if in_band[index]:
-            add(index, "floor", f"floor onset at epoch {floor.floor_epoch}, where progress stopped beyond the noise")
+    add(lowest, "lowest", f"lowest loss of the run ({lowest_loss:.5g})", force=True)
+    if clean_cooldown:
+        last = int(np.searchsorted(epochs, clean_cooldown[-1]))
+        add(last, "annealed", f"last cooldown epoch, {picks.above(float(losses[last]))}", force=True)
+    earlier = after_knee & (np.arange(len(epochs)) < lowest)  # where the earlier candidates come from
+    onset = floor.floor_epoch if floor.floor_epoch is not None else floor.candidate_epoch
+    if onset is not None and onset in epochs and earlier[int(np.searchsorted(epochs, onset))]:
+        index = int(np.searchsorted(epochs, onset))
+        what = ("floor onset, where progress stopped beyond the noise" if floor.floor_epoch is not None else
+                "possible floor (not confirmed): from here the loss looks flat within the noise")
+        add(index, "floor" if floor.floor_epoch is not None else "candidate",
+            f"{what}; {picks.above(float(losses[index]))}")
+    in_band = earlier & (losses <= lowest_loss + picks.band)
     higher_before = losses <= np.concatenate([[np.inf], losses[:-1]])
     higher_after = losses <= np.concatenate([losses[1:], [np.inf]])
     dips = np.flatnonzero(in_band & higher_before & higher_after)
     if len(dips):
-        add(int(dips[0]), "dip", f"earliest dip as good as the lowest (epoch {int(epochs[dips[0]])}; less trained)")
+        add(int(dips[0]), "dip", f"earliest dip as good as the lowest within noise (less trained); "
+                                  f"{picks.above(float(losses[dips[0]]))}")
     for index in dips[np.argsort(losses[dips], kind="stable")]:
-        add(int(index), "dip", f"earlier dip at epoch {int(epochs[index])}")
-    return sorted(picks, key=lambda pick: pick.epoch)
+        add(int(index), "dip", f"earlier dip as good as the lowest within noise; {picks.above(float(losses[index]))}")
+    spread_tail(picks, epochs, losses, earlier, lowest_epoch, start, add)
+    return sorted(picks.picks, key=lambda pick: pick.epoch)
 
 
-def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: int) -> str:
-    """Given the floor decision and the picks, return a one-paragraph explanation for the user."""
+def spread_tail(picks: PickList, epochs: np.ndarray, losses: np.ndarray, earlier: np.ndarray, lowest_epoch: int,
+                start: int, add) -> None:
+    """Fill the free places with epochs spread evenly over the tail before the lowest.
+
+    First between the earliest pick so far before the lowest (the floor, a dip), or else the start
+    (the knee, or min_epoch if later), and the lowest; then, if places are left, between the start
+    and that earliest pick. The spots are strictly inside each stretch: the knee epoch itself sits
+    on the bend, still visibly part of the descent. Each spot takes the lowest loss within a quarter
+    of the spacing around it: a local dip, where the noise is on our side.
+    """
+    picked = [pick.epoch for pick in picks.picks if pick.epoch < lowest_epoch]
+    first = min(picked) if picked else start
+    for low, high in [(first, lowest_epoch)] + ([(start, first)] if first > start else []):
+        count = picks.size - len(picks.picks)
+        while count > 0 and (high - low) / (count + 1) < picks.gap:  # spots closer than gap do not fit
+            count -= 1
+        spacing = (high - low) / (count + 1)
+        reach = int(spacing // 4)
+        for spot in (low + spacing * (k + 1) for k in range(count)):
+            near = np.flatnonzero(earlier & (epochs > low) & (epochs < high) & (np.abs(epochs - spot) <= reach + 0.5))
+            for index in sorted(near, key=lambda i: (losses[i], abs(epochs[i] - spot))):
+                if add(int(index), "tail", f"spread evenly over the tail from epoch {start} to the lowest; "
+                                           f"{picks.above(float(losses[index]))}; less trained"):
+                    break
+
+
+def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: int, knee: int | None = None,
+                   cooldown: list[int] = ()) -> str:
+    """Given the floor decision, the picks, the knee and the cooldown epochs, return a one-paragraph explanation."""
     epochs = floor.epochs
     noise = f"noise sigma {floor.noise:.3g}, so changes under {floor.margin:.3g} do not count"
     if floor.status == "empty":
@@ -116,31 +230,58 @@ def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: in
         text = (f"Possible floor at epoch {floor.candidate_epoch}, but confirming it takes a curve of "
                 f"{2 * patience} epochs (twice the patience) and this one spans {int(epochs[-1] - epochs[0])}: "
                 "no floor yet.")
+    if cooldown:
+        text += (f" Then the learning rate was annealed to zero over {len(cooldown)} cooldown epochs "
+                 f"({cooldown[0]} to {cooldown[-1]}); the floor is read from the epochs before them.")
     if floor.ignored:
         text += " Left out: " + "; ".join(f"epoch {e} ({why})" for e, why in sorted(floor.ignored.items())) + "."
     if picks:
-        text += f" Shortlisted epochs: {', '.join(str(pick.epoch) for pick in picks)}."
+        text += f" Shortlisted epochs: {', '.join(str(pick.epoch) for pick in picks)}"
+        if knee is not None and len(epochs) and knee > int(epochs[0]):
+            text += f", all after the steep descent, which ends at epoch {knee}"
+        text += "."
         if floor.status != "floor":
             text += " If the run has ended, it ended before a floor; the shortlist is still worth a look."
         text += " Low loss only shortlists: the previews decide."
     return text
 
 
-def analyze_curve(epochs, losses, *, patience: int = 15, shortlist_size: int = 4, min_epoch: int = 1) -> FloorAnalysis:
-    """Given a per-epoch loss curve, return the floor analysis, the shortlist and a message."""
-    floor = decide_floor(epochs, losses, patience=patience, min_epoch=min_epoch)
-    picks = choose_picks(floor, shortlist_size, min_epoch)
-    lowest = next((pick.epoch for pick in picks if pick.kind == "lowest"), None)
+def analyze_curve(epochs, losses, *, patience: int = 15, shortlist_size: int = 4, min_epoch: int = 1,
+                  cooldown_epochs=frozenset()) -> FloorAnalysis:
+    """Given a per-epoch loss curve, return the floor analysis, the shortlist and a message.
+
+    cooldown_epochs are the epochs trained after the floor with the learning rate annealed to zero
+    (their epochs.jsonl records say "cooldown": true). The floor is decided without them, since the
+    anneal's last drop is not progress the floor rule should wait for; they are shortlisted like
+    any other epoch, as "annealed", and the last of them always.
+    """
+    cooled = {int(e) for e in cooldown_epochs}
     all_epochs, all_losses = sort_curve(epochs, losses)
+    before = ~np.isin(all_epochs, sorted(cooled))
+    floor = decide_floor(all_epochs[before], all_losses[before], patience=patience, min_epoch=min_epoch)
+    whole = decide_floor(all_epochs, all_losses, patience=patience, min_epoch=min_epoch) if cooled else floor
+    cooldown = [int(e) for e in all_epochs if int(e) in cooled]
+    knee = find_knee(floor.epochs, floor.losses, floor.level, floor.noise)
+    if knee is None and len(whole.epochs):  # nothing before the cooldown: no descent to stay off
+        knee = int(whole.epochs[0])
+    picks = choose_picks(floor, whole, shortlist_size, min_epoch, knee, cooldown)
+    lowest = None
+    if picks:
+        eligible = whole.epochs >= min_epoch
+        lowest = int(whole.epochs[int(np.argmin(np.where(eligible, whole.losses, np.inf)))])
     smoothed = np.full(len(all_epochs), math.nan)
-    if len(floor.epochs):
-        smoothed = np.interp(all_epochs, floor.epochs, floor.level)  # left-out epochs get the level around them
+    if len(whole.epochs):
+        smoothed = np.interp(all_epochs, whole.epochs, whole.level)  # left-out epochs get the level around them
         # The running mean's window is cut short at the start, where the curve falls fastest: there
         # it would be drawn well below the curve it smooths. Show it only where its window is whole.
-        half = level_width(len(floor.epochs)) // 2
-        if len(floor.epochs) > 2 * half:
-            smoothed[all_epochs < floor.epochs[half]] = math.nan
-    return FloorAnalysis(floor.status, floor.floor_epoch, floor.candidate_epoch, lowest, [p.epoch for p in picks],
-                         picks, floor.noise, [int(e) for e in all_epochs], [float(v) for v in all_losses],
-                         [float(v) for v in smoothed], sorted(floor.ignored),
-                         describe_floor(floor, picks, patience, min_epoch))
+        half = level_width(len(whole.epochs)) // 2
+        if len(whole.epochs) > 2 * half:
+            smoothed[all_epochs < whole.epochs[half]] = math.nan
+    ignored = {**floor.ignored, **whole.ignored}
+    return FloorAnalysis(
+        status=floor.status, floor_epoch=floor.floor_epoch, candidate_epoch=floor.candidate_epoch,
+        lowest_epoch=lowest, shortlist=[p.epoch for p in picks], picks=picks, noise=floor.noise,
+        epochs=[int(e) for e in all_epochs], losses=[float(v) for v in all_losses],
+        smoothed=[float(v) for v in smoothed], ignored_epochs=sorted(ignored),
+        message=describe_floor(dataclasses.replace(floor, ignored=ignored), picks, patience, min_epoch, knee, cooldown),
+        knee_epoch=knee, cooldown_epochs=cooldown)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -14,6 +16,7 @@ from safetensors.torch import save
 from animad import __version__
 from animad.anima.facts import LORA_FILE_IDS
 from animad.fsutil import write_atomic
+from animad.train.lora import file_modules, file_rank_alpha
 from animad.train.optim import default_lr
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -23,25 +26,86 @@ def save_lora(path: Path, state: dict[str, torch.Tensor], dtype: str, metadata: 
     """Write a LoRA file atomically; a kill mid-write leaves no half file under the real name."""
     tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in sorted(state.items())}
     metadata = dict(metadata)
-    # sd-scripts' hashes: over the tensor bytes only, so metadata edits do not change them.
-    digest = hashlib.sha256(save(tensors)).hexdigest()
-    metadata["sshs_model_hash"] = digest
-    metadata["sshs_legacy_hash"] = digest[:8]
+    metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = sshs_hashes(tensors, metadata)
     # Serialise in memory and write the bytes ourselves: safetensors' own file writer reports a
     # full disk as a SafetensorError without errno, and we need ENOSPC to tell the user what to do.
     write_atomic(path, save(tensors, metadata=metadata))
 
 
+LEGACY_HASH_OFFSET = 0x100000  # sd-scripts' (and the webui's) old model hash reads 64 KiB from 1 MiB in
+LEGACY_HASH_BYTES = 0x10000
+
+
+def sshs_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """sshs_model_hash and sshs_legacy_hash, as sd-scripts' precalculate_safetensors_hashes computes them.
+
+    Both hash the file sd-scripts would write with only the ss_* metadata (user metadata such as
+    modelspec.* may be edited later, the training record may not). The model hash is sha256 over the
+    bytes after the 8-byte header length and the header, i.e. the tensor data alone, which is what
+    sd-webui-additional-networks recomputes from any copy of the file. The legacy hash is the first 8
+    hex digits of sha256 over the 64 KiB at offset 1 MiB (empty, so sha256(b""), for smaller files).
+    """
+    data = save(tensors, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header_length = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + header_length:]).hexdigest()
+    legacy_hash = hashlib.sha256(data[LEGACY_HASH_OFFSET:LEGACY_HASH_OFFSET + LEGACY_HASH_BYTES]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def rank_and_alpha(state: dict[str, torch.Tensor]) -> tuple[int, float]:
+    """The (rank, alpha) a LoRA state holds, for ss_network_dim/alpha: read from the tensors, so a LoRA
+    continued from another file reports that file's rank. Mixed ranks: the one most modules have."""
+    counts = collections.Counter(file_rank_alpha(state, name) for name in file_modules(state))
+    if not counts:
+        return 0, 0.0
+    return max(counts, key=lambda pair: (counts[pair], pair[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class FollowedSchedule:
+    """The LR schedule an epoch file was trained on, and the run's end as known when it was written."""
+
+    kind: str  # constant, cosine, ...
+    warmup_steps: int
+    end_epoch: int  # max_epochs, or the cooldown's last epoch once it is under way
+    end_step: int
+    cooldown_after: int | None = None  # the last epoch before the cooldown, when this file is in one
+    cooldown_epochs: int = 0
+    floor_confirmed: int | None = None  # the epoch the floor was confirmed after (None: cooled to reach the end)
+
+    def describe(self) -> str:
+        """In words, e.g. "constant, cooled linearly to 0 from epoch 31 over 6 epochs (floor confirmed at 30)"."""
+        text = self.kind + (f" after {self.warmup_steps} warmup steps" if self.warmup_steps else "")
+        if self.cooldown_after is None:
+            return text
+        why = (f"floor confirmed at epoch {self.floor_confirmed}" if self.floor_confirmed is not None
+               else "to end at the last epoch")
+        return (f"{text}, cooled linearly to 0 from epoch {self.cooldown_after + 1} over {self.cooldown_epochs} "
+                f"epochs ({why})")
+
+
+def number(value: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5": as sd-scripts writes an integral alpha."""
+    return f"{value:g}"
+
+
 def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
-                  rank_dims: tuple[int, float], session: str) -> dict[str, str]:
-    """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys; Anima's ids come from anima/."""
+                  rank_dims: tuple[int, float], session: str, schedule: FollowedSchedule) -> dict[str, str]:
+    """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys; Anima's ids come from anima/.
+
+    What the counts mean (each file is true when written; the run's last file is true for the run):
+    ss_epoch and ss_num_epochs are the epochs trained into this file, ss_steps its optimizer steps;
+    ss_max_train_epochs / ss_max_train_steps are where the run is headed: max_epochs until a cooldown
+    starts, then the cooldown's last epoch. ss_lr_scheduler is the schedule followed, in words.
+    """
     net, opt, data, ts = config.network, config.optimizer, config.data, config.timesteps
     resolution = data.resolution if isinstance(data.resolution, list) else [data.resolution, data.resolution]
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     meta = {
         **LORA_FILE_IDS,
+        "ss_v2": "False",
         "ss_network_dim": str(rank_dims[0]),
-        "ss_network_alpha": str(rank_dims[1]),
+        "ss_network_alpha": number(rank_dims[1]),
         "ss_network_dropout": str(net.dropout),
         "ss_network_args": json.dumps({"rank_dropout": net.rank_dropout, "module_dropout": net.module_dropout,
                                        "train_llm_adapter": net.train_llm_adapter, "targets": net.targets}),
@@ -49,12 +113,13 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
         "ss_unet_lr": str(default_lr(opt)),
         "ss_text_encoder_lr": str(opt.text_encoder_lr if opt.text_encoder_lr is not None else default_lr(opt)),
         "ss_optimizer": opt.type,
-        "ss_lr_scheduler": config.schedule.type,
-        "ss_lr_warmup_steps": str(config.schedule.warmup_steps),
+        "ss_lr_scheduler": schedule.describe(),
+        "ss_lr_warmup_steps": str(schedule.warmup_steps),
         "ss_max_grad_norm": str(opt.max_grad_norm),
         "ss_epoch": str(epoch),
         "ss_steps": str(step),
-        "ss_max_train_epochs": str(config.schedule.max_epochs),
+        "ss_max_train_epochs": str(schedule.end_epoch),
+        "ss_max_train_steps": str(schedule.end_step),
         "ss_batch_size_per_device": str(data.batch_size),
         "ss_gradient_accumulation_steps": str(data.grad_accum),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
@@ -63,7 +128,7 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
         "ss_max_bucket_reso": str(data.max_bucket),
         "ss_bucket_no_upscale": str(not data.upscale),
         "ss_num_train_images": str(dataset.samples_per_epoch()),
-        "ss_num_epochs": str(config.schedule.max_epochs),
+        "ss_num_epochs": str(epoch),
         "ss_mixed_precision": config.precision.mixed,
         "ss_gradient_checkpointing": str(config.precision.gradient_checkpointing),
         "ss_seed": str(config.seed),

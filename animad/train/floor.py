@@ -13,7 +13,8 @@ The rule (pure numpy, deterministic, about a millisecond for 500 epochs):
    can make a few epochs look flat, not a 2 * patience trend line. Otherwise: "no_floor_yet".
 
 Which curve: the stable eval loss when every epoch has one, else the epoch average of the training
-loss (`epoch_curve`). One rule, for the loop's stop-at-floor and for select/ afterwards.
+loss (`epoch_curve`), without the cooldown epochs that follow a confirmed floor. One rule, for the
+loop's stop-at-floor and for select/ afterwards.
 The shortlist (which epochs to render, and why) is select/shortlist.py's.
 """
 
@@ -240,7 +241,16 @@ def epoch_curve(records: list[dict]) -> tuple[list[int], list[float], str]:
     return [int(r["epoch"]) for r in records], losses, key
 
 
+def cooldown_epochs(records: list[dict]) -> set[int]:
+    """Given epoch records, return the epochs trained in a cooldown (their records say "cooldown": true)."""
+    return {int(r["epoch"]) for r in records if r.get("cooldown")}
+
+
 def floor_reached(records: list[dict], selection) -> bool:
-    """Given the epoch records so far and the job's selection config, return True once the floor is confirmed."""
-    epochs, losses, _ = epoch_curve(records)
+    """Given the epoch records so far and the job's selection config, return True once the floor is confirmed.
+
+    Cooldown epochs are left out, as select/shortlist.py leaves them out: the anneal's last drop is
+    not progress that unconfirms a floor already found.
+    """
+    epochs, losses, _ = epoch_curve([r for r in records if not r.get("cooldown")])
     return floor_confirmed(epochs, losses, patience=selection.patience, min_epoch=selection.min_epoch)

@@ -1,4 +1,4 @@
-"""Rectified flow: timestep sampling, the training target, and the Euler sampler for previews.
+"""Rectified flow for training: timestep sampling and the target (previews sample in anima/sampling.py).
 
 Convention (sd-scripts, ComfyUI, diffusers agree): data at sigma 0, noise at sigma 1,
 x_sigma = (1 - sigma) * x0 + sigma * noise, and the model predicts v = noise - x0.
@@ -55,19 +55,3 @@ def flow_loss(prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
         return error.mean(dim=(1, 2, 3))
     mask = mask.float()
     return (error * mask).mean(dim=(1, 2, 3)) / mask.mean(dim=(1, 2, 3)).clamp_min(1e-6)
-
-
-def sampling_sigmas(steps: int, shift: float) -> torch.Tensor:
-    """ComfyUI/sd-scripts schedule: linspace(1, 0) shifted; steps + 1 values ending at 0."""
-    return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift)
-
-
-@torch.no_grad()
-def euler_sample(velocity, noise: torch.Tensor, steps: int, shift: float) -> torch.Tensor:
-    """Integrate dx/dsigma = v from sigma 1 to 0. velocity(x, sigma_batch) returns v for the batch."""
-    sigmas = sampling_sigmas(steps, shift).to(noise.device)
-    x = noise.float()
-    for i in range(steps):
-        sigma = sigmas[i].expand(x.shape[0])
-        x = x + velocity(x, sigma).float() * (sigmas[i + 1] - sigmas[i])
-    return x

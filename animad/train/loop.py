@@ -46,7 +46,8 @@ from animad.train.evaluation import EvalSet, build_eval_set, evaluate
 from animad.train.floor import floor_reached
 from animad.train.flow import flow_loss, noisy, sample_sigmas
 from animad.train.lora import LoRANetwork, build_network
-from animad.train.optim import build_optimizer, build_scheduler, effective_lr
+from animad.train.optim import (Cooldown, build_optimizer, build_scheduler, effective_lr, follow_cooldown,
+                                schedule_kind, warmup_steps)
 from animad.train.precision import Precision, resolve_precision
 from animad.train.ranks import SINGLE, Group, rank_device
 from animad.train.tracking import Tracker
@@ -69,9 +70,31 @@ class Progress:
     loss_count: int = 0
     started: str = dataclasses.field(default_factory=now_iso)  # when the job first started training
     session: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    # The cooldown, once planned (saved, so a resume follows the same LR): the floor was confirmed
+    # after epoch floor_confirmed (None if the cooldown was planned to end at max_epochs instead);
+    # epochs cooldown_after + 1 .. cooldown_after + cooldown_epochs cool the LR from cooldown_start_step
+    # to 0 over cooldown_steps steps.
+    floor_confirmed: int | None = None
+    cooldown_after: int | None = None
+    cooldown_epochs: int = 0
+    cooldown_start_step: int = 0
+    cooldown_steps: int = 0
 
     def next_epoch(self) -> None:
         self.epoch, self.batch_index, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+
+    def cooldown(self) -> Cooldown | None:
+        return Cooldown(self.cooldown_start_step, self.cooldown_steps) if self.cooldown_after is not None else None
+
+    def cooling(self, epoch: int) -> bool:
+        """Whether `epoch` is (or was) trained in the cooldown."""
+        return self.cooldown_after is not None and epoch > self.cooldown_after
+
+    def end_epoch(self, sizes: Sizes) -> int:
+        """The last epoch this run will train, as far as is known now."""
+        if self.cooldown_after is not None:
+            return min(sizes.max_epochs, self.cooldown_after + self.cooldown_epochs)
+        return sizes.max_epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +195,7 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
              f"; {group.world} GPUs" if group.world > 1 else "")
 
     # 3) Resume: every counter comes from the state, so any number of resumes keeps them true.
-    progress = resume(parts, state, sizes) if state else Progress()
+    progress = resume(parts, state, sizes, config) if state else Progress()
     if group.is_main:
         for directory in (paths.epochs_dir, paths.state_dir, paths.root):
             remove_stale_temp_files(directory)  # our own half-written files from a kill mid-save
@@ -211,9 +234,13 @@ def train_epochs(run: Run, progress: Progress) -> str | None:
             return None
         if group.is_main:
             end_epoch(run, progress, time.perf_counter() - epoch_start)
-        floor = group.is_main and selection.stop_at_floor and floor_reached(run.tracker.records, selection)
+        # Once cooling, the end is fixed: the floor is not asked again.
+        watching = selection.stop_at_floor and progress.cooldown_after is None
+        floor = group.is_main and watching and floor_reached(run.tracker.records, selection)
         if group.any(floor):  # also where the other ranks wait for rank 0's eval and save
-            reason = f"stopped at the confirmed loss floor after epoch {progress.epoch}"
+            progress.floor_confirmed = progress.epoch
+        if watching:  # every rank plans the same cooldown from the same shared facts
+            reason = plan_cooldown(run, progress)
         progress.next_epoch()
         reason = reason or finish_reason(progress, run.sizes)
         save_state(run, progress, finished=reason is not None)
@@ -301,7 +328,7 @@ def build_parts(paths: JobPaths, config, anima: Anima, precision: Precision, siz
     if config.precision.compile:
         anima.compile_blocks(compile_backend(precision.device))
     optimizer = build_optimizer(network.unet_parameters(), network.text_encoder_parameters(), config.optimizer)
-    scheduler = build_scheduler(optimizer, config.schedule, sizes.total_steps)
+    scheduler = build_scheduler(optimizer, config.schedule, config.selection, sizes.total_steps)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 do not, and a disabled scaler passes through.
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.mixed == "fp16")
     return Parts(network, optimizer, scheduler, scaler, [p for p in network.parameters() if p.requires_grad])
@@ -323,13 +350,17 @@ def compile_backend(device: torch.device) -> str:
     return os.environ.get("ANIMAD_COMPILE_BACKEND") or ("inductor" if device.type == "cuda" else "eager")
 
 
-def resume(parts: Parts, state: dict, sizes: Sizes) -> Progress:
+def resume(parts: Parts, state: dict, sizes: Sizes, config) -> Progress:
     parts.network.load_state_dict(state["lora"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         parts.scaler.load_state_dict(state["scaler"])
-    progress = Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress)})
+    # A state saved before the cooldown existed lacks its fields: their defaults (no cooldown) hold.
+    progress = Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress)
+                           if field.name in state})
+    if progress.cooldown() is not None:  # the scheduler's function is not in its state: rebuild it
+        follow_cooldown(parts.scheduler, config.schedule, config.selection, sizes.total_steps, progress.cooldown())
     log.info("resuming at epoch %d, batch %d/%d (optimizer step %d)", progress.epoch, progress.batch_index,
              sizes.batches_per_epoch, progress.global_step)
     return progress
@@ -350,6 +381,11 @@ def finish_reason(progress: Progress, sizes: Sizes) -> str | None:
 
     An epoch under way (batch_index > 0) is always finished first: its eval and file are still due.
     """
+    cooled = progress.cooldown_after is not None and progress.epoch > progress.cooldown_after + \
+        progress.cooldown_epochs
+    if cooled and progress.floor_confirmed is not None:
+        return (f"stopped at the confirmed loss floor after epoch {progress.floor_confirmed}, then cooled the "
+                f"learning rate to 0 over {progress.cooldown_epochs} epochs")
     if progress.epoch > sizes.max_epochs:
         return f"reached max_epochs {sizes.max_epochs}"
     if out_of_steps(progress, sizes) and progress.batch_index == 0:
@@ -359,6 +395,36 @@ def finish_reason(progress: Progress, sizes: Sizes) -> str | None:
 
 def out_of_steps(progress: Progress, sizes: Sizes) -> bool:
     return bool(sizes.max_steps) and progress.global_step >= sizes.max_steps
+
+
+def plan_cooldown(run: Run, progress: Progress) -> str | None:
+    """After an epoch with stop-at-floor on and no cooldown yet: start one if it is due.
+
+    A cooldown is due when the floor was just confirmed, or, for a schedule that never decays by
+    itself (constant), when the cooldown would reach the end of the run anyway: a run that finds no
+    floor then still ends annealed. Returns why the run ends now: a floor with no room (or no wish)
+    for a cooldown stops at once, as without one.
+    """
+    selection, sizes = run.config.selection, run.sizes
+    wanted = max(selection.cooldown_min_epochs, round(selection.cooldown_fraction * progress.epoch)) \
+        if selection.cooldown_fraction > 0 else 0
+    steps_left = sizes.total_steps - progress.global_step
+    steps = min(wanted * sizes.steps_per_epoch, steps_left)
+    floor = progress.floor_confirmed is not None
+    if floor and steps <= 0:
+        return f"stopped at the confirmed loss floor after epoch {progress.epoch}"
+    constant = schedule_kind(run.config.schedule, selection) == "constant"
+    if not floor and not (constant and wanted and steps_left <= wanted * sizes.steps_per_epoch):
+        return None
+    if steps <= 0:
+        return None
+    progress.cooldown_after, progress.cooldown_epochs = progress.epoch, math.ceil(steps / sizes.steps_per_epoch)
+    progress.cooldown_start_step, progress.cooldown_steps = progress.global_step, steps
+    follow_cooldown(run.parts.scheduler, run.config.schedule, selection, sizes.total_steps, progress.cooldown())
+    log.info("%s after epoch %d: cooling the learning rate from %.3g to 0 over %d epochs (%d steps)",
+             "loss floor confirmed" if floor else "no floor yet, the end of the run is near",
+             progress.epoch, run.parts.scheduler.get_last_lr()[0], progress.cooldown_epochs, steps)
+    return None
 
 
 def train_epoch(run: Run, progress: Progress, pace: Pace) -> bool:
@@ -465,11 +531,34 @@ def report_step(run: Run, progress: Progress, pace: Pace, step_loss: float) -> N
     sizes, parts = run.sizes, run.parts
     s_per_it = sum(pace.step_seconds) / len(pace.step_seconds)
     run.tracker.step(progress.global_step, step_loss, parts.scheduler.get_last_lr()[0], effective_lr(parts.optimizer))
+    end = run_end(run, progress)
     run.on_progress({"phase": "training", "epoch": progress.epoch, "max_epochs": sizes.max_epochs,
                      "step": progress.global_step, "total_steps": sizes.total_steps,
                      "step_in_epoch": math.ceil(progress.batch_index / sizes.batches_per_step),
                      "steps_per_epoch": sizes.steps_per_epoch, "loss": progress.loss_sum / progress.loss_count,
-                     "s_per_it": s_per_it, "eta_seconds": (sizes.total_steps - progress.global_step) * s_per_it})
+                     "s_per_it": s_per_it, "eta_seconds": max(0, end["end_step"] - progress.global_step) * s_per_it,
+                     **end})
+
+
+def run_end(run: Run, progress: Progress) -> dict:
+    """Where the run stands on its way to the end, for `status`: the floor's state and what the ETA counts to.
+
+    floor: "off" (stop_at_floor is off), "not yet", or "confirmed at epoch N"; cooldown_epochs_left
+    while cooling (this epoch included); eta_until says what the ETA is the time to.
+    """
+    sizes, selection = run.sizes, run.config.selection
+    floor = ("off" if not selection.stop_at_floor else "not yet" if progress.floor_confirmed is None
+             else f"confirmed at epoch {progress.floor_confirmed}")
+    limit = f"max_steps {sizes.max_steps}" if sizes.max_steps else f"max_epochs {sizes.max_epochs}"
+    if progress.cooling(progress.epoch):
+        end_epoch = progress.end_epoch(sizes)
+        return {"floor": floor, "cooling": True, "cooldown_epochs_left": end_epoch - progress.epoch + 1,
+                "end_epoch": end_epoch,
+                "end_step": min(sizes.total_steps, progress.cooldown_start_step + progress.cooldown_steps),
+                "eta_until": f"the end of the cooldown (epoch {end_epoch})"}
+    sooner = " (a confirmed floor ends it sooner)" if selection.stop_at_floor else ""
+    return {"floor": floor, "cooling": False, "end_epoch": sizes.max_epochs, "end_step": sizes.total_steps,
+            "eta_until": f"{limit}{sooner}"}
 
 
 def end_epoch(run: Run, progress: Progress, seconds: float) -> None:
@@ -484,18 +573,33 @@ def end_epoch(run: Run, progress: Progress, seconds: float) -> None:
     eval_seconds = time.perf_counter() - t_eval
     run.on_progress({"phase": "saving", "epoch": epoch})
     epoch_file = paths.epoch_file(config.name, epoch)
-    checkpoint.save_lora(epoch_file, parts.network.state_dict(), config.precision.save, checkpoint.lora_metadata(
+    state = parts.network.state_dict()
+    checkpoint.save_lora(epoch_file, state, config.precision.save, checkpoint.lora_metadata(
         config, epoch=epoch, step=progress.global_step, dataset=run.dataset, files=run.files,
         base_hash=run.hashes.dit, started=progress.started, session=progress.session,
-        rank_dims=(config.network.dim, config.network.alpha or config.network.dim)))
+        rank_dims=checkpoint.rank_and_alpha(state), schedule=followed_schedule(run, progress)))
     record = {"epoch": epoch, "step": progress.global_step, "loss": progress.loss_sum / max(1, progress.loss_count),
               "eval_loss": eval_loss, "eval_by_sigma": eval_by_sigma, "lr": parts.scheduler.get_last_lr()[0],
               "d_lr": effective_lr(parts.optimizer), "prodigy_d": parts.optimizer.param_groups[0].get("d"),
+              "cooldown": progress.cooling(epoch),
               "seconds": seconds + time.perf_counter() - t_eval, "eval_seconds": eval_seconds,
               "file": str(epoch_file.relative_to(paths.root)), "time": now_iso()}
     run.tracker.epoch(record)
     log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
              eval_loss, 100 * eval_seconds / max(1e-9, record["seconds"]))
+
+
+def followed_schedule(run: Run, progress: Progress) -> checkpoint.FollowedSchedule:
+    """What the LR schedule was up to this epoch, and where the run is headed (the LoRA file says both)."""
+    sizes, kind = run.sizes, schedule_kind(run.config.schedule, run.config.selection)
+    cooling = progress.cooling(progress.epoch)
+    end_epoch = progress.end_epoch(sizes) if cooling else sizes.max_epochs
+    end_step = progress.cooldown_start_step + progress.cooldown_steps if cooling else sizes.total_steps
+    return checkpoint.FollowedSchedule(
+        kind=kind, warmup_steps=warmup_steps(run.config.schedule, sizes.total_steps), end_epoch=end_epoch,
+        end_step=min(end_step, sizes.total_steps), cooldown_after=progress.cooldown_after if cooling else None,
+        cooldown_epochs=progress.cooldown_epochs if cooling else 0,
+        floor_confirmed=progress.floor_confirmed if cooling else None)
 
 
 def eval_velocity(run: Run, x_t: torch.Tensor, sigma: torch.Tensor, captions: list[str]) -> torch.Tensor:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 import math
 
@@ -49,8 +51,25 @@ def build_optimizer(unet_params, te_params, optimizer_config):
     raise UserError(f"unknown optimizer.type {cfg.type}")
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str, cycles: int = 1) -> float:
+@dataclasses.dataclass(frozen=True)
+class Cooldown:
+    """The decay to zero after a confirmed floor (warmup-stable-decay's "decay").
+
+    Saved in the resume state, so the schedule stays a pure function of the step and these numbers:
+    a run resumed mid-cooldown follows the same LR to the step as one never stopped.
+    """
+
+    start_step: int  # the optimizer step the decay starts from (the LR there is where the schedule was)
+    steps: int  # steps from that LR down to 0
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str, cycles: int = 1,
+              cooldown: Cooldown | None = None) -> float:
     """Multiplier on the base LR at optimizer step `step` (0-based)."""
+    # 3) after a confirmed floor: straight down from where the schedule was, reaching 0 at the cooldown's end
+    if cooldown is not None and step >= cooldown.start_step:
+        start = lr_factor(cooldown.start_step, total, warmup, kind, cycles)
+        return start * max(0.0, 1.0 - (step - cooldown.start_step) / max(1, cooldown.steps))
     # 1) linear warmup from near zero
     if step < warmup:
         return (step + 1) / (warmup + 1)
@@ -69,11 +88,41 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, cycles: int = 1) ->
     raise ValueError(kind)
 
 
-def build_scheduler(optimizer, schedule_config, total_steps: int):
+def warmup_steps(schedule_config, total_steps: int) -> int:
     cfg = schedule_config
-    warmup = cfg.warmup_steps or int(round(cfg.warmup_percent * total_steps))
+    return cfg.warmup_steps or int(round(cfg.warmup_percent * total_steps))
+
+
+def schedule_kind(schedule_config, selection_config) -> str:
+    """The decay actually followed: `auto` is constant with stop-at-floor on (the floor then starts the
+    cooldown, bench/schedule_quality.py), else the guides' cosine over max_epochs."""
+    if schedule_config.type != "auto":
+        return schedule_config.type
+    return "constant" if selection_config.stop_at_floor else "cosine"
+
+
+def lr_lambda(schedule_config, selection_config, total_steps: int, cooldown: Cooldown | None = None):
+    """The scheduler's LR multiplier as a picklable partial: a pure function of the step."""
+    return functools.partial(lr_factor, total=total_steps, warmup=warmup_steps(schedule_config, total_steps),
+                             kind=schedule_kind(schedule_config, selection_config), cycles=schedule_config.cycles,
+                             cooldown=cooldown)
+
+
+def build_scheduler(optimizer, schedule_config, selection_config, total_steps: int,
+                    cooldown: Cooldown | None = None):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.type, cfg.cycles))
+        optimizer, lr_lambda(schedule_config, selection_config, total_steps, cooldown))
+
+
+def follow_cooldown(scheduler, schedule_config, selection_config, total_steps: int, cooldown: Cooldown) -> None:
+    """From now on the scheduler follows the schedule with this cooldown.
+
+    LambdaLR's state_dict does not keep its functions, so this runs both when the cooldown starts
+    and on a resume into it. The multiplier at the cooldown's first step equals the plain schedule's,
+    so the LR in force does not jump.
+    """
+    scheduler.lr_lambdas = [lr_lambda(schedule_config, selection_config, total_steps, cooldown)
+                            for _ in scheduler.optimizer.param_groups]
 
 
 def effective_lr(optimizer) -> float:
