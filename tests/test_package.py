@@ -456,7 +456,8 @@ def test_the_schedule_line_says_what_the_run_followed():
 
     from animad.select.run import schedule_followed
 
-    config = SimpleNamespace(schedule=SimpleNamespace(type="cosine", max_epochs=200))
+    config = SimpleNamespace(schedule=SimpleNamespace(type="cosine", max_epochs=200),
+                             selection=SimpleNamespace(stop_at_floor=True))
     records = [{"epoch": e, "lr": 1.0 if e <= 31 else (37 - e) / 6, "cooldown": e > 31} for e in range(1, 38)]
     cooled = schedule_followed(config, records, "stopped at the confirmed loss floor after epoch 31, then cooled "
                                                 "the learning rate to 0 over 6 epochs")
@@ -468,6 +469,8 @@ def test_the_schedule_line_says_what_the_run_followed():
     config.schedule = SimpleNamespace(type="constant", max_epochs=37)
     assert schedule_followed(config, records, "reached max_epochs 37")["text"] == \
         "constant; no floor confirmed, LR cooled to 0 over the last 6 epochs, ran all 37 epochs"
+    config.schedule = SimpleNamespace(type="auto", max_epochs=37)  # auto names what it resolved to
+    assert schedule_followed(config, records, "reached max_epochs 37")["text"].startswith("constant; ")
 
 
 def test_select_flags_parse_and_bad_values_are_clear_errors(capsys):
