@@ -11,16 +11,19 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, durable: bool = True) -> Iterator[Path]:
+def atomic_file(path: Path, durable: bool = True, make_parents: bool = True) -> Iterator[Path]:
     """Yield a temp path beside path; on success fsync it and rename it over path.
 
     Readers see the old file or the new one, never half of one. If the write fails (a full disk,
     an exception) the temp file is removed, so a failed save leaves no litter and the old file
     stays as it was. Only a kill can leave a '.name.tmp-PID' behind; remove_stale_temp_files
     clears those. durable=False skips the fsyncs, for caches that recompute a torn entry anyway.
+    make_parents=False writes only into a folder that still exists (FileNotFoundError otherwise):
+    a report for a user's folder must never re-create the folder the user just removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -37,9 +40,9 @@ def atomic_file(path: Path, durable: bool = True) -> Iterator[Path]:
         fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True, make_parents: bool = True) -> None:
     """Write bytes to path atomically (see atomic_file)."""
-    with atomic_file(path, durable) as tmp, open(tmp, "wb") as handle:
+    with atomic_file(path, durable, make_parents) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
 
 

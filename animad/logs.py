@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from animad.errors import is_disk_full
+from animad.safe_text import safe
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -17,7 +18,7 @@ def setup_logging(log_file: Path | None = None, stream=sys.stderr, level=logging
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    formatter = logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    formatter = SafeFormatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     if stream is not None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(formatter)
@@ -31,6 +32,44 @@ def setup_logging(log_file: Path | None = None, stream=sys.stderr, level=logging
     for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     threading.excepthook = _thread_exception
+
+
+class SafeFormatter(logging.Formatter):
+    """A Formatter that shows control characters in a message's arguments as escapes.
+
+    The arguments carry job names, file names and paths chosen by the user; one holding
+    "\nERROR fake line" or an ESC sequence must neither forge a line in journald or train.log nor
+    drive the terminal of whoever reads them. Numbers keep their %d/%.3f formatting. An exception
+    argument keeps its line breaks (its text is ours, composed from fields already made safe) but
+    nothing else; so do tracebacks.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            record = logging.makeLogRecord(record.__dict__)
+            if isinstance(record.args, dict):
+                record.args = {key: _safe_arg(value) for key, value in record.args.items()}
+            else:
+                record.args = tuple(_safe_arg(value) for value in record.args)
+        elif isinstance(record.msg, str):
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg = safe(record.msg, keep_newlines=True)
+        return super().format(record)
+
+    def formatException(self, ei) -> str:
+        # Kept on its lines; an ESC inside an exception's message is still shown, not obeyed.
+        return safe(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return safe(super().formatStack(stack_info), keep_newlines=True)
+
+
+def _safe_arg(value):
+    if isinstance(value, (int, float)):  # bool too
+        return value
+    if isinstance(value, BaseException):
+        return safe(value, keep_newlines=True)
+    return safe(value)
 
 
 def _thread_exception(args) -> None:

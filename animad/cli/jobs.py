@@ -11,7 +11,7 @@ from pathlib import Path
 
 from animad.cli.common import Verb, daemon_of
 from animad.config.window import parse_windows
-from animad.daemon.progress import describe_progress
+from animad.daemon.progress import describe_progress, first_line
 from animad.daemon.queue import Queue, pid_alive, queue_path
 from animad.daemon.service import Service
 from animad.daemon.states import ACTIVE, FINAL, RUNNABLE, Request, Status
@@ -19,6 +19,7 @@ from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
+from animad.safe_text import safe
 
 
 def _queue(daemon) -> Queue:
@@ -28,10 +29,10 @@ def _queue(daemon) -> Queue:
 def _job(queue: Queue, key: str) -> dict:
     rows = queue.find(key)
     if not rows:
-        raise UserError(f"no job '{key}'; see 'animad status'")
+        raise UserError(f"no job '{safe(key)}'; see 'animad status'")
     if len(rows) > 1:
         ids = ", ".join(str(r["id"]) for r in rows)
-        raise UserError(f"several jobs are named '{key}' (ids {ids}); give the id")
+        raise UserError(f"several jobs are named '{safe(key)}' (ids {ids}); give the id")
     return rows[0]
 
 
@@ -81,16 +82,18 @@ def cmd_status(args) -> int:
     when = f", {'closes' if open_now else 'opens'} {change:%a %H:%M}" if change else ""
     print(f"daemon: {state}; window {'open' if open_now else 'closed'}{when}")
     if not rows:
-        print("no jobs yet: drop a folder into", daemon.dir("inbox"))
+        print("no jobs yet: drop a folder into", safe(daemon.dir("inbox")))
         return 0
     print(f"{'ID':>4}  {'NAME':<20} {'STATUS':<10} {'CREATED':<16} PROGRESS")
     for row in rows:
         created = dt.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
         status = row["status"] + (" (held)" if row["held"] and row["status"] in RUNNABLE else "")
-        print(f"{row['id']:>4}  {row['name'][:20]:<20} {status:<10} {created:<16} {describe_progress(row)}")
+        # Escaped before it is cut and padded: a newline in a name must not break the table.
+        name = safe(row["name"])
+        print(f"{row['id']:>4}  {name[:20]:<20} {status:<10} {created:<16} {describe_progress(row)}")
     # The table cuts reasons short; a failure's whole first line says what to do, so show it in full.
     for row in [r for r in rows if r["status"] == Status.FAILED and r.get("error")][-3:]:
-        print(f"\njob {row['id']} ({row['name']}) failed: {row['error'].splitlines()[0]}")
+        print(f"\njob {row['id']} ({safe(row['name'])}) failed: {first_line(row['error'])}")
         if row["job_dir"]:
             print(f"    once fixed: animad retry {row['id']}    (log: animad logs {row['id']})")
     return 0
@@ -131,7 +134,7 @@ def cmd_resume(args) -> int:
             raise UserError(f"job {row['id']} is {row['status']}; only paused or queued jobs can be resumed")
         queue.update(row["id"], held=0, request=None, run_now=1 if args.now else row["run_now"])
         when = "now" if args.now else "in the next window"
-        print(f"job {row['id']} ({row['name']}) resumes {when}")
+        print(f"job {row['id']} ({safe(row['name'])}) resumes {when}")
     return 0
 
 
@@ -142,10 +145,10 @@ def cmd_cancel(args) -> int:
         raise UserError(f"job {row['id']} is already {row['status']}")
     if row["status"] in ACTIVE:
         queue.update(row["id"], request=Request.CANCEL)
-        print(f"job {row['id']} will stop at the next step; its files are kept in {row['job_dir']}")
+        print(f"job {row['id']} will stop at the next step; its files are kept in {safe(row['job_dir'])}")
     else:
         queue.update(row["id"], status=Status.CANCELLED, finished=time.time())
-        print(f"job {row['id']} cancelled; its files are kept in {row['job_dir']}")
+        print(f"job {row['id']} cancelled; its files are kept in {safe(row['job_dir'])}")
     return 0
 
 
@@ -171,13 +174,14 @@ def cmd_logs(args) -> int:
     row = _job(queue, args.job)
     log = Path(row["job_dir"] or "") / "train.log"
     if not log.is_file():
-        raise UserError(f"job {row['id']} has no log yet ({log})")
+        raise UserError(f"job {row['id']} has no log yet ({safe(log)})")
+    # Our own lines are already escaped; a library's raw output in the file may not be.
     with open(log, encoding="utf-8", errors="replace") as handle:
-        sys.stdout.write(handle.read())
+        sys.stdout.write(safe(handle.read(), keep_newlines=True))
         while args.follow:
             line = handle.readline()
             if line:
-                sys.stdout.write(line)
+                sys.stdout.write(safe(line, keep_newlines=True))
                 sys.stdout.flush()
             else:
                 time.sleep(0.5)

@@ -14,6 +14,7 @@ from animad import __version__
 from animad.cli import demo, job, jobs, local, review
 from animad.config.problems import ConfigError
 from animad.errors import UserError, is_disk_full
+from animad.safe_text import safe
 
 VERBS = {verb.name: verb for module in (jobs, local, review, demo, job) for verb in module.VERBS}
 ORDER = ("run", "check", "status", "pause", "resume", "cancel", "retry", "logs", "tensorboard", "train", "select",
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(str(error))
         return 2
     except UserError as error:
-        sys.stderr.write(f"animad {args.verb}: {error}\n")
+        # Messages name user files and job names: shown escaped, so none can drive the terminal.
+        sys.stderr.write(f"animad {args.verb}: {safe(str(error), keep_newlines=True)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

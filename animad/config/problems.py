@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from animad.fsutil import write_atomic
+from animad.safe_text import safe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,12 @@ class Problem:
     severity: str = "error"  # "error" blocks the job; "warning" is reported and training goes on
 
     def line(self) -> str:
-        place = f"{self.file}: {self.where}" if self.where else self.file
-        text = f"{self.severity.upper()} {place}: {self.message}"
-        return f"{text}\n    -> {self.fix}" if self.fix else text
+        # File and image names, keys and the values quoted in messages come from the user: a name
+        # holding "\nERROR ..." or an ESC sequence must not forge a line or drive the terminal.
+        file, where, message, fix = (safe(part) for part in (self.file, self.where, self.message, self.fix))
+        place = f"{file}: {where}" if where else file
+        text = f"{self.severity.upper()} {place}: {message}"
+        return f"{text}\n    -> {fix}" if fix else text
 
 
 class Problems:
@@ -54,7 +58,7 @@ class Problems:
 
     def render(self, title: str) -> str:
         errors, warnings = self.errors, self.warnings
-        head = f"{title}: {len(errors)} error(s), {len(warnings)} warning(s)"
+        head = f"{safe(title)}: {len(errors)} error(s), {len(warnings)} warning(s)"
         lines = [head, "=" * len(head)]
         lines += [p.line() for p in errors + warnings]
         if errors:

@@ -102,7 +102,7 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
         return Exit.USER_ERROR
     except Exception as error:  # noqa: BLE001 - the whole point: record any crash and exit
         detail = "".join(traceback.format_exception(error))
-        log.error("job %d crashed:\n%s", job_id, detail)
+        log.error("job %d crashed", job_id, exc_info=error)  # the formatter keeps a traceback's lines
         message = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
             message += " (GPU out of memory: lower data.batch_size or resolution, or keep gradient checkpointing on)"

@@ -1,15 +1,25 @@
 """Accept or reject a settled inbox folder, and freeze accepted ones into the daemon's job folder.
 
 The move is crash-safe: the job row is written first (status `accepting`), then the dataset is
-renamed into `<state>/jobs/<id>-<name>/dataset` (same file system: one atomic rename), or copied to
-a hidden partial folder, verified file by file (size + sha256), renamed into place and only then
-removed from the inbox (another file system). `finish_accepting` completes or redoes any of these
-steps after a kill, so a folder is never lost and never half-queued.
+renamed into `<state>/jobs/<id>-<name>/dataset` (same file system: one atomic rename), or (another
+file system) a manifest of the inbox folder (paths, sizes, sha256, mtimes, inodes) is written into
+the job folder, the folder is copied to a hidden partial folder, the copy is checked against the
+manifest, renamed into place, and the inbox folder is removed only if it is still the very folder
+the manifest describes. `finish_accepting` completes or redoes any of these steps after a kill, so
+a folder is never lost and never half-queued. Job ids start above every job folder on disk, so a
+reset database never reuses a folder name.
+
+A freeze cuts every tie to the inbox. A folder any process still holds a file of open for writing
+(seen in /proc/*/fd where we may look) is not taken, and after the move the frozen folder must be
+exactly what settled (same paths, sizes, mtimes and inodes); if it is not, it is put back into the
+inbox and taken only after it settles again. A paused copier therefore never appends into a job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -30,6 +40,18 @@ def job_folder(daemon: Daemon, job_id: int, name: str) -> Path:
     return daemon.dir("state") / "jobs" / f"{job_id}-{safe_name(name)}"
 
 
+def folder_id(folder: Path) -> int | None:
+    """The job id a job folder's name starts with (`<id>-<name>`), or None for anything else."""
+    head = folder.name.split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in folder.name else None
+
+
+def highest_folder_id(daemon: Daemon) -> int:
+    jobs = daemon.dir("state") / "jobs"
+    ids = [folder_id(p) for p in jobs.iterdir()] if jobs.is_dir() else []
+    return max([i for i in ids if i is not None], default=0)
+
+
 def outbox_folder(daemon: Daemon, queue: Queue, name: str) -> Path:
     """outbox/<name>, or <name>-2, -3 ... when a folder or another job already has that name."""
     outbox = daemon.dir("outbox")
@@ -44,56 +66,180 @@ def outbox_folder(daemon: Daemon, queue: Queue, name: str) -> Path:
 
 def handle_folder(folder: Path, daemon: Daemon, queue: Queue) -> int | None:
     """Validate a settled folder; queue it (returns the job id) or leave ERRORS.txt beside it (None)."""
+    # What the folder held when it settled: the freeze must take exactly this (see writers_into).
+    settled = folder_manifest(folder, hashes=False)
+    refuse_if_written(folder)
     result = check_folder(folder, daemon, work_dir=daemon.dir("state"))
     errors_file = folder / "ERRORS.txt"
     if not result.ok:
-        write_atomic(errors_file, result.report().encode())
+        # make_parents=False: a folder removed while it was checked is not brought back as a ghost.
+        write_atomic(errors_file, result.report().encode(), make_parents=False)
         log.warning("rejected %s: %d problem(s); see %s", folder.name, len(result.problems.errors), errors_file)
         return None
     errors_file.unlink(missing_ok=True)  # ours, from an earlier rejection
     name = job_name(folder, result.config)
-    job_id = queue.add(name, str(folder), priority=getattr(result.config, "priority", 0))
+    # Ids start above every job folder on disk too: after a database reset a new job never lands in
+    # (or is mistaken for) an old job's folder.
+    job_id = queue.add(name, str(folder), priority=getattr(result.config, "priority", 0),
+                       min_id=highest_folder_id(daemon) + 1)
     job_dir = job_folder(daemon, job_id, name)
-    queue.update(job_id, job_dir=str(job_dir), outbox_dir=str(outbox_folder(daemon, queue, name)))
-    move_dataset(folder, job_dir / "dataset")
-    write_job_files(JobPaths(job_dir), result)
+    try:
+        if job_dir.exists():
+            raise OSError(f"{job_dir} already exists; a job folder is never reused")
+        queue.update(job_id, job_dir=str(job_dir), outbox_dir=str(outbox_folder(daemon, queue, name)))
+        move_dataset(folder, job_dir / "dataset", settled)
+        write_job_files(JobPaths(job_dir), result)
+    except BaseException as error:
+        # Never leave the row `accepting`: either the inbox folder is untouched (cancelled; it is taken
+        # again once fixed) or the dataset is safe in the job folder (failed, with where it is).
+        if (job_dir / "dataset").is_dir():
+            queue.update(job_id, status=Status.FAILED, error=f"accepting stopped after the dataset was frozen "
+                         f"into {job_dir / 'dataset'} ({error}); fix the cause and restart the daemon")
+        else:
+            queue.update(job_id, status=Status.CANCELLED, error=f"could not accept {folder} ({error}); the inbox "
+                         "folder is kept as it was")
+            with contextlib.suppress(OSError):
+                job_dir.rmdir()  # left empty: nothing of the job was written
+        raise
     queue.update(job_id, status=Status.QUEUED)
     log.info("queued job %d (%s): %d images", job_id, name, len(result.dataset.items))
     return job_id
 
 
-def move_dataset(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+MANIFEST = ".accept-manifest.json"  # in the job folder: what the inbox folder held when the copy began
+
+
+def folder_manifest(source: Path, hashes: bool = True) -> dict:
+    """Every file under source by relative path: size, mtime, inode and (with hashes) sha256."""
+    files = {}
+    for root, _, names in os.walk(source):
+        for name in names:
+            path = Path(root) / name
+            if name == "ERRORS.txt" and Path(root) == Path(source):
+                continue  # ours (an earlier rejection), removed on acceptance: not part of the dataset
+            st = os.lstat(path)
+            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+            if hashes and not path.is_symlink():
+                entry["sha256"] = file_sha256(path)
+            files[str(path.relative_to(source))] = entry
+    return {"source": str(source), "files": files}
+
+
+def matches_manifest(folder: Path, manifest: dict, *, copy: bool) -> bool:
+    """The copy (copy=True: same bytes) or the source itself (copy=False: same stat, untouched) of a manifest."""
     try:
-        os.rename(source, target)
-        return
+        now = folder_manifest(folder, hashes=copy)
+    except OSError:
+        return False
+    if set(now["files"]) != set(manifest["files"]):
+        return False
+    for rel, entry in manifest["files"].items():
+        seen = now["files"][rel]
+        if seen["size"] != entry["size"]:
+            return False
+        if copy and entry.get("sha256") != seen.get("sha256"):
+            return False
+        if not copy and (seen["mtime_ns"], seen["inode"]) != (entry["mtime_ns"], entry["inode"]):
+            return False
+    return True
+
+
+class FolderBusy(OSError):
+    """The folder is still being written; it stays in the inbox and is taken after it settles again."""
+
+
+def writers_into(folder: Path) -> list[str]:
+    """'pid N: path' for every file under folder that a process holds open for writing (/proc, where allowed)."""
+    inside, found = str(Path(folder).resolve()) + os.sep, []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue  # another user's process, or gone
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+                if not target.startswith(inside):
+                    continue
+                flags = int((fd_dir.parent / "fdinfo" / fd.name).read_text().split("flags:")[1].split()[0], 8)
+            except (OSError, IndexError, ValueError):
+                continue
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                found.append(f"pid {fd_dir.parent.name}: {target}")
+    return found
+
+
+def refuse_if_written(folder: Path) -> None:
+    # A writer paused longer than settle_seconds looks settled, but its open handle would append into
+    # the job's frozen copy after the move: such a folder is not taken until the handle is closed.
+    writers = writers_into(folder)
+    if writers:
+        raise FolderBusy(f"{folder} is still open for writing ({'; '.join(writers[:3])}); animad takes it once "
+                         "the program closes it and the folder has settled (save job.yaml again if nothing "
+                         "changes after that)")
+
+
+def move_dataset(source: Path, target: Path, settled: dict | None = None) -> None:
+    """Freeze source into target; with settled (a stat manifest taken when it settled), only that very content."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if settled is not None:
+        refuse_if_written(source)
+    try:
+        os.rename(source, target)  # atomic: the folder is either still in the inbox or in the job
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
+    else:
+        if settled is not None and not matches_manifest(target, settled, copy=False):
+            # Written between the settle and the move: put it back, as it is, for another settle.
+            os.rename(target, source)
+            raise FolderBusy(f"{source} changed after it settled; it stays in the inbox and is taken once "
+                             "it has settled again")
+        return
     partial = target.parent / ".dataset.partial"
     if partial.exists():
         shutil.rmtree(partial)
+    manifest_file = target.parent / MANIFEST
+    manifest = folder_manifest(source)
+    if settled is not None and not same_files(manifest, settled):
+        raise FolderBusy(f"{source} changed after it settled; it stays in the inbox and is taken once it has "
+                         "settled again")
+    write_atomic(manifest_file, json.dumps(manifest).encode())
     shutil.copytree(source, partial, symlinks=True)
-    verify_copy(source, partial)
+    if not matches_manifest(partial, manifest, copy=True):
+        raise OSError(f"the copy of {source} in {partial} does not match it; the inbox folder is kept")
     os.rename(partial, target)
-    shutil.rmtree(source)  # only now, after a verified copy: the data lives on in the job folder
+    remove_verified_source(source, target, manifest)
 
 
-def verify_copy(source: Path, copy: Path) -> None:
-    for root, _, files in os.walk(source):
-        for name in files:
-            original = Path(root) / name
-            duplicate = copy / original.relative_to(source)
-            if original.is_symlink():
-                continue
-            if (not duplicate.is_file() or duplicate.stat().st_size != original.stat().st_size
-                    or file_sha256(duplicate) != file_sha256(original)):
-                raise OSError(f"copy of {original} to {duplicate} does not match; the inbox folder is kept")
+def same_files(a: dict, b: dict) -> bool:
+    """The same paths with the same size, mtime and inode (hashes aside)."""
+    keys = ("size", "mtime_ns", "inode")
+    return ({rel: [e[k] for k in keys] for rel, e in a["files"].items()}
+            == {rel: [e[k] for k in keys] for rel, e in b["files"].items()})
+
+
+def remove_verified_source(source: Path, dataset: Path, manifest: dict) -> None:
+    """Remove the inbox folder only if it is the very folder the verified copy was made of, untouched since."""
+    if manifest.get("source") != str(source) or not matches_manifest(source, manifest, copy=False):
+        log.warning("%s changed while it was copied (or is a new folder of the same name); it is kept. The "
+                    "copy taken before the change is in %s", source, dataset)
+        return
+    if not matches_manifest(dataset, manifest, copy=True):
+        log.warning("%s does not match the manifest of %s; the inbox folder is kept", dataset, source)
+        return
+    shutil.rmtree(source)
 
 
 def finish_accepting(daemon: Daemon, queue: Queue) -> None:
-    """After a crash: complete (or roll back) every job that was being accepted."""
-    for row in queue.by_status(Status.ACCEPTING):
+    """After a crash: complete (or roll back) every job that was being accepted.
+
+    A row that failed after its dataset was frozen but before its job files were written (a full
+    disk, say) is completed the same way: its dataset is in the job folder and nowhere else.
+    """
+    stopped = [r for r in queue.by_status(Status.FAILED) if r["job_dir"] and (Path(r["job_dir"]) / "dataset").is_dir()
+               and not JobPaths(Path(r["job_dir"])).resolved.is_file()]
+    for row in queue.by_status(Status.ACCEPTING) + stopped:
         source = Path(row["source"])
         job_dir = Path(row["job_dir"]) if row["job_dir"] else job_folder(daemon, row["id"], row["name"])
         dataset = job_dir / "dataset"
@@ -101,8 +247,11 @@ def finish_accepting(daemon: Daemon, queue: Queue) -> None:
         if partial.exists():
             shutil.rmtree(partial)  # an unverified copy of ours; the source is still in the inbox
         if dataset.is_dir():
-            if source.is_dir():
-                shutil.rmtree(source)  # the copy was verified before it was renamed into place
+            manifest = read_manifest(job_dir)
+            if source.is_dir() and manifest is not None:
+                # A copy was renamed into place only after it was verified; the inbox folder goes only
+                # if it is still that very folder (a new drop of the same name is a new job).
+                remove_verified_source(source, dataset, manifest)
             result = check_folder(dataset, daemon, work_dir=daemon.dir("state"))
             if result.ok:
                 write_job_files(JobPaths(job_dir), result)
@@ -113,3 +262,10 @@ def finish_accepting(daemon: Daemon, queue: Queue) -> None:
         # Nothing moved yet: forget the row; the folder is still in the inbox and will be taken again.
         queue.update(row["id"], status=Status.CANCELLED, error="accepting was interrupted; the inbox folder is "
                      "handled again as a new job")
+
+
+def read_manifest(job_dir: Path) -> dict | None:
+    try:
+        return json.loads((job_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None

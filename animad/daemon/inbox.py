@@ -19,10 +19,26 @@ from pathlib import Path
 from animad.config.daemon import Daemon
 from animad.daemon.freeze import handle_folder
 from animad.daemon.queue import Queue
+from animad.fsutil import write_atomic
+from animad.safe_text import safe
 
 log = logging.getLogger("animad.inbox")
 
 OUR_FILES = {"ERRORS.txt"}
+
+
+def write_report(folder: Path, text: str) -> bool:
+    """Leave ERRORS.txt in folder if the folder still exists; False (and a log line) if it is gone.
+
+    The user may remove a folder while it is being checked; writing the report must not bring it
+    back as a ghost holding nothing but ERRORS.txt, so the folder is never re-created.
+    """
+    try:
+        write_atomic(Path(folder) / "ERRORS.txt", text.encode(), make_parents=False)
+        return True
+    except FileNotFoundError:
+        log.info("%s was removed while it was checked; dropped, no report written", folder)
+        return False
 
 
 def latest_change(folder: Path) -> float | None:
@@ -163,11 +179,14 @@ class Inbox:
                 if handle_folder(folder, self.daemon, self.queue) is None:
                     self.tracker.mark_rejected(folder)
             except Exception as error:  # noqa: BLE001 - one odd folder must not stop the daemon
+                if not folder.is_dir():  # removed by its owner while we looked at it: nothing to report
+                    log.info("%s was removed while it was checked; dropped", folder)
+                    continue
                 log.exception("could not take %s", folder)
                 try:
-                    (folder / "ERRORS.txt").write_text(
-                        f"animad could not take this folder: {error}\nIt stays here; nothing was deleted. "
-                        "Fix the cause (permissions? disk full?) and save job.yaml again.\n")
+                    write_report(folder, f"animad could not take this folder: {safe(error)}\n"
+                                 "It stays here; nothing was deleted. "
+                                 "Fix the cause (permissions? disk full?) and save job.yaml again.\n")
                 except OSError:
                     pass
                 self.tracker.mark_rejected(folder)

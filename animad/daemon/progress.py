@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from animad.daemon.states import Status
+from animad.safe_text import safe
 
 
 def _duration(seconds) -> str:
@@ -27,12 +28,18 @@ def describe_floor(p: dict) -> str:
     return words
 
 
+def first_line(text: str) -> str:
+    """The first line of an error, made safe to print (its names and paths come from the user)."""
+    return safe(text.splitlines()[0]) if text and text.splitlines() else ""
+
+
 def describe_progress(row: dict) -> str:
+    """One printable line: user text in it (errors, paths) is escaped, so it cannot break a table."""
     p = row.get("progress") or {}
     if row["status"] == Status.FAILED:
-        return (row.get("error") or "").splitlines()[0][:80] if row.get("error") else "failed"
+        return first_line(row.get("error") or "")[:80] or "failed"
     if row["status"] == Status.DONE:
-        return f"review: {row['outbox_dir']}/index.html"
+        return f"review: {safe(row['outbox_dir'])}/index.html"
     if not p:
         return ""
     if "s_per_it" in p:
@@ -46,4 +53,4 @@ def describe_progress(row: dict) -> str:
         return f"caching latents {p['done']}/{p['total']}"
     if "epoch" in p:
         return f"{p.get('phase')} (epoch {p['epoch']})"
-    return str(p.get("phase", ""))
+    return safe(p.get("phase", ""))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from animad.daemon.states import ACTIVE, RUNNABLE, Outcome, Phase, Request, Status
+from animad.errors import UserError
 
 SCHEMA = """
 create table if not exists jobs (
@@ -68,13 +69,24 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+class CorruptDatabase(UserError):
+    """The queue file is not a healthy SQLite database; `animad run` moves it aside and rebuilds it."""
+
+    def __init__(self, path: Path, problem):
+        self.path, self.problem = Path(path), str(problem)
+        super().__init__(
+            f"{path}: the queue database is damaged ({problem}). Start the daemon (`animad run`, or restart "
+            f"the service): it keeps the damaged file as {Path(path).name}.corrupt-<time> and rebuilds the queue "
+            f"from the job folders in {Path(path).parent / 'jobs'}.")
+
+
 class Queue:
+    # Opening is lazy (on the first call), so a damaged file is met as a CorruptDatabase naming it, in
+    # the one place that can repair it (Service.open) or print it cleanly (the CLI), never a traceback.
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.connect() as db:
-            db.executescript(SCHEMA)
 
     @contextlib.contextmanager
     def connect(self):
@@ -84,13 +96,42 @@ class Queue:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("pragma busy_timeout=30000")
-            if db.execute("pragma journal_mode").fetchone()[0] != "wal":
-                db.execute("pragma journal_mode=wal")
-            db.execute("pragma synchronous=normal")
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("pragma busy_timeout=30000")
+                if db.execute("pragma journal_mode").fetchone()[0] != "wal":
+                    db.execute("pragma journal_mode=wal")
+                db.execute("pragma synchronous=normal")
+                db.executescript(SCHEMA)
+            except sqlite3.OperationalError:
+                db.close()
+                raise  # locked, busy, full, cannot open: a state to wait out or fix, not damage to repair
+            except sqlite3.DatabaseError as error:  # "file is not a database", "disk image is malformed"
+                db.close()
+                raise CorruptDatabase(self.path, error) from None
             self._local.db = db
         yield db
+
+    def check(self) -> None:
+        """PRAGMA quick_check: raise CorruptDatabase unless the file is a healthy database."""
+        try:
+            with self.connect() as db:
+                rows = [r[0] for r in db.execute("pragma quick_check").fetchall()]
+        except sqlite3.OperationalError:
+            raise
+        except CorruptDatabase:
+            raise
+        except sqlite3.DatabaseError as error:
+            raise CorruptDatabase(self.path, error) from None
+        if rows != ["ok"]:
+            raise CorruptDatabase(self.path, "; ".join(rows[:3]))
+
+    def disconnect(self) -> None:
+        """Close this thread's connection (before the file is moved aside)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
     @contextlib.contextmanager
     def transaction(self):
@@ -155,12 +196,28 @@ class Queue:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def add(self, name: str, source: str, priority: int = 0) -> int:
+    def add(self, name: str, source: str, priority: int = 0, min_id: int = 1) -> int:
+        """A new `accepting` row; its id is above every id this database ever gave and at least min_id.
+
+        The caller passes min_id above every job folder on disk, so a database that was reset never
+        hands out an id whose folder still exists (the folder is `<id>-<name>`).
+        """
         now = time.time()
         with self.transaction() as db:
-            cursor = db.execute("insert into jobs (name, status, source, priority, created, updated) "
-                                "values (?, ?, ?, ?, ?, ?)", (name, Status.ACCEPTING, source, priority, now, now))
+            used = db.execute("select max(coalesce((select max(id) from jobs), 0), coalesce((select seq from "
+                              "sqlite_sequence where name = 'jobs'), 0))").fetchone()[0]
+            cursor = db.execute("insert into jobs (id, name, status, source, priority, created, updated) "
+                                "values (?, ?, ?, ?, ?, ?, ?)",
+                                (max(used + 1, min_id), name, Status.ACCEPTING, source, priority, now, now))
             return cursor.lastrowid
+
+    def insert(self, job_id: int, **fields) -> None:
+        """A row with a given id (re-registering a job folder that lost its row)."""
+        now = time.time()
+        fields = {"created": now, "updated": now, **fields, "id": job_id}
+        marks = ", ".join("?" * len(fields))
+        with self.transaction() as db:
+            db.execute(f"insert into jobs ({', '.join(fields)}) values ({marks})", tuple(fields.values()))
 
     def update(self, job_id: int, **fields) -> None:
         if "progress" in fields and fields["progress"] is not None and not isinstance(fields["progress"], str):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from animad.config.daemon import Daemon
 from animad.daemon.inhibit import SleepInhibitor
@@ -22,6 +23,65 @@ from animad.daemon.states import Phase, Request, Status
 from animad.outcomes import Exit
 
 log = logging.getLogger("animad.daemon")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclasses.dataclass
+class OomWatch:
+    """The kernel's count of out-of-memory kills in the job's cgroup, read when it starts.
+
+    A SIGKILL alone does not say who sent it; only a count that rose while the job ran lets us blame
+    the OOM killer. `counter` is None where no count can be read (no cgroup files, another namespace).
+    """
+
+    counter: Path | None
+    start: int | None
+
+    @classmethod
+    def of(cls, pid: int) -> "OomWatch":
+        for counter in _oom_counters(pid):
+            start = read_oom_kills(counter)
+            if start is not None:
+                return cls(counter, start)
+        return cls(None, None)
+
+    def killed_since(self) -> bool | None:
+        """True: an OOM kill happened in the job's cgroup since it started; False: none; None: unknown."""
+        if self.counter is None or self.start is None:
+            return None
+        now = read_oom_kills(self.counter)
+        return None if now is None else now > self.start
+
+
+def _oom_counters(pid: int) -> list[Path]:
+    """memory.events (cgroup v2) or memory.oom_control (v1) of pid's cgroup, then of the mount's root
+    (in a container the recorded path may not exist inside the mount; the root still counts its kills)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = CGROUP_ROOT, "memory.events"
+        elif "memory" in controllers.split(","):
+            base, name = CGROUP_ROOT / "memory", "memory.oom_control"
+        else:
+            continue
+        out += [base / path.lstrip("/") / name, base / name]
+    return out
+
+
+def read_oom_kills(counter: Path) -> int | None:
+    try:
+        for line in counter.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 @dataclasses.dataclass
@@ -36,6 +96,7 @@ class Child:
     killed: bool = False
     report_fd: int | None = None  # read end of the pipe the child writes its failure message into
     report: str = ""
+    oom: OomWatch = dataclasses.field(default_factory=lambda: OomWatch(None, None))
 
     def read_report(self) -> str:
         """The child's last words, read once; they arrive even when the disk is too full to record them."""
@@ -101,7 +162,8 @@ class Runner:
         finally:
             os.close(report_write)
         # Watched from this moment, even if recording the start fails: never an unsupervised child.
-        self.child = Child(row["id"], phase, process.pid, process, run_now, report_fd=report_read)
+        self.child = Child(row["id"], phase, process.pid, process, run_now, report_fd=report_read,
+                           oom=OomWatch.of(process.pid))
         self.queue.claim(row["id"], phase.status, process.pid)
         self.queue.update(row["id"], phase=phase, outcome=None, request=None)
         self.inhibitor.hold(f"training {row['name']}")
@@ -168,18 +230,30 @@ class Runner:
             log.info("job %d paused (%s); it resumes from its saved state", child.job_id,
                      child.stop_reason or "stopped")
             return
-        reason = failure_reason(code, row, report)
+        reason = failure_reason(code, row, report, oom_killed=child.oom.killed_since())
         self.queue.update(child.job_id, status=Status.FAILED, pid=None, error=reason, finished=now, request=None)
         log.error("job %d failed: %s", child.job_id, reason.splitlines()[0])
 
 
-def failure_reason(code: int, row: dict, report: str) -> str:
-    """What `animad status` says about a failed job: the child's own words first, else what its exit tells."""
+def failure_reason(code: int, row: dict, report: str, oom_killed: bool | None = None) -> str:
+    """What `animad status` says about a failed job: the child's own words first, else what its exit tells.
+
+    oom_killed is the kernel's word (OomWatch): a SIGKILL is blamed on the OOM killer only when it says so.
+    """
     if code == Exit.USER_ERROR:
         return row["error"] or report or f"the job reported a problem; see: animad logs {row['id']}"
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        return f"the job process was killed by {name}" + (
-            " (the kernel's out-of-memory killer does this: lower batch size or resolution)"
-            if -code == signal.SIGKILL else "")
+        reason = f"the job process was killed by {name}"
+        if -code != signal.SIGKILL:
+            return reason
+        if oom_killed:
+            return reason + (" from the kernel's out-of-memory killer (its cgroup's OOM kill count rose): "
+                             "lower data.batch_size or data.resolution, or free memory")
+        if oom_killed is False:
+            return reason + (" (not the out-of-memory killer: its cgroup counted no OOM kill), so a person or "
+                             "a program sent it kill -9; retry it with: animad retry " + str(row["id"]))
+        return reason + (" (possible causes: the kernel's out-of-memory killer - see `journalctl -k | grep -i "
+                         "oom` - or a kill -9 from a person or a program; if it was memory, lower "
+                         "data.batch_size or data.resolution)")
     return row["error"] or report or f"the job process exited with code {code}"

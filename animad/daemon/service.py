@@ -22,6 +22,7 @@ from animad.config.window import parse_windows
 from animad.daemon.freeze import finish_accepting
 from animad.daemon.inbox import Inbox
 from animad.daemon.queue import Queue, pid_alive, queue_path
+from animad.daemon.rebuild import adopt_job_folders, repair_database
 from animad.daemon.runner import Runner
 from animad.daemon.states import ACTIVE, Status
 from animad.daemon.window import is_open, local_now, next_close, next_open
@@ -61,6 +62,15 @@ class Service:
         except OSError:
             self.lock_handle.close()
             raise UserError(f"another animad daemon is already running on {state}") from None
+        # Under the lock, before anything reads the queue: a damaged file is set aside and the queue
+        # rebuilt, and job folders without a row (an emptied or deleted database) are registered again.
+        try:
+            repair_database(self.queue)
+        except SystemExit:  # needs a person: let the lock go with the message already logged
+            self.lock_handle.close()
+            self.lock_handle = None
+            raise
+        adopt_job_folders(self.daemon, self.queue)
         (state / "daemon.pid").write_text(f"{os.getpid()}\n")
         for job_id in self.queue.recover():
             log.info("job %d was interrupted (crash or power cut); it resumes from its last saved state", job_id)

@@ -113,6 +113,12 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def links_outside(path: Path, root: Path) -> bool:
+    """True for a symlink that leaves the dataset folder. Checked BEFORE a file is opened: a job.yaml
+    or caption linked to ~/.aws/credentials must not be read, or its values would reach the report."""
+    return path.is_symlink() and not _inside(path, root)
+
+
 def _regular_file(path: Path, rel: str, problems: Problems) -> bool:
     """False (with an error) for pipes, sockets, devices and broken links: reading a pipe would hang
     validation, and with it the daemon, forever."""
@@ -200,7 +206,7 @@ def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in Path(rel).parts):
             continue  # hidden files and our own temp files
-        if path.is_symlink() and not _inside(path, root):
+        if links_outside(path, root):
             problems.error(rel, "", "symlink points outside the dataset folder",
                            "copy the file into the folder instead of linking to it")
             continue
@@ -230,6 +236,8 @@ def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
         subset = subset_list[subsets[folder]]
         caption_path = path.with_suffix(ext)
         caption_rel = caption_path.relative_to(root).as_posix()
+        if links_outside(caption_path, root):
+            continue  # refused unread; the walk reports it under the caption's own name
         if caption_path.is_file():
             caption = read_caption(caption_path, caption_rel, problems)
             if caption is None:

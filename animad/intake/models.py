@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from animad.anima.files import TOKENIZER_HELP, ModelFiles, find_tokenizers
@@ -36,13 +37,21 @@ def resolve_model_files(config, daemon, job_dir: Path, problems: Problems, job_f
     missing = False
     for key, (path, where, file) in chosen.items():
         try:
-            found, readable = path.is_file(), os.access(path, os.R_OK)
+            mode, readable = path.stat().st_mode, os.access(path, os.R_OK)
+        except FileNotFoundError:
+            mode, readable = None, False
         except OSError:  # a folder on the way may not be entered
-            found, readable = True, False
-        if not found:
+            mode, readable = stat.S_IFREG, False
+        if mode is None:
             missing = True
             problems.error(file, where, f"model file not found: {path}",
                            "download it from huggingface.co/circlestone-labs/Anima (split_files/) or fix the path")
+        elif not stat.S_ISREG(mode):
+            # Say what it is: "not found" for a folder that plainly exists sends the user looking in vain.
+            missing = True
+            what = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+            problems.error(file, where, f"model path is {what}, not a .safetensors file: {path}",
+                           "point it at the .safetensors file itself (e.g. the one inside that folder)")
         elif not readable:
             missing = True
             problems.error(file, where, f"model file is not readable (permission denied): {path}",

@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from animad.anima import comfyui
+from animad.errors import UserError
 from animad.fsutil import fsync_dir
 from animad.layout import safe_name
 from animad.select.page import render_page
@@ -236,9 +237,15 @@ def write_review_package(outbox: Path, review: Review) -> Path:
     <name>.previous-<time>. Missing preview images or epoch files are recorded, not fatal.
     """
     folder = package_folder(outbox)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    except OSError as error:
+        # The outbox is the user's folder: one line saying which and what to do, not a traceback.
+        raise UserError(f"outbox {folder.parent}: cannot write the review package there "
+                        f"({error.strerror or error}) -> make it writable (chmod u+w \"{folder.parent}\") or set "
+                        "'outbox:' in animad.yaml to a writable folder") from None
     os.chmod(staging, 0o755)  # mkdtemp makes it private; the package is meant to be opened and shared
     try:
         summary = build_package(staging, folder.name, review)

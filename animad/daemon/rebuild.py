@@ -1,0 +1,116 @@
+"""The job folders are the durable truth; the queue database can be rebuilt from them.
+
+At start the daemon runs `PRAGMA quick_check` on its queue. A damaged file is moved aside (kept as
+`animad.sqlite.corrupt-<time>`, never deleted) and a new one is made. Then every job folder with no
+row (the database was damaged, emptied or deleted) is registered again with its last state read
+from the folder:
+
+- `finished.txt` and a review package newer than it in the outbox: done;
+- `finished.txt` alone: queued to (re)run selection;
+- a resume state: queued first, to resume where it stopped;
+- a frozen dataset and config: queued from the start;
+- a dataset with no config (killed mid-accept): checked again and queued, or failed with the report.
+
+A cancelled or failed job cannot be told from the disk; it comes back queued, and the log names it.
+If the database cannot be put right without a person (the file cannot be moved aside, or a new one
+cannot be made), the daemon logs one message saying what to do and exits with Exit.NEEDS_PERSON,
+which the systemd unit does not restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from animad.config.daemon import Daemon
+from animad.daemon.freeze import folder_id, job_folder, outbox_folder
+from animad.daemon.queue import CorruptDatabase, Queue
+from animad.daemon.states import Phase, Status
+from animad.intake.check import check_folder
+from animad.intake.jobfiles import write_job_files
+from animad.layout import JobPaths, safe_name
+from animad.outcomes import Exit
+
+log = logging.getLogger("animad.daemon")
+
+
+def repair_database(queue: Queue) -> None:
+    """quick_check the queue; move a damaged file aside and start a new one, or exit NEEDS_PERSON."""
+    try:
+        queue.check()
+        return
+    except CorruptDatabase as error:
+        damage = error
+    queue.disconnect()
+    aside = queue.path.with_name(f"{queue.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        for suffix in ("", "-wal", "-shm"):  # the journal files belong to the damaged file, not the new one
+            part = Path(f"{queue.path}{suffix}")
+            if part.exists():
+                os.rename(part, f"{aside}{suffix}")
+        queue.check()
+    except (OSError, sqlite3.Error, CorruptDatabase) as error:
+        queue.disconnect()
+        log.critical("%s; it could not be repaired automatically (%s). Move the damaged file out of %s by hand "
+                     "(keep it), then start animad again: it rebuilds the queue from the job folders.",
+                     damage, error, queue.path.parent)
+        raise SystemExit(Exit.NEEDS_PERSON) from None
+    log.error("%s: the queue database was damaged (%s); it is kept as %s and a new queue is rebuilt from the "
+              "job folders", queue.path, damage.problem, aside)
+
+
+def adopt_job_folders(daemon: Daemon, queue: Queue) -> list[int]:
+    """Register every job folder that has no row; return their ids."""
+    jobs = daemon.dir("state") / "jobs"
+    if not jobs.is_dir():
+        return []
+    rows = queue.all()
+    known_dirs = {r["job_dir"] for r in rows if r["job_dir"]}
+    known_ids = {r["id"] for r in rows}
+    known_dirs |= {str(job_folder(daemon, r["id"], r["name"])) for r in rows if not r["job_dir"]}
+    adopted = []
+    for folder in sorted(jobs.iterdir(), key=lambda p: (folder_id(p) or 0, p.name)):
+        job_id = folder_id(folder)
+        if job_id is None or not folder.is_dir() or str(folder) in known_dirs:
+            continue
+        if not (folder / "dataset").is_dir():
+            continue  # nothing was frozen here (a kill before the move): the dataset is still in the inbox
+        fields = folder_state(daemon, queue, folder)
+        if job_id in known_ids:  # only an older, id-reusing database can get here: keep the folder, new id
+            job_id = max(known_ids | {job_id}) + 1
+        fields.setdefault("error", f"re-registered from its job folder {folder} after the queue database was lost")
+        queue.insert(job_id, **fields, job_dir=str(folder))
+        known_ids.add(job_id)
+        adopted.append(job_id)
+        log.warning("job %d (%s) had no row in %s: re-registered from %s as %s%s", job_id, fields["name"],
+                    queue.path, folder, fields["status"], f" ({fields['phase']})" if fields["status"] ==
+                    Status.QUEUED else "")
+    return adopted
+
+
+def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
+    """The row a job folder stands for, from what is on disk."""
+    paths = JobPaths(folder)
+    meta = paths.read_meta()
+    name = meta.get("name") or folder.name.split("-", 1)[1]
+    fields = {"name": name, "source": meta.get("source"), "priority": 0}
+    if not paths.resolved.is_file():  # killed between the move and the job files: check it again
+        result = check_folder(paths.root / "dataset", daemon, work_dir=daemon.dir("state"))
+        if not result.ok:
+            return {**fields, "status": Status.FAILED, "phase": Phase.TRAIN, "error": result.report()}
+        write_job_files(paths, result)
+    outbox = daemon.dir("outbox") / safe_name(name)
+    finished = paths.root / "finished.txt"
+    if finished.is_file():
+        index = outbox / "index.html"
+        if index.is_file() and index.stat().st_mtime >= finished.stat().st_mtime:
+            return {**fields, "status": Status.DONE, "phase": Phase.SELECT, "outbox_dir": str(outbox)}
+        return {**fields, "status": Status.QUEUED, "phase": Phase.SELECT, "resume_first": 1,
+                "outbox_dir": str(outbox_folder(daemon, queue, name))}
+    resume = 1 if paths.resume_state.is_file() else 0
+    return {**fields, "status": Status.QUEUED, "phase": Phase.TRAIN, "resume_first": resume,
+            "outbox_dir": str(outbox_folder(daemon, queue, name))}
+
