@@ -39,3 +39,15 @@ def daemon_config(tmp_path, tiny_models) -> Path:
     from animad.demo.synthetic import write_daemon_config
 
     return write_daemon_config(tmp_path / "animad.yaml", tiny_models)
+
+
+@pytest.fixture()
+def setup(daemon_config):
+    """(daemon config, its queue, its inbox folder) for tests that drive intake in process."""
+    from animad.config.daemon import load_daemon_config
+    from animad.daemon.queue import Queue, queue_path
+
+    daemon = load_daemon_config(daemon_config)
+    inbox = daemon.dir("inbox")
+    inbox.mkdir(parents=True, exist_ok=True)
+    return daemon, Queue(queue_path(daemon)), inbox

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from animad.config.daemon import load_daemon_config
 from animad.daemon import freeze
 from animad.daemon.freeze import handle_folder
 from animad.daemon.inbox import Inbox, write_report
-from animad.daemon.queue import Queue
 from animad.daemon.states import Status
 from animad.demo.synthetic import make_dataset, tiny_job
 from animad.fsutil import write_atomic
@@ -37,15 +35,6 @@ def assert_no_raw_controls(text: str) -> None:
 def animad(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "animad", "--config", str(config), *args], capture_output=True,
                           text=True, cwd=cwd)
-
-
-@pytest.fixture()
-def setup(tmp_path, daemon_config):
-    daemon = load_daemon_config(daemon_config)
-    queue = Queue(daemon.dir("state") / "animad.sqlite")
-    inbox = daemon.dir("inbox")
-    inbox.mkdir(parents=True, exist_ok=True)
-    return daemon, queue, inbox
 
 
 def test_safe_shows_every_control_and_bidi_character_as_an_escape():

@@ -17,15 +17,6 @@ from animad.layout import JobPaths
 from animad.demo.synthetic import make_dataset, tiny_job
 
 
-@pytest.fixture()
-def setup(tmp_path, daemon_config):
-    daemon = load_daemon_config(daemon_config)
-    queue = Queue(daemon.dir("state") / "animad.sqlite")
-    inbox = daemon.dir("inbox")
-    inbox.mkdir(parents=True, exist_ok=True)
-    return daemon, queue, inbox
-
-
 def age(folder: Path, seconds: float) -> None:
     """Make a folder look as if it was written `seconds` ago (mtime; ctime is handled by `now`)."""
     past = time.time() - seconds
