@@ -11,14 +11,14 @@ import errno
 import sys
 
 from animad import __version__
-from animad.cli import demo, job, jobs, local, review
+from animad.cli import demo, importing, job, jobs, local, review
 from animad.config.problems import ConfigError
 from animad.errors import UserError, is_disk_full
 from animad.safe_text import safe
 
-VERBS = {verb.name: verb for module in (jobs, local, review, demo, job) for verb in module.VERBS}
+VERBS = {verb.name: verb for module in (jobs, local, review, demo, job, importing) for verb in module.VERBS}
 ORDER = ("run", "check", "status", "pause", "resume", "cancel", "retry", "logs", "tensorboard", "train", "select",
-         "floor", "demo", "init", "make-tiny", "job")
+         "floor", "demo", "init", "import", "make-tiny", "job")
 
 
 def build_parser() -> argparse.ArgumentParser:

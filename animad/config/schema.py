@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from animad.config.aliases import alias_hint
 from animad.config.problems import Problems
 
 _MISSING = dataclasses.MISSING
@@ -187,8 +188,12 @@ def parse(cls, data: dict | None, file, problems: Problems, prefix: str = ""):
     for key, raw in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            fix = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(fields)}"
+            # An sd-scripts/kohya_ss name gets its real key: difflib guesses by spelling and sent
+            # caption_tag_dropout_rate to caption_dropout (it is data.tag_dropout).
+            fix = alias_hint(str(key))
+            if fix is None:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+                fix = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(fields)}"
             problems.error(file, where, "unknown key", fix)
             continue
         ok, value = _coerce(raw, hints[key], where, file, problems, dict(fields[key].metadata))

@@ -1,0 +1,44 @@
+"""`animad import`: sd-scripts files (dataset TOML, --config_file TOML, .bat/.sh/.ps1) to a job folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from animad.cli.common import Verb, daemon_of
+from animad.safe_text import safe
+
+
+def import_arguments(parser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="sd-scripts files in any mix: a dataset TOML, a --config_file TOML, one launch file "
+                             "(.bat, .sh, .ps1); one launch file is one job")
+    parser.add_argument("--to", metavar="DIR",
+                        help="the job folder to create, e.g. inbox/NAME: job.yaml and IMPORT.txt go there and each "
+                             "image_dir is copied (never moved) into a subset subfolder and verified. Default: "
+                             "write job.yaml and IMPORT.txt into the current folder and copy nothing, so nothing "
+                             "lands in the inbox before you have read them")
+
+
+def cmd_import(args) -> int:
+    from animad.intake.importing import import_files
+
+    result = import_files([Path(f) for f in args.files], Path(args.to) if args.to else None, daemon_of(args))
+    unmapped = len(result.translation.unmapped)
+    print(f"wrote {safe(result.job_file)} ({len(result.translation.entries)} settings, each commented with the "
+          f"sd-scripts flag it came from)")
+    print(f"wrote {safe(result.report_file)} ({unmapped} flags not mapped, each with the reason)")
+    for folder, count in result.copied.items():
+        print(f"copied {count} files into {safe(result.folder / folder)} (each compared by sha256)")
+    if result.problems:
+        print(f"{len(result.problems)} problem(s), also at the top of IMPORT.txt:")
+        for problem in result.problems:
+            print(f"  - {safe(problem)}")
+        return 1
+    print(f"next: animad check {safe(result.folder)}")
+    return 0
+
+
+VERBS = [
+    Verb("import", "turn sd-scripts files (dataset TOML, config TOML, .bat/.sh/.ps1) into a job folder",
+         import_arguments, cmd_import),
+]

@@ -1,0 +1,447 @@
+"""Translate what sd-scripts would have run (config/sdscripts_read.py) into job.yaml keys.
+
+The aim is the same training, not the same words: where animad's default differs from sd-scripts'
+(shuffle, keep tokens, caption extension, buckets, max bucket, upscale, batch, scheduler, alpha,
+AdamW's weight decay and betas, precision, checkpointing, the text-encoder LoRA, stopping), the
+sd-scripts value is written out even when the files never mention it, so the run does not change
+silently. Every value carries the flag it came from, for the comment on its line. A flag that is
+not mapped gets its reason (config/sdscripts_flags.py) for IMPORT.txt; none is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import PureWindowsPath
+from typing import Any
+
+from animad.config.aliases import ALIASES
+from animad.config.sdscripts_flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED, reason_unmapped
+from animad.config.sdscripts_read import DatasetSubset, Flag, Sources, int_or_float, key_values
+
+# sd-scripts' defaults for the dataset settings (train_util's argparse defaults, which config_util
+# falls back to) that a faithful job.yaml must state.
+DATASET_DEFAULTS = {
+    "shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "enable_bucket": False,
+    "max_bucket_reso": 1024, "min_bucket_reso": 256, "bucket_reso_steps": 64, "bucket_no_upscale": False,
+    "train_batch_size": 1, "flip_aug": False, "caption_tag_dropout_rate": 0.0, "caption_dropout_rate": 0.0,
+    "num_repeats": 1, "alpha_mask": False,
+}
+
+
+def _data_keys(names: str) -> dict[str, str]:
+    """sd-scripts name -> its key under data:, from the aliases table (one table for hints and import)."""
+    return {name: ALIASES[name].target.split(".", 1)[1] for name in names.split()}
+
+
+# Data-level keys animad has once per job; subset-level ones it has per subfolder.
+JOB_LEVEL = _data_keys("resolution train_batch_size enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps "
+                       "bucket_no_upscale caption_extension")
+SUBSET_LEVEL = _data_keys("keep_tokens shuffle_caption caption_tag_dropout_rate caption_dropout_rate flip_aug "
+                          "alpha_mask")
+OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "bitsandbytes.optim.adamw8bit": "adamw8bit",
+              "pagedadamw8bit": "adamw8bit", "prodigy": "prodigy", "prodigyopt.prodigy": "prodigy",
+              "adafactor": "adafactor", "transformers.optimization.adafactor": "adafactor"}
+# The optimizers' own defaults, which sd-scripts leaves in place when --optimizer_args does not set them.
+OPTIMIZER_DEFAULTS = {
+    "adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999]},  # torch.optim.AdamW
+    "adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999]},  # bitsandbytes AdamW8bit
+    "prodigy": {"weight_decay": 0.0, "betas": [0.9, 0.999], "safeguard_warmup": False,
+                "use_bias_correction": False},  # prodigyopt.Prodigy
+    "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
+}
+OPTIMIZER_ARG_KEYS = {"weight_decay", "betas", "eps", "d_coef", "safeguard_warmup", "use_bias_correction"}
+SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine",
+              "cosine_with_restarts": "cosine_with_restarts", "linear": "linear"}
+PRECISIONS = {"no": "fp32", "float": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+SD_DEFAULT = "sd-scripts' default"
+
+
+@dataclasses.dataclass
+class Entry:
+    key: tuple[str, ...]  # ("network", "dim"), ("data", "subsets", "MayRedBikini", "repeats")
+    value: Any
+    comment: str  # the flag it came from, or why sd-scripts' default is written
+
+
+@dataclasses.dataclass
+class Unmapped:
+    flag: str  # "--min_snr_gamma", "--network_args module_x", "[[datasets.subsets]] is_reg"
+    origin: str
+    kind: str  # NO_EFFECT, NO_EQUIVALENT, SUPERSEDED, SAME, or "not an sd-scripts option"
+    reason: str
+
+
+@dataclasses.dataclass
+class SubsetPlan:
+    folder: str  # the subfolder of the dataset folder
+    image_dir: str  # as the file wrote it
+    origin: str
+
+
+@dataclasses.dataclass
+class Translation:
+    entries: list[Entry] = dataclasses.field(default_factory=list)
+    unmapped: list[Unmapped] = dataclasses.field(default_factory=list)
+    subsets: list[SubsetPlan] = dataclasses.field(default_factory=list)
+    models: dict[str, Flag] = dataclasses.field(default_factory=dict)  # dit/text_encoder/vae as written
+    problems: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def set(self, key: str | tuple, value, comment: str) -> None:
+        self.entries.append(Entry(tuple(key.split(".")) if isinstance(key, str) else key, value, comment))
+
+
+def comment_of(flag: Flag) -> str:
+    """The comment for a line: the file and the flag as written, shortened for long values."""
+    return flag.origin if len(flag.origin) <= 90 else flag.origin[:87] + "..."
+
+
+def default_comment(name: str) -> str:
+    return f"{SD_DEFAULT} (--{name} not given)"
+
+
+def translate(sources: Sources, job_keys: set[str]) -> Translation:
+    """job.yaml entries for what sd-scripts would have run; job_keys are the keys this animad has."""
+    out = Translation(problems=list(sources.problems), notes=list(sources.notes))
+    used: set[str] = set()
+    training = bool(sources.flags) or sources.launch_file is not None
+    # Without a dataset config sd-scripts takes the dataset settings from the command line; with one
+    # named but not read, they are unknown, and writing sd-scripts' defaults would be a guess.
+    unread = "dataset_config" in sources.flags and not sources.subsets
+    subsets = sources.subsets or ([DatasetSubset({}, 0)] if training and not unread else [])
+    if subsets:
+        _dataset(sources, subsets, out, used)
+    elif unread:
+        for name in sorted(set(JOB_LEVEL) | set(SUBSET_LEVEL)):
+            if name in sources.flags:
+                used.add(name)
+                out.unmapped.append(Unmapped(f"--{name}", sources.flags[name].origin, "not imported",
+                                             "the dataset config was not read, and its values win over this flag; "
+                                             "import the dataset TOML together with the launch file"))
+    if training:
+        _training(sources, out, used, job_keys)
+    for name, flag in sources.flags.items():
+        if name not in used:
+            kind, reason = reason_unmapped(name)
+            if flag.value is False and kind != "not an sd-scripts option":
+                kind, reason = SAME, "off, as animad does"
+            out.unmapped.append(Unmapped(f"--{name}", flag.origin, kind, reason))
+    for flag in sources.unknown:
+        out.unmapped.append(Unmapped(f"--{flag.name}", flag.origin, *reason_unmapped(flag.name)))
+    for text in sources.accelerate:
+        out.unmapped.append(Unmapped(text.split()[0], f"accelerate launch {text}", SUPERSEDED,
+                                     "an option of accelerate, not of the trainer; animad starts its own processes "
+                                     "(animad.yaml gpus:)"))
+    if training and not sources.subsets and not unread:
+        out.notes.append("no dataset config was read: the data settings are the launch file's and sd-scripts' "
+                         "defaults; put the images in the job folder (or give the dataset TOML too)")
+    return out
+
+
+def _value(subset: DatasetSubset, sources: Sources, name: str) -> tuple[Any, str]:
+    """A dataset setting as config_util resolves it: subset > dataset > [general] > command line > default."""
+    flag = subset.values.get(name) or sources.flags.get(name)
+    if flag is not None:
+        return flag.value, comment_of(flag)
+    return DATASET_DEFAULTS.get(name), default_comment(name)
+
+
+def _convert_data(name: str, value):
+    if name == "bucket_no_upscale":
+        return not value
+    if name == "resolution":
+        if isinstance(value, str):
+            value = [int(v) for v in value.replace(" ", "").split(",")]
+        if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
+            return value[0]
+        return value
+    if name == "caption_extension" and value and not str(value).startswith("."):
+        return "." + str(value)
+    return value
+
+
+def _dataset(sources: Sources, subsets: list[DatasetSubset], out: Translation, used: set[str]) -> None:
+    used.update(JOB_LEVEL)
+    used.update(SUBSET_LEVEL)
+    first = subsets[0]
+    for name, key in JOB_LEVEL.items():
+        value, comment = _value(first, sources, name)
+        if value is None:
+            continue  # resolution not given anywhere: sd-scripts would stop; the default here is 1024
+        others = {repr(_value(s, sources, name)[0]) for s in subsets[1:]}
+        if others - {repr(value)}:
+            out.problems.append(f"the subsets differ in {name} ({', '.join(sorted(others | {repr(value)}))}); "
+                                f"animad has one data.{key} per job, so the first subset's {value!r} was used")
+        try:
+            out.set(("data", key), _convert_data(name, value), comment)
+        except (TypeError, ValueError):
+            out.problems.append(f"{comment}: {value!r} cannot be read as data.{key}; it was not imported")
+    base = {}
+    for name, key in SUBSET_LEVEL.items():
+        value, comment = _value(first, sources, name)
+        base[name] = value
+        out.set(("data", key), value, comment)
+    folders: set[str] = set()
+    seen_keys: set[str] = set()
+    for index, subset in enumerate(subsets):
+        seen_keys.update(subset.values)
+        image_dir = subset.values.get("image_dir")
+        if subset.values.get("is_reg") and subset.values["is_reg"].value:
+            out.problems.append(f"{subset.values['is_reg'].origin}: a regularisation subset; animad has none, so "
+                                f"{image_dir.value if image_dir else 'it'} was not imported")
+            continue
+        if image_dir is None:
+            if sources.subsets:
+                out.problems.append(f"{sources.dataset_file.name} subset #{index + 1} has no image_dir; skipped")
+                continue
+            folder = ""  # no dataset config: the images go in the job folder itself
+        else:
+            folder = _folder_name(str(image_dir.value), folders)
+            out.subsets.append(SubsetPlan(folder, str(image_dir.value), image_dir.origin))
+        if not folder:
+            continue
+        repeats = subset.values.get("num_repeats")
+        out.set(("data", "subsets", folder, "repeats"), repeats.value if repeats else 1,
+                comment_of(repeats) if repeats else default_comment("num_repeats"))
+        tokens = subset.values.get("class_tokens")
+        if tokens is not None:
+            out.set(("data", "subsets", folder, "class_tokens"), str(tokens.value), comment_of(tokens))
+        for name, key in SUBSET_LEVEL.items():
+            value, comment = _value(subset, sources, name)
+            if value != base[name]:
+                out.set(("data", "subsets", folder, key), value, comment)
+    # Dataset keys the reading did not map: listed with their reason, once each.
+    done = set(JOB_LEVEL) | set(SUBSET_LEVEL) | {"image_dir", "num_repeats", "class_tokens"}
+    for name in sorted(seen_keys - done):
+        flag = next(s.values[name] for s in subsets if name in s.values)
+        kind, reason = reason_unmapped(name)
+        if flag.value is False or flag.value in ("", None):
+            kind, reason = SAME, "off, as animad does"
+        out.unmapped.append(Unmapped(name, flag.origin, kind, reason))
+
+
+def _folder_name(image_dir: str, taken: set[str]) -> str:
+    """The subfolder for an image_dir: its own name (what the user knows it as), made unique."""
+    text = image_dir.rstrip("/\\")
+    name = PureWindowsPath(text).name if "\\" in text or ":" in text[:2] else text.rsplit("/", 1)[-1]
+    name = "".join("_" if c in "/\\:\0" else c for c in name).lstrip(".") or "subset"
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _training(sources: Sources, out: Translation, used: set[str], job_keys: set[str]) -> None:
+    flags = sources.flags
+
+    def take(name: str) -> Flag | None:
+        used.add(name)
+        return flags.get(name)
+
+    def direct(name: str) -> None:
+        """A flag that means the same as its key here (the key from the aliases table)."""
+        flag, key = take(name), ALIASES[name].target
+        if flag is not None:
+            if key not in job_keys:  # a key this animad does not have (yet): listed, not written
+                used.discard(name)
+                return
+            out.set(key, flag.value, comment_of(flag))
+
+    for name, key in (("pretrained_model_name_or_path", "dit"), ("qwen3", "text_encoder"), ("vae", "vae")):
+        flag = take(name)
+        if flag is not None:
+            out.models[key] = flag
+    direct("output_name")
+    direct("metadata_author")
+    direct("metadata_description")
+    seed = take("seed")
+    if seed is not None:
+        out.set("seed", seed.value, comment_of(seed))
+    else:
+        out.notes.append("no --seed: sd-scripts drew a random one; animad trains with seed 0")
+    # network
+    dim, alpha = take("network_dim"), take("network_alpha")
+    out.set("network.dim", dim.value if dim else 4, comment_of(dim) if dim else
+            f"{SD_DEFAULT}: lora_anima uses 4 without --network_dim")
+    out.set("network.alpha", alpha.value if alpha else 1.0, comment_of(alpha) if alpha else
+            default_comment("network_alpha"))
+    direct("network_dropout")
+    unet_only = take("network_train_unet_only")
+    out.set("network.train_text_encoder", not (unet_only and unet_only.value),
+            comment_of(unet_only) if unet_only else "sd-scripts trains a text-encoder LoRA unless "
+            "--network_train_unet_only is given")
+    direct("scale_weight_norms")
+    direct("network_weights")
+    _network_args(take("network_args"), out)
+    # optimizer
+    _optimizer(take("optimizer_type"), take("use_8bit_adam"), take("optimizer_args"), out)
+    learning_rate, unet_lr, te_lr = take("learning_rate"), take("unet_lr"), take("text_encoder_lr")
+    lr_flag = unet_lr or learning_rate
+    out.set("optimizer.lr", lr_flag.value if lr_flag else 2e-6,
+            comment_of(lr_flag) if lr_flag else default_comment("learning_rate"))
+    if te_lr is not None and te_lr.value:
+        try:
+            out.set("optimizer.text_encoder_lr", float(te_lr.value[0]), comment_of(te_lr))
+        except (TypeError, ValueError):
+            out.problems.append(f"{te_lr.origin}: not a number; it was not imported")
+        if len(te_lr.value) > 1:
+            out.problems.append(f"{te_lr.origin}: one text encoder here; only the first value was used")
+    if unet_lr is not None and te_lr is not None and learning_rate is not None:
+        out.unmapped.append(Unmapped("--learning_rate", learning_rate.origin, NO_EFFECT,
+                                     "--unet_lr and --text_encoder_lr set both of the LoRA's learning rates"))
+    elif unet_lr is not None and te_lr is None:
+        value = learning_rate.value if learning_rate else 2e-6
+        out.set("optimizer.text_encoder_lr", value, "sd-scripts trains the text encoder at --learning_rate when "
+                "only --unet_lr is given")
+    direct("max_grad_norm")
+    # schedule
+    _schedule(take("lr_scheduler"), take("lr_scheduler_num_cycles"), take("lr_scheduler_power"),
+              take("lr_warmup_steps"), out)
+    epochs, steps = take("max_train_epochs"), take("max_train_steps")
+    if epochs is not None:
+        out.set("schedule.max_epochs", epochs.value, comment_of(epochs))
+        if steps is not None:
+            out.unmapped.append(Unmapped("--max_train_steps", steps.origin, SAME,
+                                         "sd-scripts ignores it when --max_train_epochs is given"))
+    else:
+        out.set("schedule.max_steps", steps.value if steps else 1600,
+                comment_of(steps) if steps else default_comment("max_train_steps"))
+        out.set("schedule.max_epochs", 100000, "sd-scripts counts this run in steps, not epochs")
+    out.set("selection.stop_at_floor", False, "sd-scripts trains every epoch; true lets animad stop at the loss "
+            "floor and save the rest of the night")
+    direct("gradient_accumulation_steps")
+    # precision
+    mixed, save = take("mixed_precision"), take("save_precision")
+    out.set("precision.mixed", PRECISIONS.get(str(mixed.value) if mixed else "no", "fp32"),
+            comment_of(mixed) if mixed else f"{default_comment('mixed_precision')}: 'no', fp32")
+    out.set("precision.save", PRECISIONS.get(str(save.value), "fp32") if save else "fp32",
+            comment_of(save) if save else "sd-scripts saves the LoRA in its fp32 training dtype without "
+            "--save_precision")
+    checkpointing = take("gradient_checkpointing")
+    out.set("precision.gradient_checkpointing", bool(checkpointing and checkpointing.value),
+            comment_of(checkpointing) if checkpointing else default_comment("gradient_checkpointing"))
+    direct("torch_compile")
+    # timesteps
+    _timesteps(take("timestep_sampling"), take("sigmoid_scale"), take("discrete_flow_shift"), out)
+    direct("ip_noise_gamma")
+    direct("ip_noise_gamma_random_strength")
+
+
+def _network_args(flag: Flag | None, out: Translation) -> None:
+    if flag is None:
+        return
+    for key, value in key_values(flag.value, flag.origin, out.problems).items():
+        if key in ("rank_dropout", "module_dropout"):
+            out.set(f"network.{key}", float(value), f"{comment_of(flag)} ({key})")
+        elif key == "train_llm_adapter":
+            out.set("network.train_llm_adapter", str(value).lower() == "true", f"{comment_of(flag)} ({key})")
+        elif key == "verbose":
+            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, SUPERSEDED,
+                                         "animad logs the modules it trains"))
+        elif key in ("exclude_patterns", "include_patterns"):
+            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, NO_EQUIVALENT,
+                                         "network.include/exclude take regexes on animad's module names; "
+                                         "translate them by hand"))
+        else:
+            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, NO_EQUIVALENT,
+                                         "animad's LoRA has no such option"))
+
+
+def _optimizer(type_flag: Flag | None, use_8bit: Flag | None, args_flag: Flag | None, out: Translation) -> None:
+    written = str(type_flag.value) if type_flag and type_flag.value else ""
+    if written and use_8bit and use_8bit.value:
+        out.problems.append(f"{use_8bit.origin} together with {type_flag.origin}: sd-scripts refuses both; "
+                            "the --optimizer_type was used")
+    if not written:
+        kind = "adamw8bit" if use_8bit and use_8bit.value else "adamw"
+        comment = comment_of(use_8bit) if use_8bit and use_8bit.value else default_comment("optimizer_type")
+    else:
+        kind = OPTIMIZERS.get(written.lower())
+        comment = comment_of(type_flag)
+    if kind is None:
+        out.problems.append(f"{type_flag.origin}: animad has no {written} optimizer (only Prodigy, AdamW, AdamW8bit "
+                            "and Adafactor); job.yaml keeps animad's default (prodigy): choose optimizer.type")
+        if args_flag is not None:
+            out.unmapped.append(Unmapped("--optimizer_args", args_flag.origin, "not imported",
+                                         f"they are {written}'s arguments, and that optimizer was not mapped"))
+        return
+    out.set("optimizer.type", kind, comment)
+    given = key_values(args_flag.value, args_flag.origin, out.problems) if args_flag else {}
+    for key, value in given.items():
+        if key not in OPTIMIZER_ARG_KEYS or (kind != "prodigy" and key in ("d_coef", "safeguard_warmup",
+                                                                          "use_bias_correction")):
+            if key == "decouple" and value is True and kind == "prodigy":
+                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, SAME,
+                                             "animad's Prodigy always decouples weight decay"))
+            elif kind == "adafactor" and key in ("scale_parameter", "relative_step", "warmup_init") and not value:
+                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, SAME,
+                                             "off, as animad's Adafactor runs"))
+            else:
+                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, NO_EQUIVALENT,
+                                             f"animad's {kind} has no such option"))
+            continue
+        if key == "betas":
+            value = [float(v) for v in value]
+        out.set(f"optimizer.{key}", value, f"{comment_of(args_flag)} ({key})")
+    for key, value in OPTIMIZER_DEFAULTS[kind].items():
+        if key not in given:
+            out.set(f"optimizer.{key}", value, f"{kind}'s own default in sd-scripts ({key} not in --optimizer_args)")
+    if kind == "adafactor" and given.get("relative_step", True):
+        out.problems.append("sd-scripts' Adafactor sets its own learning rate unless --optimizer_args "
+                            "relative_step=False; animad's Adafactor runs at optimizer.lr, so this run will differ")
+
+
+def _schedule(kind: Flag | None, cycles: Flag | None, power: Flag | None, warmup: Flag | None,
+              out: Translation) -> None:
+    name = str(kind.value) if kind else "constant"
+    target = SCHEDULERS.get(name)
+    if name == "polynomial" and (power is None or float(power.value) == 1.0):
+        target = "linear"
+        out.notes.append(f"{kind.origin}: polynomial with power 1 is a linear decay; written as linear")
+    if target is None:
+        out.problems.append(f"{kind.origin}: animad has no {name} schedule; job.yaml says constant: choose "
+                            "schedule.type")
+        target = "constant"
+    out.set("schedule.type", target, comment_of(kind) if kind else default_comment("lr_scheduler"))
+    if cycles is not None:
+        if target == "cosine_with_restarts":
+            out.set("schedule.cycles", cycles.value, comment_of(cycles))
+        else:
+            out.unmapped.append(Unmapped("--lr_scheduler_num_cycles", cycles.origin, NO_EFFECT,
+                                         f"sd-scripts uses it only with cosine_with_restarts, not {name}"))
+    if power is not None and name != "polynomial":
+        out.unmapped.append(Unmapped("--lr_scheduler_power", power.origin, NO_EFFECT,
+                                     f"sd-scripts uses it only with polynomial, not {name}"))
+    if warmup is not None:
+        value = int_or_float(warmup.value)
+        if isinstance(value, int):
+            out.set("schedule.warmup_steps", value, f"{comment_of(warmup)}: a whole number is steps")
+        elif value > 0.5:
+            out.problems.append(f"{warmup.origin}: warmup over {value:.0%} of the run; animad allows at most 50%, "
+                                "so it was not imported: set schedule.warmup_percent")
+        else:
+            out.set("schedule.warmup_percent", value, f"{comment_of(warmup)}: below 1 is a fraction of all steps")
+
+
+def _timesteps(sampling: Flag | None, scale: Flag | None, shift: Flag | None, out: Translation) -> None:
+    name = str(sampling.value) if sampling else "sigmoid"
+    if name in ("sigmoid", "shift"):
+        out.set("timesteps.sampling", "logit_normal", comment_of(sampling) if sampling else
+                f"{SD_DEFAULT} --timestep_sampling sigmoid")
+        if scale is not None:
+            out.set("timesteps.logit_std", scale.value, comment_of(scale))
+    elif name == "uniform":
+        out.set("timesteps.sampling", "uniform", comment_of(sampling))
+    else:
+        out.problems.append(f"{sampling.origin}: animad has no {name} timestep sampling (only sd-scripts' sigmoid, "
+                            "shift and uniform); job.yaml keeps logit_normal")
+    if shift is not None:
+        if name == "shift":
+            out.set("timesteps.shift", shift.value, comment_of(shift))
+        else:
+            out.unmapped.append(Unmapped("--discrete_flow_shift", shift.origin, NO_EFFECT,
+                                         f"sd-scripts shifts sampled timesteps only with --timestep_sampling shift, "
+                                         f"not {name}"))
+    if scale is not None and name not in ("sigmoid", "shift"):
+        out.unmapped.append(Unmapped("--sigmoid_scale", scale.origin, NO_EFFECT, f"unused with {name} sampling"))
