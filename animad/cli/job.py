@@ -8,11 +8,15 @@ from animad.cli.common import Verb
 
 
 def job_arguments(parser) -> None:
-    parser.add_argument("job_dir")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--job-id", type=int, required=True)
-    parser.add_argument("--phase", choices=("train", "select"), default="train")
-    parser.add_argument("--report-fd", type=int, default=None)
+    # Hidden from --help (the daemon is its only caller), but described like every other option.
+    parser.add_argument("job_dir", help="the job's work folder (state/jobs/<id>-<name>)")
+    parser.add_argument("--db", required=True, help="the daemon's queue database, where progress is reported")
+    parser.add_argument("--job-id", type=int, required=True, help="the job's row in that database")
+    parser.add_argument("--phase", choices=("train", "select"), default="train",
+                        help="what to run (default train: a job starts by training; the daemon asks for select after)")
+    parser.add_argument("--report-fd", type=int, default=None,
+                        help="a pipe to the daemon for the error message (default none): it needs no disk, so a "
+                             "full disk still gets its reason through")
 
 
 def cmd_job(args) -> int:

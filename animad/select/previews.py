@@ -101,12 +101,14 @@ def lora_file(path: Path) -> LoraFile:
 
 def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, prompts: list[str],
                     seeds: list[int], settings: dict, rows: list[Row] | None = None,
-                    should_stop=None) -> dict[tuple[str, int], Path]:
+                    should_stop=None, on_image=None) -> dict[tuple[str, int], Path]:
     """Render every (row, prompt) image into out_dir; an image already rendered from the same recipe is kept.
 
     rows: what to render (Row(key, epoch, strength)); each epoch named must be in epoch_files. None: the
     baseline and every epoch at every settings["strengths"] (preview_rows). Returns {(row key, prompt
-    index): path}; file names are stable per (row, prompt index, seed).
+    index): path}; file names are stable per (row, prompt index, seed). on_image(done, total), if given,
+    hears (0, total) once the models are loaded and then each image rendered (total counts only the
+    images to render, not those kept), so a caller can show a bar and an ETA.
     """
     if rows is None:
         rows = preview_rows(sorted(epoch_files), settings["strengths"])
@@ -123,11 +125,11 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
     if todo:
         render(config, files, epoch_files, prompts, seeds, settings,
                [row for row in rows if any((row.key, i) in todo for i in range(len(prompts)))],
-               {key: (targets[key], texts[key]) for key in todo}, should_stop)
+               {key: (targets[key], texts[key]) for key in todo}, should_stop, on_image)
     return targets
 
 
-def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop) -> None:
+def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop, on_image=None) -> None:
     """Load the models once and render each image in todo ({(row, prompt): (path, chunks)}), row by row."""
     precision = resolve_precision(config)
     device, dtype = precision.device, precision.weight_dtype
@@ -150,8 +152,13 @@ def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, sho
         with precision.autocast(), precision.attention_context():
             yield
 
+    done = 0
     with torch.no_grad():
         cached_text = None if has_te_lora else anima.encode_text(prompts + [negative])
+        # Counted from here, not from the call: loading the models is not a preview's cost, and an
+        # ETA that included it would run long for the whole render.
+        if on_image:
+            on_image(done, len(todo))
         for row in rows:
             if should_stop and should_stop():
                 break
@@ -169,5 +176,8 @@ def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, sho
                 noise = anima.preview_noise(seeds[index], settings["width"], settings["height"])
                 latents = anima.sample(noise, context, settings["steps"], cfg, float(settings["flow_shift"]), scope)
                 to_png(anima.decode_latents(latents)[0], path, chunks)
+                done += 1
+                if on_image:
+                    on_image(done, len(todo))
     if network is not None:
         network.detach_all()

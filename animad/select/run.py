@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import time
 from pathlib import Path
 
 from animad.anima.comfyui import has_text_encoder_part
@@ -40,7 +41,9 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> P
     """Floor analysis + previews + review package into outbox (= <outbox dir>/<name>/); returns that dir.
 
     options: prompts (user prompts), prompts_mode ("add" to the defaults or "replace" them), seeds,
-    steps, size, add_epochs / add_strengths (rows added to the existing package), previews, should_stop.
+    steps, size, add_epochs / add_strengths (rows added to the existing package), previews, should_stop,
+    on_progress (hears {"phase": "selecting"} first, then {"phase": "previews", "done", "total",
+    "eta_seconds"} per image rendered: what `animad status` and `animad train` show).
     """
     then = f"The epoch files are intact: free some space and run `animad select {paths.root}`."
     with disk_full_is_user_error(outbox, then):
@@ -48,7 +51,10 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> P
 
 
 def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, prompts_mode=None, seeds=None,
-                steps=None, size=None, add_epochs=(), add_strengths=(), previews=True, should_stop=None) -> Path:
+                steps=None, size=None, add_epochs=(), add_strengths=(), previews=True, should_stop=None,
+                on_progress=None) -> Path:
+    on_progress = on_progress or (lambda progress: None)
+    on_progress({"phase": "selecting"})
     config = load_resolved(paths.resolved)
     records = read_epochs_log(paths.epochs_log)
     epochs, losses, key = epoch_curve(records)
@@ -89,7 +95,7 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
         # The sampling settings alone go to the renderer: which rows are drawn is not a setting, so an
         # added row or strength leaves the images already rendered valid.
         images = render_previews(config, files, epoch_files, paths.selection, texts, prompt_seeds, settings, rows,
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, on_image=preview_progress(on_progress))
         if should_stop and should_stop():
             return Path(outbox)  # stopped mid-render: the next run renders the rest (finished images are kept)
         cells = [PreviewCell(row, index, path) for (row, index), path in images.items() if path.is_file()]
@@ -114,6 +120,21 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
     apply_retention(paths, config, daemon, set(analysis.shortlist) | set(epoch_files))
     log.info("review package written to %s", package)
     return package
+
+
+def preview_progress(on_progress):
+    """The renderer's (done, total) as progress events, with an ETA from the rate since rendering began."""
+    began = []
+
+    def on_image(done: int, total: int) -> None:
+        if not began:
+            began.append(time.monotonic())
+        progress = {"phase": "previews", "done": done, "total": total}
+        if done:
+            progress["eta_seconds"] = (time.monotonic() - began[0]) / done * (total - done)
+        on_progress(progress)
+
+    return on_image
 
 
 def choose_prompts(job_prompts: list[Prompt], job_seeds: list[int], previous: dict, given: list[str],
