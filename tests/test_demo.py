@@ -31,5 +31,7 @@ def test_demo_ends_with_a_review_package(tmp_path):
     assert len(list((package / "previews").rglob("*.png"))) == len(summary["prompts"]) * len(summary["rows"])
     page = (package / "index.html").read_text()
     assert "contact_sheet.png" in page and pick["file"] in page
+    assert "Its previews are noise by design" in page  # a random tiny model: nothing on the page looks broken
+    assert "Training settings" in page and summary["training"]["epochs_trained"] == summary["epochs_trained"]
     # Everything stays in the demo folder (the user's own dirs are untouched).
     assert (tmp_path / "d" / "animad.yaml").is_file() and (tmp_path / "d" / "state").is_dir()

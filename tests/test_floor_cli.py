@@ -172,3 +172,43 @@ def test_a_demo_like_curve_gets_a_shortlist_after_its_knee(tmp_path):
     assert all(p["reason"] for p in out["picks"]) and "ends at epoch 4" in out["message"]
     readable = run_floor(path, "--patience", 4)
     assert readable.returncode == 0 and "candidate" in readable.stdout and "tail" in readable.stdout
+
+
+def test_tensorboards_own_csv_export_is_read_with_the_step_as_the_epoch(tmp_path):
+    epochs, losses, _, _ = make_curve("white", 9)
+    # As TensorBoard's "Download data: CSV" writes it; a resumed launch logged epochs 3 and 4 again
+    # later (a later wall time wins, as in the event files), and an earlier, stale copy of epoch 5
+    # comes after its real value in the file.
+    rows = [(1000.0 + e, int(e), float(l) + (0.5 if e in (3, 4) else 0.0)) for e, l in zip(epochs, losses)]
+    rows += [(9000.0, 3, float(losses[2])), (9001.0, 4, float(losses[3])), (10.0, 5, 99.0)]
+    path = tmp_path / "run-tag-eval_loss.csv"
+    path.write_text("Wall time,Step,Value\n" + "".join(f"{w},{s},{v}\n" for w, s, v in rows))
+    curve = read_curve_file(path)
+    assert curve.source == "tensorboard" and "TensorBoard CSV" in curve.tag
+    assert curve.epochs == [int(e) for e in epochs]
+    assert curve.losses[:5] == pytest.approx([float(v) for v in losses[:5]])
+    result = run_floor(path, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["source"] == "tensorboard" and out["lowest_epoch"] in out["shortlist"]
+    # A header of neither kind names both accepted headers.
+    path.write_text("time,step\n1,2\n")
+    bad = run_floor(path)
+    assert bad.returncode == 2 and "'Wall time,Step,Value'" in bad.stderr and "'epoch' and 'loss'" in bad.stderr
+
+
+def test_every_option_of_floor_and_select_has_help():
+    import argparse
+
+    from animad.cli.main import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("floor", "select"):
+        for action in verbs[name]._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 12, (name, action.dest)
+    text = verbs["floor"].format_help()
+    assert "--patience" in text and "epochs after a candidate floor" in text and "default 15" in text
+    assert "Wall time,Step,Value" in text

@@ -484,3 +484,120 @@ def test_select_flags_parse_and_bad_values_are_clear_errors(capsys):
     assert "--strength must be between 0 and 10" in capsys.readouterr().err
     assert main(["select", "job", "--epoch", "0"]) == 2
     assert "--epoch must be at least 1" in capsys.readouterr().err
+
+
+# --- the page as a decision page: settings, one floor sentence, the folder, the plot's scales, notices ---
+
+def write_job_folder(folder: Path, records: list[dict], **job) -> None:
+    """A job folder as training leaves it: job.resolved.yaml and epochs.jsonl."""
+    import yaml
+
+    from animad.config.job import JobConfig, resolved_dict
+
+    config = JobConfig()
+    for section, values in job.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                setattr(getattr(config, section), key, value)
+        else:
+            setattr(config, section, values)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config, 12), sort_keys=False))
+    (folder / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def page_text(out: Path) -> str:
+    return " ".join(" ".join(parse_page(out / "index.html").text).split())
+
+
+def test_the_page_shows_the_training_settings_one_floor_sentence_and_the_work_folder(tmp_path):
+    review, analysis, _ = build_review(tmp_path)
+    records = [{"epoch": e, "step": 5 * e, "loss": 0.5, "eval_loss": 0.4, "seconds": 61.0,
+                "time": f"2026-12-01T0{e % 10}:00:00+00:00"} for e in range(1, 61)]
+    write_job_folder(tmp_path / "work", records, network={"dim": 8, "alpha": 4.0},
+                     optimizer={"type": "adamw", "lr": 2e-4}, data={"resolution": 768, "batch_size": 3})
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    text, page = page_text(out), (out / "index.html").read_text(encoding="utf-8")
+    assert "Training settings" in text and "8 / 4" in text and "adamw, learning rate 0.0002" in text
+    assert "768" in text and "60 (max_epochs 200)" in text and "300" in text  # epochs and steps trained
+    assert "1h 01m: every epoch's training and eval" in text  # 60 x 61 s
+    # The floor: one plain sentence; the detector's own wording (with its numbers) only folded away.
+    assert f"The loss stopped improving around epoch {analysis.floor_epoch}" in text
+    assert page.count(analysis.message.split(";")[0][:40]) == 1
+    numbers = page[page.index("<details id='floor-numbers'>"):]
+    assert "wobbles by about" in numbers[:numbers.index("</details>")]
+    assert "noise sigma" not in page[:page.index("<details id='floor-numbers'>")]
+    assert f"All epoch files stay in the job's work folder: {tmp_path / 'work' / 'epochs'}" in text
+    assert "barely changed" not in text  # this curve falls far beyond its noise
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training"]["dim"] == 8 and summary["training"]["seconds"] == 60 * 61.0
+
+
+def test_a_run_that_barely_moved_says_so_and_its_plot_shows_both_curves(tmp_path):
+    # The issue's run: eval 3.611 -> 3.603 over 12 epochs (noise ~0.005), train loss far below.
+    epochs = list(range(1, 13))
+    wobble = [0.004, -0.005, 0.003, -0.002, 0.005, -0.004, 0.002, -0.003, 0.004, -0.005, 0.003, -0.001]
+    losses = [3.611 - 0.0007 * e + w for e, w in zip(epochs, wobble)]
+    review, _, _ = build_review(tmp_path)
+    review.analysis = analyze_curve(epochs, losses, patience=4, shortlist_size=3).to_dict()
+    review.analysis["picks"], review.analysis["shortlist"] = [], []
+    review.train_losses = {e: 0.9 - 0.01 * e for e in epochs}
+    write_job_folder(tmp_path / "work", [{"epoch": e, "step": 5 * e, "loss": 0.9, "eval_loss": v, "seconds": 3.0}
+                                         for e, v in zip(epochs, losses)], data={"batch_size": 16})
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    text = page_text(out)
+    assert "This LoRA barely changed the model." in text and "(now 5 optimizer steps an epoch)" in text
+    # The plot: the train loss (0.78-0.89) is far off the eval range (3.60-3.62): it gets its own
+    # scale on the right and is drawn as a line across the chart, not as strokes clipped at the edges.
+    with Image.open(out / "loss_curve.png") as image:
+        pixels = image.convert("RGB")
+    from animad.select.plot import COLOURS, LEFT, RIGHT_AXIS, TITLE_HEIGHT, MAIN_HEIGHT, WIDTH
+    grey = COLOURS["train"]
+    columns = {x for x in range(LEFT, WIDTH - RIGHT_AXIS) for y in range(TITLE_HEIGHT, TITLE_HEIGHT + MAIN_HEIGHT)
+               if pixels.getpixel((x, y)) == grey}
+    assert len(columns) > 0.8 * (WIDTH - RIGHT_AXIS - LEFT)  # a line from the first epoch to the last
+    chart = range(TITLE_HEIGHT, TITLE_HEIGHT + MAIN_HEIGHT)
+    rows_per_column = {x: sum(pixels.getpixel((x, y)) == grey for y in chart)
+                       for x in range(LEFT + 20, WIDTH - RIGHT_AXIS - 20, 40)}
+    assert max(rows_per_column.values()) < 60, rows_per_column  # no vertical strokes through the chart
+    right_axis = {pixels.getpixel((WIDTH - RIGHT_AXIS, y)) for y in chart[5:-5]}
+    assert grey in right_axis  # the train scale's axis line
+
+
+def test_curves_on_one_scale_share_the_axis(tmp_path):
+    epochs, losses, _, _ = make_curve("white", 0)
+    analysis = analyze_curve(epochs, losses, patience=15).to_dict()
+    out = tmp_path / "shared.png"
+    loss_plot(analysis, out, {int(e): float(v) for e, v in zip(epochs, losses)})
+    from animad.select.plot import COLOURS, RIGHT, TITLE_HEIGHT, WIDTH
+    with Image.open(out) as image:
+        pixels = image.convert("RGB")
+        assert COLOURS["train"] not in {pixels.getpixel((x, TITLE_HEIGHT + 100)) for x in range(WIDTH - RIGHT, WIDTH)}
+
+
+def test_the_dataset_report_is_a_section_and_its_warnings_are_not_listed_twice(tmp_path):
+    review, _, _ = build_review(tmp_path)
+    report = {"findings": [
+        {"kind": "near_duplicate", "severity": "warning", "message": f"looks like img2.png {EVIL}",
+         "files": ["img1.png", "img2.png"], "fix": "remove one"},
+        {"kind": "natural_language", "severity": "note", "message": "captions are sentences", "files": []}],
+        "summary": {"images": "12", "steps per epoch": "5", "VRAM estimate": "11.2 GB"}}
+    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work" / "dataset-report.json").write_text(json.dumps(report))
+    review.warnings.append({"file": "img1.png", "where": "", "message": report["findings"][0]["message"],
+                            "fix": "remove one", "severity": "warning"})
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    text, page = page_text(out), (out / "index.html").read_text(encoding="utf-8")
+    assert "id='dataset'" in page and "steps per epoch 5" in text and "VRAM estimate 11.2 GB" in text
+    assert "captions are sentences" in text and "img1.png, img2.png" in text
+    assert text.count(f"looks like img2.png {EVIL}") == 1 and EVIL not in page
+    assert f"caption {EVIL} is odd" in text  # the other warnings stay where they were
+
+
+def test_a_job_description_is_shown_and_the_demo_says_its_previews_are_noise(tmp_path):
+    from animad.demo.run import DEMO_DESCRIPTION
+
+    review, _, _ = build_review(tmp_path)
+    write_job_folder(tmp_path / "work", [], description=DEMO_DESCRIPTION)
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    assert "noise by design" in DEMO_DESCRIPTION and DEMO_DESCRIPTION in page_text(out)

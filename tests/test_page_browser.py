@@ -91,6 +91,9 @@ def test_review_page_in_headless_chromium(tmp_path):
     assert dom.scripts == 0  # the hostile prompt did not become a script element...
     assert f"@cat, {EVIL}" in text  # ...it is visible, inert text
     assert f"caption {EVIL} is odd" in text
+    # The floor is said once in plain words; its numbers are folded into a <details> a browser shows closed.
+    assert "floor-numbers" in dom.ids and "The numbers behind this" in text
+    assert "The loss stopped improving around epoch" in text and "epochs-folder" in dom.ids
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "review_page.png"

@@ -17,12 +17,23 @@ from animad.select.shortlist import analyze_curve
 
 
 def floor_arguments(parser) -> None:
-    parser.add_argument("curve", help="CSV with epoch,loss columns, an epochs.jsonl, or a TensorBoard log dir")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--patience", type=int, default=15)
-    parser.add_argument("--size", type=int, default=4, help="shortlist size")
-    parser.add_argument("--min-epoch", type=int, default=1)
-    parser.add_argument("--tag", help="TensorBoard scalar tag (default: eval/loss, else loss/epoch_average)")
+    parser.add_argument("curve", help="a CSV with epoch,loss columns (others are ignored), TensorBoard's own CSV "
+                                      "export (Wall time,Step,Value; the step is read as the epoch, as animad logs "
+                                      "its epoch curves), an epochs.jsonl, or a TensorBoard log folder")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (for scripts) instead of the readable summary")
+    parser.add_argument("--patience", type=int, default=15,
+                        help="epochs after a candidate floor before it counts as confirmed (default 15, the job "
+                             "default: users confirm a floor 10-20 epochs later, and bench/floor_accuracy.py "
+                             "measures no early stop on still-falling curves with it)")
+    parser.add_argument("--size", type=int, default=4,
+                        help="how many epochs to shortlist (default 4, the job default: the lowest plus a few "
+                             "earlier dips, as users pick by hand)")
+    parser.add_argument("--min-epoch", type=int, default=1,
+                        help="never pick or confirm a floor before this epoch (default 1: the curve decides; raise "
+                             "it to skip a warmup you know is noisy)")
+    parser.add_argument("--tag", help="TensorBoard scalar tag to read (default: eval/loss, the stable eval curve, "
+                                      "else loss/epoch_average); for a log folder or event file only")
 
 
 def cmd_floor(args) -> int:
@@ -71,7 +82,8 @@ def find_job_paths(args) -> tuple[JobPaths, Path]:
 
 
 def select_arguments(parser) -> None:
-    parser.add_argument("job", help="job id or name, or a work folder from 'animad train'")
+    parser.add_argument("job", help="job id or name (as `animad status` lists it), or a work folder from "
+                                    "'animad train'")
     parser.add_argument("--epoch", action="append", type=int, default=[], metavar="N",
                         help="add a preview row for epoch N to the package (repeatable); images already "
                              "rendered are reused")
@@ -86,9 +98,12 @@ def select_arguments(parser) -> None:
     parser.add_argument("--seed", action="append", type=int,
                         help="preview seed (repeatable): one per --prompt; when starting over (no --epoch, "
                              "--strength or --prompt), one per prompt of the job")
-    parser.add_argument("--steps", type=int, help="sampler steps (renders every image again)")
-    parser.add_argument("--size", type=int, help="preview width and height (renders every image again)")
-    parser.add_argument("--no-previews", action="store_true", help="only the floor analysis and package")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the job's previews.steps, 30 as "
+                                                  "ComfyUI's Anima template; another value renders every image again)")
+    parser.add_argument("--size", type=int, help="preview width and height (default: the job's previews.width and "
+                                                 "height, 1024 as trained; another value renders every image again)")
+    parser.add_argument("--no-previews", action="store_true",
+                        help="only the floor analysis and the package, no images (fast, and needs no model files)")
 
 
 def cmd_select(args) -> int:

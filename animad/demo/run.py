@@ -23,6 +23,11 @@ from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
 
 NAME = "demo-shapes"
+# The job's description: the review page shows it at the top (and the LoRA files carry it), so the
+# noise in the previews is not taken for a failure.
+DEMO_DESCRIPTION = ("This is animad's demo: a tiny model with random weights, trained for a few minutes on the CPU. "
+                    "Its previews are noise by design; the demo shows the path from the inbox to this page, not a "
+                    "LoRA worth using. Train on the real Anima model files for real previews.")
 
 
 def run_demo(root: Path, epochs: int = 12) -> int:
@@ -46,7 +51,8 @@ def run_demo(root: Path, epochs: int = 12) -> int:
         shutil.rmtree(staging)
     print("2/4 generating a small dataset (12 images with tag captions) ...")
     make_dataset(staging, count=12, size=(64, 64), trigger="@demo",
-                 job=tiny_job(epochs=epochs, selection={"patience": 4}, data={"repeats": 2}))
+                 job=tiny_job(epochs=epochs, selection={"patience": 4}, data={"repeats": 2},
+                              description=DEMO_DESCRIPTION))
     print("3/4 starting the daemon and dropping the folder into the inbox ...")
     log_file = open(root / "daemon.log", "a")
     daemon = subprocess.Popen([sys.executable, "-m", "animad", "--config", str(config), "run"], stdout=log_file,

@@ -34,8 +34,8 @@ def read_curve_file(path: Path, tag: str | None = None) -> Curve:
     if path.is_dir() or path.name.startswith(EVENT_FILE_PREFIX):
         return read_tensorboard(path, tag)
     if not path.is_file():
-        raise UserError(f"{path}: no such file or folder; give a CSV (epoch,loss), an epochs.jsonl "
-                        "or a TensorBoard log folder")
+        raise UserError(f"{path}: no such file or folder; give a CSV (epoch,loss, or TensorBoard's CSV export), "
+                        "an epochs.jsonl or a TensorBoard log folder")
     if path.suffix == ".jsonl":
         return read_epochs_jsonl(path)
     return read_csv(path)
@@ -59,29 +59,55 @@ def parse_number(text: str | None, path: Path, line: int, column: str) -> float:
                         "fix or delete that row") from None
 
 
+# TensorBoard's "Download data: CSV" writes these columns. animad logs its epoch scalars (eval/loss,
+# loss/epoch_average) with the epoch as the step, so Step is read as the epoch.
+TENSORBOARD_CSV = ("wall time", "step", "value")
+
+
+def csv_columns(path: Path, header: list[str]) -> tuple[str, str, str | None]:
+    """Given a CSV header (lower case), return its epoch column, loss column and wall-time column (or None).
+
+    Either animad's own `epoch,loss` or TensorBoard's export `Wall time,Step,Value`.
+    """
+    if "epoch" in header and "loss" in header:
+        return "epoch", "loss", None
+    if all(name in header for name in TENSORBOARD_CSV[1:]):
+        return "step", "value", "wall time" if "wall time" in header else None
+    raise UserError(f"{path}: the first line must be a header with 'epoch' and 'loss' columns, or TensorBoard's "
+                    f"CSV export header 'Wall time,Step,Value' (found: {', '.join(header) or 'an empty line'})")
+
+
 def read_csv(path: Path) -> Curve:
-    """Given a CSV with a header naming 'epoch' and 'loss' columns (others ignored), return its curve."""
+    """Given a CSV with a header naming 'epoch' and 'loss' columns (others ignored), or a TensorBoard CSV
+    export (Wall time, Step, Value: the step is the epoch), return its curve."""
     values: dict[int, float] = {}
+    written: dict[int, float] = {}  # epoch -> wall time of the value kept (TensorBoard exports)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [name.strip().lower() for name in next(reader, [])]
-            if "epoch" not in header or "loss" not in header:
-                raise UserError(f"{path}: the first line must be a header with 'epoch' and 'loss' columns "
-                                f"(found: {', '.join(header) or 'an empty line'})")
-            epoch_column, loss_column = header.index("epoch"), header.index("loss")
+            epoch_name, loss_name, time_name = csv_columns(path, header)
+            epoch_column, loss_column = header.index(epoch_name), header.index(loss_name)
+            time_column = header.index(time_name) if time_name else None
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue
-                if len(row) <= max(epoch_column, loss_column):
+                if len(row) <= max(epoch_column, loss_column, time_column or 0):
                     raise UserError(f"{path}: line {line} has {len(row)} fields, fewer than the header's "
                                     f"{len(header)}; fix or delete that row")
-                epoch = parse_number(row[epoch_column], path, line, "epoch")
+                epoch = parse_number(row[epoch_column], path, line, epoch_name)
                 if not math.isfinite(epoch) or epoch != int(epoch):
-                    raise UserError(f"{path}: line {line}, column 'epoch': '{row[epoch_column].strip()}' is not a "
-                                    "whole number")
-                values[int(epoch)] = parse_number(row[loss_column], path, line, "loss")
+                    raise UserError(f"{path}: line {line}, column '{epoch_name}': '{row[epoch_column].strip()}' is "
+                                    "not a whole number")
+                loss = parse_number(row[loss_column], path, line, loss_name)
+                if time_column is not None:
+                    # A resumed run logs an epoch again: as in the event files, the later write wins.
+                    wall = parse_number(row[time_column], path, line, time_name)
+                    if int(epoch) in written and wall < written[int(epoch)]:
+                        continue
+                    written[int(epoch)] = wall
+                values[int(epoch)] = loss
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; export the CSV as UTF-8") from None
     except csv.Error as error:
@@ -90,6 +116,8 @@ def read_csv(path: Path) -> Curve:
         raise UserError(f"{path}: cannot read it ({error.strerror})") from None
     if not values:
         raise UserError(f"{path}: no data rows after the header")
+    if epoch_name == "step":
+        return Curve(*order_by_epoch(values), "tensorboard", "Value (TensorBoard CSV export, Step as the epoch)")
     return Curve(*order_by_epoch(values), "csv", "loss")
 
 

@@ -29,15 +29,19 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from animad.anima import comfyui
+from animad.config.job import load_resolved
+from animad.config.problems import ConfigError
 from animad.errors import UserError
 from animad.fsutil import fsync_dir
-from animad.layout import safe_name
+from animad.layout import JobPaths, read_epochs_log, safe_name
 from animad.select.page import render_page
 from animad.select.plot import loss_plot
 from animad.select.sheet import contact_sheet
+from animad.train.optim import default_lr
 
 STALE_PARTIAL_SECONDS = 3600  # a staging folder this old is a leftover from a killed run
 WORKFLOW_FILE = "comfyui-workflow.json"
+DATASET_REPORT = "dataset-report.json"  # intake's dataset report, in the job folder
 
 
 @dataclasses.dataclass
@@ -201,6 +205,49 @@ def workflow_for_package(review: Review, shortlist: list[dict], chunks: dict) ->
     return comfyui.ui_workflow(recipe)
 
 
+def training_facts(job_folder) -> dict:
+    """What the run trained with and how long it took, from the job folder ({} when it cannot be read).
+
+    The settings come from job.resolved.yaml (what the loop read), the counts and the time from
+    epochs.jsonl: the sum of each epoch's own seconds (its steps over every launch, and its eval),
+    so caching, pauses and previews are not in it.
+    """
+    if not job_folder:
+        return {}
+    paths = JobPaths(Path(job_folder))
+    try:
+        config = load_resolved(paths.resolved)
+        records = read_epochs_log(paths.epochs_log)
+    except (ConfigError, UserError, OSError):
+        return {}
+    net, opt, data = config.network, config.optimizer, config.data
+    resolution = data.resolution if isinstance(data.resolution, int) else "x".join(map(str, data.resolution))
+    return {
+        "dim": net.dim, "alpha": net.alpha if net.alpha is not None else net.dim, "init_from": net.init_from or None,
+        "optimizer": opt.type, "lr": default_lr(opt), "resolution": resolution, "batch_size": data.batch_size,
+        "grad_accum": data.grad_accum, "epochs_trained": len(records), "max_epochs": config.schedule.max_epochs,
+        "steps": records[-1].get("step") if records else 0,
+        "seconds": sum(float(r.get("seconds") or 0.0) for r in records),
+        "started": records[0].get("time") if records else None, "ended": records[-1].get("time") if records else None,
+        "description": config.description or None,
+    }
+
+
+def dataset_report(job_folder) -> dict | None:
+    """The dataset report intake wrote into the job folder, or None (no report, or not one we can show)."""
+    if not job_folder:
+        return None
+    try:
+        report = json.loads((Path(job_folder) / DATASET_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    findings = [f for f in report.get("findings") or [] if isinstance(f, dict)]
+    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+    return {"findings": findings, "summary": summary}
+
+
 def previous_name(folder: Path) -> Path | None:
     """Where an existing package folder goes aside: <name>.previous-<time> (a free name), or None if none exists."""
     if not folder.exists() and not folder.is_symlink():
@@ -314,6 +361,8 @@ def build_package(staging: Path, package_name: str, review: Review) -> dict:
         "settings": review.settings,
         "warnings": review.warnings,
         "analysis": review.analysis,
+        "training": review.extra.get("training") or training_facts(review.extra.get("job_folder")),
+        "dataset_report": dataset_report(review.extra.get("job_folder")),
         "previous_package": None,
     }
     return json_safe(summary)

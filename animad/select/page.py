@@ -8,11 +8,14 @@ names) goes through esc(); a Content-Security-Policy forbids scripts as a second
 from __future__ import annotations
 
 import html
+import math
+from pathlib import Path
 from urllib.parse import quote
 
 from animad.anima.comfyui import escape_prompt
 from animad.fsutil import human_bytes
 from animad.select.prompts import KIND_LABELS
+from animad.select.shortlist import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
 
 # No script-src, so nothing runs even if some text slipped through unescaped; images only from the
 # package's own folder (file:), nothing from the network.
@@ -52,6 +55,10 @@ tr:last-child td{border-bottom:0}th{font-weight:600;background:#fafafc}
 td.prompt{overflow-wrap:anywhere;max-width:760px}
 code{background:#ececf0;padding:1px 5px;border-radius:4px;font-size:.92em;overflow-wrap:anywhere}
 .warn{margin:10px 0;border-left:5px solid #d9a400}.warn.error{border-left-color:#c0392b}.warn p{margin:4px 0}
+.warn.note{border-left-color:#8a8a96}
+details{margin-top:8px}summary{cursor:pointer;color:var(--accent)}details p{margin:6px 0}
+.notice{background:#fdecea;border:2px solid #d9534f;padding:12px 16px;border-radius:10px;margin:16px 0}
+.notice.about{background:#eef3fb;border-color:#9db5dd}
 footer{margin-top:40px;color:var(--muted);font-size:.9em}
 """
 
@@ -104,9 +111,85 @@ def header_html(summary: dict) -> list[str]:
         "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
         f"<code>models/loras</code> folder and load it with {loader}.{trigger}</li>"
         f"{workflow_item(summary)}</ol></div>",
+        *about_html(summary),
+        *barely_changed_html(summary),
         f"<div class='status {esc(analysis.get('status'))}' id='floor-message'><strong>Loss floor:</strong> "
-        f"{esc(analysis.get('message') or 'no analysis')}</div>",
+        f"{esc(floor_sentence(analysis))}{floor_numbers_html(analysis)}</div>",
     ]
+
+
+def clean_losses(analysis: dict) -> list[tuple[int, float]]:
+    """(epoch, loss) of the curve the floor was read from, without the epochs it left out."""
+    ignored = set(analysis.get("ignored_epochs") or [])
+    return [(e, float(v)) for e, v in zip(analysis.get("epochs") or [], analysis.get("losses") or [])
+            if e not in ignored and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def floor_sentence(analysis: dict) -> str:
+    """The floor's verdict in one plain sentence (the numbers behind it are in floor_numbers_html)."""
+    status, lowest = analysis.get("status"), analysis.get("lowest_epoch")
+    floor, candidate = analysis.get("floor_epoch"), analysis.get("candidate_epoch")
+    epochs = [e for e, _ in clean_losses(analysis)] or list(analysis.get("epochs") or []) or [0]
+    if status == "floor":
+        return (f"The loss stopped improving around epoch {floor}: the epochs after it are no better beyond chance. "
+                f"The lowest loss was at epoch {lowest}.")
+    if status == "no_floor_yet" and candidate is not None:
+        return (f"The loss may have levelled off around epoch {candidate}, but training ended before that could be "
+                f"confirmed. The lowest loss was at epoch {lowest}.")
+    if status == "no_floor_yet":
+        return (f"The loss was still going down when training ended (lowest at epoch {lowest} of {max(epochs)}): "
+                "more epochs may still help.")
+    if status == "too_short":
+        return f"Only {len(clean_losses(analysis))} epoch(s): too few to tell where the loss stops improving."
+    return "No loss was recorded, so there is nothing to judge yet."
+
+
+def floor_numbers_html(analysis: dict) -> str:
+    """The detector's own account, with its numbers, folded away: there for whoever wants to check it."""
+    if not analysis.get("message"):
+        return ""
+    noise = analysis.get("noise")
+    wobble = (f"<p>From one epoch to the next the loss wobbles by about {noise:.3g} on its own (its noise): "
+              "differences of that size say nothing about which epoch is better.</p>"
+              if isinstance(noise, (int, float)) and math.isfinite(noise) and noise > 0 else "")
+    return (f"<details id='floor-numbers'><summary>The numbers behind this</summary>{wobble}"
+            f"<p class='muted'>{esc(analysis['message'])}</p></details>")
+
+
+def loss_moved(analysis: dict) -> dict | None:
+    """How far the loss fell over the run, measured against its noise, or None when it cannot be told.
+
+    Moved means a fall of at least KNEE_NOISE noise sigmas from the first epoch to the lowest (the
+    same bar under which the shortlist sees no descent at all).
+    """
+    curve, noise = clean_losses(analysis), analysis.get("noise")
+    if len(curve) < 3 or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise <= 0:
+        return None
+    first, lowest = curve[0][1], min(v for _, v in curve)
+    return {"first": first, "lowest": lowest, "drop": first - lowest, "noise": noise,
+            "moved": first - lowest >= KNEE_NOISE * noise}
+
+
+def barely_changed_html(summary: dict) -> list[str]:
+    moved = loss_moved(summary.get("analysis") or {})
+    if moved is None or moved["moved"]:
+        return []
+    training = summary.get("training") or {}
+    epochs, steps = training.get("epochs_trained"), training.get("steps")
+    per_epoch = (f" (now {steps / epochs:.3g} optimizer steps an epoch)"
+                 if isinstance(epochs, int) and epochs > 0 and isinstance(steps, int) else "")
+    return [
+        "<div class='notice' id='barely-changed'><strong>This LoRA barely changed the model.</strong> "
+        f"Its loss went from {moved['first']:.4g} to at best {moved['lowest']:.4g}: a fall smaller than "
+        f"{KNEE_NOISE:g} times the loss's own wobble from epoch to epoch ({moved['noise']:.2g}). "
+        "If the previews look like the no-LoRA row, it learned little: give it more steps"
+        f"{esc(per_epoch)} with a smaller batch, more repeats or more epochs, or raise the learning rate.</div>"]
+
+
+def about_html(summary: dict) -> list[str]:
+    """The job's own description (job.yaml `description`), e.g. what `animad demo` says about its previews."""
+    description = (summary.get("training") or {}).get("description")
+    return [f"<div class='notice about' id='about'>{esc(description)}</div>"] if description else []
 
 
 def workflow_item(summary: dict) -> str:
@@ -220,14 +303,11 @@ def curve_html(summary: dict) -> list[str]:
     analysis = summary.get("analysis") or {}
     source = ("the stable eval loss (fixed images, noise levels and seeds each epoch)"
               if summary.get("curve_source") == "eval" else "the epoch-average training loss")
-    floor = analysis.get("floor_epoch")
-    noise = analysis.get("noise")
-    facts = [f"curve: {source}", f"floor epoch: {floor if floor is not None else 'none yet'}",
-             f"lowest epoch: {analysis.get('lowest_epoch')}",
-             f"noise \u03c3: {noise:.3g}" if isinstance(noise, (int, float)) else None]
+    # The floor's verdict is said once, at the top; here only what the plot shows and how it was read.
+    facts = [f"curve: {source}"]
     if analysis.get("ignored_epochs"):
-        facts.append("ignored epochs (spikes, NaN): " + ", ".join(str(e) for e in analysis["ignored_epochs"]))
-    parts = ["<h2 id='loss'>Loss curve</h2>", f"<p>{esc(analysis.get('message') or '')}</p>"]
+        facts.append("left out (spikes, NaN): epochs " + ", ".join(str(e) for e in analysis["ignored_epochs"]))
+    parts = ["<h2 id='loss'>Loss curve</h2>"]
     schedule = summary.get("schedule") or {}
     if schedule.get("text"):
         parts.append(f"<p id='schedule'><strong>Schedule followed:</strong> {esc(schedule['text'])}</p>")
@@ -239,11 +319,73 @@ def curve_html(summary: dict) -> list[str]:
     return parts
 
 
+def training_html(summary: dict) -> list[str]:
+    """What the run trained with and how long it took (summary["training"], from the job folder)."""
+    facts = summary.get("training") or {}
+    parts = ["<h2 id='training'>Training settings</h2>"]
+    if not facts:
+        return parts + ["<p class='muted'>The job folder's settings could not be read.</p>"]
+    rank = f"{facts.get('dim')} / {facts.get('alpha'):g}" if isinstance(facts.get("alpha"), (int, float)) \
+        else f"{facts.get('dim')} / {facts.get('alpha')}"
+    if facts.get("init_from"):
+        rank += f" (continued from {facts['init_from']})"
+    batch = str(facts.get("batch_size"))
+    if (facts.get("grad_accum") or 1) > 1 and isinstance(facts.get("batch_size"), int):
+        batch += f" x {facts['grad_accum']} accumulated = {facts['batch_size'] * facts['grad_accum']} images a step"
+    lr = facts.get("lr")
+    rows = [("LoRA rank (dim) / alpha", rank),
+            ("optimizer", f"{facts.get('optimizer')}, learning rate {lr:g}" if isinstance(lr, (int, float))
+             else facts.get("optimizer")),
+            ("resolution", facts.get("resolution")), ("batch size", batch),
+            ("epochs trained", f"{facts.get('epochs_trained')} (max_epochs {facts.get('max_epochs')})"),
+            ("optimizer steps", facts.get("steps")),
+            ("time taken", f"{duration_text(facts.get('seconds'))}: every epoch's training and eval, over every "
+                           "launch (caching, pauses and previews not counted)")]
+    if facts.get("started") and facts.get("ended"):
+        rows.append(("first and last epoch saved", f"{facts['started']} and {facts['ended']}"))
+    body = "".join(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>" for key, value in rows)
+    return parts + [f"<table id='training-settings'>{body}</table>"]
+
+
+def duration_text(seconds) -> str:
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "unknown"
+    total = int(round(seconds))
+    hours, minutes, rest = total // 3600, total // 60 % 60, total % 60
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
+
+
+def dataset_html(summary: dict) -> list[str]:
+    """Intake's dataset report (dataset-report.json in the job folder): its figures and its findings."""
+    report = summary.get("dataset_report")
+    if not report:
+        return []
+    parts = ["<h2 id='dataset'>Dataset</h2>"]
+    figures = report.get("summary") or {}
+    if figures:
+        rows = "".join(f"<tr><th>{esc(label)}</th><td>{esc(setting_text(value))}</td></tr>"
+                       for label, value in figures.items())
+        parts.append(f"<table id='dataset-summary'>{rows}</table>")
+    for finding in report.get("findings") or []:
+        severity = {"error": "error", "warning": "warning"}.get(finding.get("severity"), "note")
+        files = finding.get("files") or []
+        listed = (f"<p class='muted'>{esc(', '.join(str(f) for f in files[:8]))}"
+                  f"{esc(f' and {len(files) - 8} more') if len(files) > 8 else ''}</p>") if files else ""
+        fix = f"<p class='muted'>Fix: {esc(finding.get('fix'))}</p>" if finding.get("fix") else ""
+        parts.append(f"<div class='card warn {severity}'><p><strong>{esc(severity)}</strong> "
+                     f"<span class='muted'>{esc(finding.get('kind'))}</span></p><p>{esc(finding.get('message'))}</p>"
+                     f"{listed}{fix}</div>")
+    return parts
+
+
 def warnings_html(summary: dict) -> list[str]:
-    warnings = summary.get("warnings") or []
+    # The dataset report's warnings are also the check's problems: shown once, in the Dataset section.
+    reported = {f.get("message") for f in (summary.get("dataset_report") or {}).get("findings") or []}
+    warnings = [w for w in summary.get("warnings") or [] if w.get("message") not in reported]
     parts = [f"<h2 id='warnings'>Dataset warnings ({len(warnings)})</h2>"]
     if not warnings:
-        parts.append("<p class='muted'>None: the dataset check found nothing to warn about.</p>")
+        parts.append("<p class='muted'>None besides the Dataset section's.</p>" if reported else
+                     "<p class='muted'>None: the dataset check found nothing to warn about.</p>")
     for warning in warnings:
         severity = "error" if warning.get("severity") == "error" else "warning"
         where = f" \u00b7 {esc(warning.get('where'))}" if warning.get("where") else ""
@@ -273,8 +415,10 @@ def settings_html(summary: dict) -> list[str]:
 def render_page(summary: dict) -> str:
     """Given the package's summary dict, return index.html as a string."""
     previous = summary.get("previous_package")
-    footer = ["<footer><p>Everything on this page is also in <a href='summary.json'>summary.json</a>. "
-              "All epoch files stay in the job's work folder.</p>"]
+    folder = summary.get("job_folder")
+    where = (f"All epoch files stay in the job's work folder: <code id='epochs-folder'>{esc(Path(folder) / 'epochs')}"
+             "</code>." if folder else "All epoch files stay in the job's work folder.")
+    footer = [f"<footer><p>Everything on this page is also in <a href='summary.json'>summary.json</a>. {where}</p>"]
     if previous:
         footer.append(f"<p>The package from the previous run is kept next to this folder as "
                       f"<code>{esc(previous)}</code>.</p>")
@@ -289,6 +433,8 @@ def render_page(summary: dict) -> str:
         *previews_html(summary),
         *shortlist_html(summary),
         *curve_html(summary),
+        *training_html(summary),
+        *dataset_html(summary),
         *warnings_html(summary),
         *settings_html(summary),
         *footer,

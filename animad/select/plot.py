@@ -23,6 +23,8 @@ from animad.select.sheet import font
 
 WIDTH = 1100
 LEFT, RIGHT = 86, 28  # room for the y tick labels / a little air on the right
+RIGHT_AXIS = 86  # the right margin when the train loss has an axis of its own there
+SHARED_SPAN = 2.0  # train and eval share one scale while it spans at most this many times the eval's own
 TITLE_HEIGHT = 44
 MAIN_HEIGHT = 380
 GAP = 92  # x tick labels of the top panel plus the zoom panel's heading
@@ -30,7 +32,7 @@ ZOOM_HEIGHT = 250
 BOTTOM = 58  # x tick labels and the axis name
 COLOURS = {
     "background": (255, 255, 255), "axis": (70, 70, 78), "grid": (232, 232, 236), "text": (40, 40, 48),
-    "muted": (120, 120, 130), "raw": (130, 170, 225), "smooth": (25, 75, 165), "train": (200, 200, 206),
+    "muted": (120, 120, 130), "raw": (130, 170, 225), "smooth": (25, 75, 165), "train": (150, 150, 160),
     "band": (222, 234, 250), "floor": (200, 50, 50), "candidate": (150, 150, 150), "pick": (20, 140, 70),
     "ignored": (215, 120, 0), "descent": (243, 243, 245), "cooldown": (233, 246, 238),
 }
@@ -162,13 +164,32 @@ def shaded_stretches(series: dict) -> list[tuple[str, float, float, str]]:
     return stretches
 
 
-def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple[int, float]]) -> None:
-    """Band, curves, floor marker: drawn on a layer the size of the panel, so nothing spills out of it."""
+def train_scale(panel: Panel, train: list[tuple[int, float]]) -> Panel | None:
+    """Where the train loss is drawn: on the panel's own scale when it fits there, else on a scale of its
+    own (the right axis). None: nothing to draw.
+
+    The train loss of a run that barely moves can sit far from the eval loss; clipped to the eval's
+    narrow range, its line would cross the chart as vertical strokes. Its own scale always shows it.
+    """
+    values = [v for e, v in train if panel.contains_x(e)]
+    if len(values) < 2:
+        return None
+    if panel.y_low <= min(values) and max(values) <= panel.y_high:
+        return panel
+    return dataclasses.replace(panel, y_low=value_range(values)[0], y_high=value_range(values)[1])
+
+
+def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple[int, float]],
+               train_panel: Panel | None = None) -> None:
+    """Band, curves, floor marker: drawn on a layer the size of the panel, so nothing spills out of it.
+
+    train_panel maps the train loss (its own scale, or the panel itself); None draws no train line.
+    """
     layer = Image.new("RGBA", (panel.right - panel.left + 1, panel.bottom - panel.top + 1), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
 
-    def local(points):
-        return [(panel.x(e) - panel.left, panel.y(v) - panel.top) for e, v in points]
+    def local(points, scale=panel):
+        return [(scale.x(e) - panel.left, scale.y(v) - panel.top) for e, v in points]
 
     for key, first, last, _ in shaded_stretches(series):
         left, right = panel.x(max(first, panel.x_low)) - panel.left, panel.x(min(last, panel.x_high)) - panel.left
@@ -179,8 +200,10 @@ def draw_lines(image: Image.Image, panel: Panel, series: dict, train: list[tuple
         top, bottom = local([(0, lowest + BAND_SIGMAS * noise), (0, lowest - BAND_SIGMAS * noise)])
         draw.rectangle([0, top[1], layer.width, bottom[1]], fill=COLOURS["band"] + (255,))
     raw_width = 2 if len(series["raw"]) <= 150 else 1  # long runs: thin lines, or the noise becomes a smear
-    curves = (("train", train, 1), ("raw", series["raw"], raw_width), ("smooth", series["smooth"], 3))
-    for key, points, line_width in curves:
+    if train_panel is not None:
+        points = [(e, v) for e, v in train if panel.contains_x(e)]
+        draw.line(local(points, train_panel), fill=COLOURS["train"] + (255,), width=2, joint="curve")
+    for key, points, line_width in (("raw", series["raw"], raw_width), ("smooth", series["smooth"], 3)):
         if len(points) > 1:
             draw.line(local(points), fill=COLOURS[key] + (255,), width=line_width, joint="curve")
     for key, epoch, shortlisted in floor_marks(series):
@@ -207,6 +230,16 @@ def draw_axes(draw: ImageDraw.ImageDraw, panel: Panel, fonts: dict) -> None:
         draw.text((x, panel.bottom + 8), str(int(tick)), fill=COLOURS["axis"], font=fonts["tick"], anchor="mt")
     corner = [panel.left, panel.top, panel.left, panel.bottom, panel.right, panel.bottom]
     draw.line(corner, fill=COLOURS["axis"], width=2)
+
+
+def draw_right_axis(draw: ImageDraw.ImageDraw, scale: Panel, fonts: dict) -> None:
+    """The train loss's own scale: tick labels on the right, in its colour."""
+    ticks, step = nice_ticks(scale.y_low, scale.y_high, 6)
+    for tick in ticks:
+        y = scale.y(tick)
+        draw.line([scale.right, y, scale.right + 5, y], fill=COLOURS["train"], width=1)
+        draw.text((scale.right + 8, y), tick_label(tick, step), fill=COLOURS["train"], font=fonts["tick"], anchor="lm")
+    draw.line([scale.right, scale.top, scale.right, scale.bottom], fill=COLOURS["train"], width=2)
 
 
 def draw_marks(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, fonts: dict, detailed: bool,
@@ -261,12 +294,13 @@ def draw_marks(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, fonts: dic
                   stroke_width=3, stroke_fill=(255, 255, 255))
 
 
-def draw_legend(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, has_train: bool,
+def draw_legend(draw: ImageDraw.ImageDraw, panel: Panel, series: dict, train: str | None,
                 fonts: dict) -> tuple[float, float, float, float]:
-    """Draw the legend in the panel's top right corner; return its box."""
+    """Draw the legend in the panel's top right corner; return its box. train: None (no train line),
+    "shared" (on the loss axis) or "right" (on an axis of its own)."""
     entries = []
-    if has_train:
-        entries.append(("train", "line", "train loss (epoch average)"))
+    if train:
+        entries.append(("train", "line", "train loss (epoch average)" + (", right axis" if train == "right" else "")))
     entries += [("raw", "line", "loss per epoch"), ("smooth", "line", "smoothed")]
     if series["noise"] > 0 and finite(series["lowest"]):
         entries.append(("band", "box", f"noise band: lowest \u00b1 {BAND_SIGMAS:g} sigma"))
@@ -323,8 +357,17 @@ def loss_plot(analysis: dict, out: Path, train_losses: dict[int, float] | None =
     if series["noise"] > 0 and finite(series["lowest"]):
         y_values.append(series["lowest"] - BAND_SIGMAS * series["noise"])
     y_low, y_high = value_range(y_values)
+    if len(train) > 1:
+        # Both on one scale while that keeps the eval curve at half its height or more; else the train
+        # loss gets a scale of its own (train_scale).
+        both = value_range(y_values + [v for _, v in train])
+        if both[1] - both[0] <= SHARED_SPAN * (y_high - y_low):
+            y_low, y_high = both
     zoom = zoom_panel_ranges(series, x_low, x_high)
     main_bottom = TITLE_HEIGHT + MAIN_HEIGHT
+    probe = train_scale(Panel(LEFT, TITLE_HEIGHT, WIDTH - RIGHT, main_bottom, x_low, x_high, y_low, y_high), train)
+    own_axis = probe is not None and (probe.y_low, probe.y_high) != (y_low, y_high)
+    right = WIDTH - (RIGHT_AXIS if own_axis else RIGHT)
     height = main_bottom + (GAP + ZOOM_HEIGHT if zoom else 0) + BOTTOM
     image = Image.new("RGB", (WIDTH, height), COLOURS["background"])
     draw = ImageDraw.Draw(image)
@@ -332,28 +375,36 @@ def loss_plot(analysis: dict, out: Path, train_losses: dict[int, float] | None =
     status = {"floor": f"floor confirmed at epoch {series['floor']}", "no_floor_yet": "no confirmed floor yet",
               "too_short": "too few epochs to find a floor"}.get(series["status"] or "", "")
     draw.text((LEFT, 14), f"Loss per epoch: {title}", fill=COLOURS["text"], font=fonts["title"])
-    draw.text((WIDTH - RIGHT, 16), status, fill=COLOURS["floor"] if series["floor"] is not None else COLOURS["muted"],
+    draw.text((right, 16), status, fill=COLOURS["floor"] if series["floor"] is not None else COLOURS["muted"],
               font=fonts["heading"], anchor="ra")
     draw.text((LEFT - 10, 24), "loss", fill=COLOURS["muted"], font=fonts["tick"], anchor="rm")
+    if own_axis:
+        draw.text((right + 8, 30), "train", fill=COLOURS["train"], font=fonts["tick"], anchor="lm")
 
-    panels = [(Panel(LEFT, TITLE_HEIGHT, WIDTH - RIGHT, main_bottom, x_low, x_high, y_low, y_high), False)]
+    panels = [(Panel(LEFT, TITLE_HEIGHT, right, main_bottom, x_low, x_high, y_low, y_high), False)]
     if zoom:
         top = main_bottom + GAP
-        panels.append((Panel(LEFT, top, WIDTH - RIGHT, top + ZOOM_HEIGHT, *zoom), True))
+        panels.append((Panel(LEFT, top, right, top + ZOOM_HEIGHT, *zoom), True))
         region = "the floor region" if series["floor"] is not None else "the shortlisted epochs"
         draw.text((LEFT, top - 30), f"Zoom on {region}: epochs {int(zoom[0])} to {int(zoom[1])}",
                   fill=COLOURS["text"], font=fonts["heading"])
     legend = None
     for panel, detailed in panels:
         draw_axes(draw, panel, fonts)
-        draw_lines(image, panel, series, [(e, v) for e, v in train if panel.contains_x(e)])
+        scale = train_scale(panel, train)
+        if detailed and scale is not panel:
+            scale = None  # the zoom compares the picks with the noise: a train line off its scale is left out
+        draw_lines(image, panel, series, train, scale)
         draw = ImageDraw.Draw(image)
         draw.line([panel.left, panel.top, panel.left, panel.bottom, panel.right, panel.bottom],
                   fill=COLOURS["axis"], width=2)
+        if scale is not None and scale is not panel:
+            draw_right_axis(draw, scale, fonts)
         if legend is None:  # the legend sits over the curves of the top panel, under its labels
-            legend = draw_legend(draw, panel, series, len(train) > 1, fonts)
+            legend = draw_legend(draw, panel, series, None if scale is None else "shared" if scale is panel
+                                 else "right", fonts)
         draw_marks(draw, panel, series, fonts, detailed, avoid=None if detailed else legend)
-    draw.text(((LEFT + WIDTH - RIGHT) // 2, height - 8), "epoch", fill=COLOURS["muted"], font=fonts["heading"],
+    draw.text(((LEFT + right) // 2, height - 8), "epoch", fill=COLOURS["muted"], font=fonts["heading"],
               anchor="mb")
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
