@@ -331,3 +331,32 @@ def test_an_accept_stopped_after_the_freeze_is_completed_at_the_next_start(confi
     row = service.queue.get(job_id)
     service.close()
     assert row["status"] == Status.QUEUED and (job_dir / "job.resolved.yaml").is_file()
+
+
+# -- cancelled jobs stay cancelled when the queue is rebuilt from the job folders ---------------------
+
+def test_cancelled_jobs_stay_cancelled_after_the_database_is_rebuilt_and_retry_clears_it(config):
+    daemon = load_daemon_config(config)
+    state = daemon.dir("state")
+    service = ServiceInProcess(config, NOON)
+    drop_and_queue(service, daemon.dir("inbox"), "keep", seed=1)
+    drop_and_queue(service, daemon.dir("inbox"), "drop", seed=2)
+    service.close()
+    ids = {r["name"]: r["id"] for r in service.queue.all()}
+    service.queue.disconnect()
+    cancelled = animad(config, "cancel", "drop")
+    assert cancelled.returncode == 0, cancelled.stderr
+    reset_database(state, "delete")
+    service = ServiceInProcess(config, NOON)
+    rows = {r["name"]: r for r in service.queue.all()}
+    service.close()
+    service.queue.disconnect()
+    assert rows["drop"]["status"] == Status.CANCELLED and rows["drop"]["id"] == ids["drop"]
+    assert rows["keep"]["status"] == Status.QUEUED
+    # retry undoes the cancel on disk too: a second rebuild queues it
+    assert animad(config, "retry", "drop").returncode == 0
+    reset_database(state, "truncate")
+    service = ServiceInProcess(config, NOON)
+    rows = {r["name"]: r for r in service.queue.all()}
+    service.close()
+    assert rows["drop"]["status"] == Status.QUEUED

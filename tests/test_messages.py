@@ -205,3 +205,100 @@ def test_the_systemd_unit_is_hardened_but_keeps_the_gpu_and_its_folders():
             while block_start > 0 and lines[block_start - 1] and not lines[block_start - 1].startswith("#"):
                 block_start -= 1
             assert lines[block_start - 1].startswith("#"), f"{unit}: '{lines[index]}' has no comment"
+
+
+# -- words that say what is true (issue 11, defect 8; issue 13) ------------------------------------------
+
+def animad(config: Path, *args) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "animad", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=HANG_SECONDS, cwd=config.parent)
+
+
+def test_a_job_folder_deleted_while_paused_says_so_and_retry_does_not_blame_acceptance(daemon_config):
+    import datetime as dt
+    import shutil
+
+    from animad.daemon.states import Status
+    from daemon_helpers import ServiceInProcess, configure, drop
+
+    configure(daemon_config, windows=["22:00-07:00"])
+    inbox = load_daemon_config(daemon_config).dir("inbox")
+    service = ServiceInProcess(daemon_config, dt.datetime(2026, 3, 2, 12, 0))  # window closed
+    try:
+        drop(make_dataset(daemon_config.parent / "staging" / "gone", job=tiny_job()), inbox)
+        row = service.wait_status("gone", Status.QUEUED)
+        service.queue.update(row["id"], status=Status.PAUSED, resume_first=1)
+        shutil.rmtree(row["job_dir"])  # the user tidies up by hand
+        shown = animad(daemon_config, "status").stdout
+        assert "its job folder is gone" in shown and "resumes at" not in shown, shown
+        service.now = dt.datetime(2026, 3, 2, 23, 0)  # the window opens: the daemon would resume it
+        failed = service.wait_status("gone", Status.FAILED)
+    finally:
+        service.close()
+    assert "job.resolved.yaml" not in failed["error"]
+    assert f"its job folder {row['job_dir']} is gone" in failed["error"]
+    assert "drop the dataset folder into the inbox" in failed["error"]
+    assert f"animad cancel {row['id']}" in failed["error"]
+    retried = animad(daemon_config, "retry", str(row["id"]))
+    assert retried.returncode != 0 and "never got a job folder" not in retried.stderr
+    assert "is gone" in retried.stderr and "drop the dataset folder" in retried.stderr
+
+
+def test_resume_says_when_the_job_really_restarts(daemon_config, tmp_path):
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from animad.daemon.queue import Queue
+    from animad.daemon.states import Status
+    from daemon_helpers import configure
+
+    def released(windows) -> str:
+        configure(daemon_config, windows=windows)
+        job = queue.add("cat", "/nowhere/cat")
+        queue.update(job, status=Status.PAUSED, held=1)
+        result = animad(daemon_config, "resume", str(job))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    daemon = load_daemon_config(daemon_config)
+    queue = Queue(daemon.dir("state") / "animad.sqlite")
+    assert "once the daemon runs" in released(["always"])  # no daemon: nothing restarts by itself
+    # A live process holds the pid file, as a running daemon would.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        (daemon.dir("state") / "daemon.pid").write_text(f"{sleeper.pid}\n")
+        assert "restarts now" in released(["always"])
+        later = dt.datetime.now() + dt.timedelta(hours=2)  # a window that opens in two hours: closed now
+        closed = released([f"{later:%H:%M}-{later + dt.timedelta(minutes=1):%H:%M}"])
+        assert "in the next window" in closed and "--now" in closed
+    finally:
+        sleeper.stdin.close()
+        sleeper.wait(timeout=HANG_SECONDS)
+
+
+def test_run_refuses_to_start_without_its_model_files(daemon_config):
+    data = yaml.safe_load(daemon_config.read_text())
+    name = data["default_model"]
+    data["models"][name]["dit"] = str(daemon_config.parent / "nowhere" / "dit.safetensors")
+    daemon_config.write_text(yaml.safe_dump(data))
+    result = animad(daemon_config, "run", "--once")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"models.{name}.dit: {daemon_config.parent / 'nowhere' / 'dit.safetensors'} (not found)" in result.stderr
+    assert "--no-models-check" in result.stderr and "text_encoder" not in result.stderr
+    assert not (load_daemon_config(daemon_config).dir("state") / "daemon.pid").exists()
+    started = animad(daemon_config, "run", "--once", "--no-models-check")
+    assert started.returncode == 0 and "animad daemon stopped" in started.stdout, started.stdout + started.stderr
+
+
+def test_run_without_any_config_points_at_animad_init(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ANIMAD_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "animad", "run", "--once"], capture_output=True, text=True,
+                            timeout=HANG_SECONDS, cwd=tmp_path, env={**env, "HOME": str(tmp_path)})
+    assert result.returncode == 2 and "animad init" in result.stderr and "not found" in result.stderr, result.stderr

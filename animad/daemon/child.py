@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from animad.config.daemon import find_config_path, load_daemon_config
+from animad.daemon.progress import PhaseClock
 from animad.daemon.queue import Queue
 from animad.daemon.states import Outcome, Phase
 from animad.errors import UserError
@@ -32,18 +33,24 @@ log = logging.getLogger("animad.job")
 class Reporter:
     """Progress into the job's row, at most every `every` seconds (SQLite is shared with the daemon).
 
-    Reports are merged, so a short eval or save phase never hides the epoch/step/loss/ETA numbers.
+    Reports are merged (PhaseClock), so a short eval or save phase never hides the epoch/step/loss/ETA
+    numbers. A new phase is written at once: a long eval or a long caching run must not sit behind
+    the last training step's numbers until its next report.
     """
 
     def __init__(self, queue, job_id: int, every: float = 2.0):
         self.queue, self.job_id, self.every = queue, job_id, every
         self.last = 0.0
-        self.state: dict = {}
+        self.clock = PhaseClock()
+
+    @property
+    def state(self) -> dict:
+        return self.clock.state
 
     def __call__(self, progress: dict) -> None:
-        self.state.update(progress)
+        new_phase = self.clock.add(progress)
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if new_phase or now - self.last >= self.every:
             self.last = now
             try:
                 self.queue.heartbeat(self.job_id, dict(self.state))
@@ -87,8 +94,8 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
             outcome = Outcome.PAUSED if status == Outcome.PAUSED else Outcome.FINISHED
         else:
             log.info("job %d: selection and previews", job_id)
-            queue.heartbeat(job_id, {"phase": "selecting"})
-            package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop)
+            package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop,
+                                 on_progress=Reporter(queue, job_id))
             if stop.requested:
                 outcome = Outcome.PAUSED
             else:

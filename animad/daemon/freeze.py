@@ -76,6 +76,11 @@ def handle_folder(folder: Path, daemon: Daemon, queue: Queue) -> int | None:
         write_atomic(errors_file, result.report().encode(), make_parents=False)
         log.warning("rejected %s: %d problem(s); see %s", folder.name, len(result.problems.errors), errors_file)
         return None
+    # Checking a big folder takes a while: one written meanwhile is not taken (no row, no report).
+    refuse_if_written(folder)
+    if not matches_manifest(folder, settled, copy=False):
+        raise FolderBusy(f"{folder} changed while it was checked; it stays in the inbox and is taken once it "
+                         "has settled again")
     errors_file.unlink(missing_ok=True)  # ours, from an earlier rejection
     name = job_name(folder, result.config)
     # Ids start above every job folder on disk too: after a database reset a new job never lands in
@@ -95,6 +100,9 @@ def handle_folder(folder: Path, daemon: Daemon, queue: Queue) -> int | None:
         if (job_dir / "dataset").is_dir():
             queue.update(job_id, status=Status.FAILED, error=f"accepting stopped after the dataset was frozen "
                          f"into {job_dir / 'dataset'} ({error}); fix the cause and restart the daemon")
+        elif isinstance(error, FolderBusy):
+            queue.update(job_id, status=Status.CANCELLED, error=f"{error}; this row is left behind (the folder "
+                         "becomes a new job when it is taken)")
         else:
             queue.update(job_id, status=Status.CANCELLED, error=f"could not accept {folder} ({error}); the inbox "
                          "folder is kept as it was")
@@ -174,9 +182,8 @@ def refuse_if_written(folder: Path) -> None:
     # the job's frozen copy after the move: such a folder is not taken until the handle is closed.
     writers = writers_into(folder)
     if writers:
-        raise FolderBusy(f"{folder} is still open for writing ({'; '.join(writers[:3])}); animad takes it once "
-                         "the program closes it and the folder has settled (save job.yaml again if nothing "
-                         "changes after that)")
+        raise FolderBusy(f"{folder} is still open for writing ({'; '.join(writers[:3])}); the daemon looks "
+                         "again after each settle and takes it once the program has closed it")
 
 
 def move_dataset(source: Path, target: Path, settled: dict | None = None) -> None:

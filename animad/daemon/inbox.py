@@ -6,18 +6,29 @@ folder moved in whole keeps its old ctimes, so it is ready at once. Watchdog eve
 daemon up to look; the file system itself is the truth, which also covers folders that were already
 there at start-up and file systems where events are unreliable. `Inbox` is the daemon loop's intake
 step: look when something happened or a pending folder may have settled, and queue or reject what is ready.
+
+A rejected folder is checked again when anything in it changes (a file added, edited or removed;
+not ERRORS.txt, which is ours), so removing the image a report names is enough. A folder still
+open for writing is not a problem of the folder: it gets no report and is looked at again after
+another settle. `animad status` shows the inbox by these same rules (`inbox_view`): it works out
+settling itself and reads the daemon's verdicts (rejected, busy) from state/inbox.json, which the
+daemon writes only when a verdict changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import math
 import os
 import threading
 import time
 from pathlib import Path
 
 from animad.config.daemon import Daemon
-from animad.daemon.freeze import handle_folder
+from animad.daemon.freeze import FolderBusy, handle_folder
 from animad.daemon.queue import Queue
 from animad.fsutil import write_atomic
 from animad.safe_text import safe
@@ -41,26 +52,67 @@ def write_report(folder: Path, text: str) -> bool:
         return False
 
 
-def latest_change(folder: Path) -> float | None:
-    """The newest ctime/mtime of anything inside folder (not the folder's own entry), or None if empty."""
-    newest = None
+def is_ours(name: str) -> bool:
+    """ERRORS.txt, and the temp file it is written through: our words, never a change of the user's."""
+    return name in OUR_FILES or name.startswith(".ERRORS.txt.tmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a folder looks like now: when it last changed, and a fingerprint of everything in it.
+
+    The fingerprint covers every entry (path, size, mtime, ctime) but not ERRORS.txt, so removing
+    the image a report names is a change, and writing the report is not. The folder's own mtime moves
+    when an entry is added or removed (a removal leaves no file to date), so it counts as a change,
+    except the one our own report write gave it (`own_mtime_ns`, remembered with the rejection).
+    """
+
+    latest: float | None  # newest ctime/mtime inside (None: empty), the folder's own mtime included
+    signature: str
+    folder_mtime_ns: int
+
+
+def snapshot(folder: Path, own_mtime_ns: int | None = None) -> Snapshot:
+    folder = Path(folder)
+    newest, entries = None, []
+    try:
+        own = os.stat(folder).st_mtime_ns
+    except OSError:
+        return Snapshot(time.time(), "", 0)  # vanished while we looked: something is still happening
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".animad")]
         for name in dirs + files:
-            if name in OUR_FILES and Path(root) == folder:
+            if is_ours(name) and Path(root) == folder:
                 continue
+            path = os.path.join(root, name)
             try:
-                st = os.lstat(os.path.join(root, name))
+                st = os.lstat(path)
             except OSError:
-                return time.time()  # vanished while we looked: something is still happening
+                return Snapshot(time.time(), "", own)
             newest = max(newest or 0.0, st.st_ctime, st.st_mtime)
-    return newest
+            entries.append(f"{os.path.relpath(path, folder)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
+    if newest is not None and own != own_mtime_ns:
+        newest = max(newest, own / 1e9)
+    signature = hashlib.sha1("\n".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()
+    return Snapshot(newest, signature, own)
+
+
+def latest_change(folder: Path) -> float | None:
+    """The newest ctime/mtime of anything inside folder (the folder's own mtime too), or None if empty."""
+    return snapshot(folder).latest
 
 
 def candidate_folders(inbox: Path) -> list[Path]:
     if not inbox.is_dir():
         return []
     return sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def first_problem(report: str) -> str:
+    """The first ERROR line of a report (else its first line): what status shows of a rejection."""
+    lines = [line for line in report.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR ")]
+    return (errors or lines or [""])[0]
 
 
 class InboxWatcher:
@@ -83,7 +135,8 @@ class InboxWatcher:
             def on_any_event(self, event):
                 if event.event_type in ("opened", "closed_no_write"):
                     return
-                if os.path.basename(event.src_path) in OUR_FILES:
+                names = [event.src_path, getattr(event, "dest_path", "") or event.src_path]
+                if all(is_ours(os.path.basename(name)) for name in names):
                     return
                 dirty.set()
                 wake.set()
@@ -109,42 +162,188 @@ class InboxWatcher:
 
     def stop(self) -> None:
         if self.observer is not None:
+            # watchdog's inotify emitter may run its loop once more while it is being stopped, and logs
+            # that as an ERROR ("queue_events() called when the thread is inactive") on a clean exit.
+            logging.getLogger("watchdog.observers.inotify").addFilter(quiet_stop_race)
             self.observer.stop()
             self.observer.join(timeout=5)
 
 
-class SettleTracker:
-    """Which inbox folders are ready, and when to look again for the ones that are not yet."""
+def quiet_stop_race(record: logging.LogRecord) -> bool:
+    """A logging filter: drop only watchdog's harmless stop-time race message, keep every other record."""
+    return "called when the thread is inactive" not in record.getMessage()
 
-    def __init__(self, inbox: Path, settle_seconds: float):
+
+class SettleTracker:
+    """Which inbox folders are ready, and when to look again for the ones that are not yet.
+
+    It also remembers two verdicts the file system alone cannot show: a rejected folder (and what it
+    looked like then, so that any change in it, and only a change, gets it checked again) and a busy
+    folder (still open for writing: looked at again after another settle). With a state_file those
+    verdicts are kept there, written atomically when they change (never on an idle tick), so that
+    `animad status`, a separate process, can show them.
+    """
+
+    def __init__(self, inbox: Path, settle_seconds: float, state_file: Path | None = None):
         self.inbox = Path(inbox)
         self.settle = settle_seconds
-        self.rejected: dict[str, float] = {}  # folder -> latest change when it was rejected
+        self.state_file = state_file
+        self.rejected: dict[str, dict] = {}  # folder name -> {signature, own_mtime_ns, report, problem, at}
+        self.busy: dict[str, dict] = {}  # folder name -> {until, why}
+        self.saved: dict | None = None  # what the state file holds (None: not written by us yet)
 
     def scan(self, now: float | None = None) -> tuple[list[Path], float | None]:
         """(ready folders, seconds until the next pending folder may be ready)."""
         now = time.time() if now is None else now
         ready, wait = [], None
-        for folder in candidate_folders(self.inbox):
-            if not (folder / "job.yaml").is_file():
-                continue
-            changed = latest_change(folder)
-            if changed is None:
-                continue
-            if self.rejected.get(folder.name) == changed:
-                continue  # rejected before and untouched since: the report is already there
-            quiet = now - changed
-            if quiet >= self.settle:
+        folders = candidate_folders(self.inbox)
+        self.forget_missing({f.name for f in folders})
+        for folder in folders:
+            state = self.state_of(folder, now)
+            if state["state"] == "ready":
                 ready.append(folder)
-            else:
-                remaining = self.settle - quiet
-                wait = remaining if wait is None else min(wait, remaining)
+            elif "seconds_left" in state:
+                wait = state["seconds_left"] if wait is None else min(wait, state["seconds_left"])
         return ready, wait
 
-    def mark_rejected(self, folder: Path) -> None:
-        changed = latest_change(folder)
-        if changed is not None:
-            self.rejected[folder.name] = changed
+    def state_of(self, folder: Path, now: float) -> dict:
+        """One folder as the daemon sees it: incomplete, rejected, busy, settling (seconds_left) or ready."""
+        if not (folder / "job.yaml").is_file():
+            return {"state": "incomplete"}
+        record = self.rejected.get(folder.name)
+        snap = snapshot(folder, record["own_mtime_ns"] if record else None)
+        if snap.latest is None:
+            return {"state": "incomplete"}
+        if record and record["signature"] == snap.signature and record["own_mtime_ns"] == snap.folder_mtime_ns:
+            return {"state": "rejected", "problem": record["problem"], "report": record["report"]}
+        busy = self.busy.get(folder.name)
+        if busy and now < busy["until"]:
+            return {"state": "busy", "why": busy["why"], "seconds_left": busy["until"] - now}
+        quiet = now - snap.latest
+        changed = {"changed_since_rejected": True} if record else {}
+        if quiet >= self.settle:
+            return {"state": "ready", **changed}
+        return {"state": "settling", "seconds_left": self.settle - quiet, **changed}
+
+    def mark_rejected(self, folder: Path, before: Snapshot | None = None, report: str = "") -> None:
+        """Remember folder as rejected: as it was when it was checked (before), else as it is now.
+
+        The folder's own mtime is taken now, after ERRORS.txt was written, so that write is not a change.
+        """
+        try:
+            own = os.stat(folder).st_mtime_ns
+        except OSError:
+            return
+        seen = before or snapshot(folder)
+        if not report:
+            try:
+                report = (Path(folder) / "ERRORS.txt").read_text(errors="replace")
+            except OSError:
+                report = ""
+        self.rejected[folder.name] = {"signature": seen.signature, "own_mtime_ns": own,
+                                      "report": str(Path(folder) / "ERRORS.txt"),
+                                      "problem": first_problem(report), "at": time.time()}
+        self.busy.pop(folder.name, None)
+        self.save()
+
+    def mark_busy(self, folder: Path, why: str, now: float | None = None) -> bool:
+        """Look at folder again only after another settle; True if it was not busy before (worth a log line)."""
+        now = time.time() if now is None else now
+        new = folder.name not in self.busy
+        self.busy[folder.name] = {"until": now + self.settle, "why": why}
+        self.save()
+        return new
+
+    def mark_taken(self, folder: Path) -> None:
+        self.rejected.pop(folder.name, None)
+        self.busy.pop(folder.name, None)
+        self.save()
+
+    def forget_missing(self, names: set[str]) -> None:
+        gone = [n for n in list(self.rejected) + list(self.busy) if n not in names]
+        for name in gone:
+            self.rejected.pop(name, None)
+            self.busy.pop(name, None)
+        if gone:
+            self.save()
+
+    # -- the state file status reads --------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.state_file is None:
+            return
+        data = {"rejected": self.rejected, "busy": self.busy}
+        if data == self.saved:
+            return
+        try:
+            write_atomic(self.state_file, json.dumps(data, indent=1).encode(), durable=False)
+            self.saved = json.loads(json.dumps(data))
+        except OSError as error:  # a full disk: status shows less until there is room; the daemon goes on
+            log.debug("could not write %s: %s", self.state_file, error)
+
+    def load(self) -> "SettleTracker":
+        """The verdicts the daemon wrote (for status; the daemon itself starts afresh and checks every folder)."""
+        try:
+            data = json.loads(Path(self.state_file).read_text())
+            rejected, busy = dict(data.get("rejected", {})), dict(data.get("busy", {}))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return self  # none yet, or torn by hand: status shows what the files alone say
+        keys = ({"signature", "own_mtime_ns", "report", "problem"}, {"until", "why"})
+        self.rejected = {n: r for n, r in rejected.items() if isinstance(r, dict) and keys[0] <= set(r)}
+        self.busy = {n: b for n, b in busy.items() if isinstance(b, dict) and keys[1] <= set(b)}
+        return self
+
+
+def inbox_state_file(daemon: Daemon) -> Path:
+    return daemon.dir("state") / "inbox.json"
+
+
+def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: float | None = None) -> list[dict]:
+    """What `animad status` shows of the inbox: every folder with its state, by the daemon's own rules.
+
+    Settling is worked out here from the files (so the seconds left are always current, daemon or
+    not); rejections and busy folders come from the daemon's state file; folders being accepted from
+    the queue rows. A folder that settled is "checking" while the daemon runs (it takes it within a
+    tick) and "waiting for the daemon" when it does not.
+    """
+    now = time.time() if now is None else now
+    tracker = SettleTracker(daemon.dir("inbox"), daemon.config.settle_seconds, inbox_state_file(daemon)).load()
+    accepting = {r["source"]: r["id"] for r in rows if r["status"] == "accepting" and r.get("source")}
+    out = []
+    for folder in candidate_folders(tracker.inbox):
+        entry = {"folder": str(folder)}
+        if str(folder) in accepting:
+            entry.update(state="accepting", job=accepting[str(folder)])
+        else:
+            entry.update(tracker.state_of(folder, now))
+            if entry["state"] == "ready":
+                entry["state"] = "checking" if daemon_running else "waiting for the daemon"
+        out.append(entry)
+    return out
+
+
+def describe_folder(entry: dict) -> str:
+    """One line of the inbox list in `animad status` (the folder name is the user's: escaped)."""
+    name, state = safe(Path(entry["folder"]).name), entry["state"]
+    again = " (changed since it was rejected)" if entry.get("changed_since_rejected") else ""
+    if state == "incomplete":
+        words = "no job.yaml yet: taken once it has one (an empty job.yaml is fine)"
+    elif state == "settling":
+        words = f"settling: taken after {math.ceil(entry['seconds_left'])} s without changes{again}"
+    elif state == "checking":
+        words = f"being checked{again}"
+    elif state == "waiting for the daemon":
+        words = f"settled; taken when the daemon runs (animad run){again}"
+    elif state == "accepting":
+        words = f"being accepted as job {entry['job']} (frozen into its job folder)"
+    elif state == "busy":
+        words = (f"still open for writing; checked again in {math.ceil(entry['seconds_left'])} s "
+                 f"({safe(entry['why'])})")
+    elif state == "rejected":
+        words = f"rejected: {safe(entry['problem'])}  (report: {safe(entry['report'])})"
+    else:
+        words = safe(state)
+    return f"  {name[:20]:<20} {words}"
 
 
 class Inbox:
@@ -153,11 +352,13 @@ class Inbox:
     def __init__(self, daemon: Daemon, queue: Queue, wake: threading.Event):
         self.daemon, self.queue = daemon, queue
         self.folder = daemon.dir("inbox")
-        self.tracker = SettleTracker(self.folder, daemon.config.settle_seconds)
+        self.tracker = SettleTracker(self.folder, daemon.config.settle_seconds, inbox_state_file(daemon))
         self.watcher = InboxWatcher(self.folder, wake, daemon.config.poll_seconds)
         self.next_check = 0.0  # time.monotonic() of the next look without an event; 0: look at once
+        self.pending = False
 
     def start(self) -> None:
+        self.tracker.save()  # a new daemon checks every folder afresh: the last one's verdicts are gone
         self.watcher.start()
 
     def stop(self) -> None:
@@ -172,12 +373,24 @@ class Inbox:
             return
         self.watcher.dirty.clear()
         ready, wait = self.tracker.scan()
+        self.pending = wait is not None  # a folder still settling (or busy): `animad run --once` waits for it
         # Once a minute at least: that rescan finds folders whose events never came (WSL's /mnt/c).
         self.next_check = time.monotonic() + (min(wait, 60.0) if wait is not None else 60.0)
         for folder in ready:
+            if folder.name in self.tracker.busy:
+                self.tracker.busy.pop(folder.name)  # its settle is over: look again (marked anew if still busy)
+            before = snapshot(folder)  # as it is checked: a change during the check gets it checked again
             try:
                 if handle_folder(folder, self.daemon, self.queue) is None:
-                    self.tracker.mark_rejected(folder)
+                    self.tracker.mark_rejected(folder, before)
+                else:
+                    self.tracker.mark_taken(folder)
+            except FolderBusy as busy:
+                # Still being written: not a problem of the folder, so no ERRORS.txt; looked at again
+                # after another settle (and said once in the log, not every time).
+                if self.tracker.mark_busy(folder, str(busy)):
+                    log.info("%s; looked at again in %.0f s", safe(busy), self.tracker.settle)
+                self.next_check = min(self.next_check, time.monotonic() + self.tracker.settle)
             except Exception as error:  # noqa: BLE001 - one odd folder must not stop the daemon
                 if not folder.is_dir():  # removed by its owner while we looked at it: nothing to report
                     log.info("%s was removed while it was checked; dropped", folder)
@@ -186,7 +399,8 @@ class Inbox:
                 try:
                     write_report(folder, f"animad could not take this folder: {safe(error)}\n"
                                  "It stays here; nothing was deleted. "
-                                 "Fix the cause (permissions? disk full?) and save job.yaml again.\n")
+                                 "Fix the cause (permissions? disk full?); the folder is checked again "
+                                 "when anything in it changes, or when the daemon restarts.\n")
                 except OSError:
                     pass
-                self.tracker.mark_rejected(folder)
+                self.tracker.mark_rejected(folder, before)

@@ -11,7 +11,9 @@ from the folder:
 - a frozen dataset and config: queued from the start;
 - a dataset with no config (killed mid-accept): checked again and queued, or failed with the report.
 
-A cancelled or failed job cannot be told from the disk; it comes back queued, and the log names it.
+- `cancelled.txt` (written by `animad cancel`, removed by `animad retry`): cancelled, as the user left it.
+
+A failed job cannot be told from the disk; it comes back queued (it gets another try), and the log names it.
 If the database cannot be put right without a person (the file cannot be moved aside, or a new one
 cannot be made), the daemon logs one message saying what to do and exits with Exit.NEEDS_PERSON,
 which the systemd unit does not restart.
@@ -29,12 +31,29 @@ from animad.config.daemon import Daemon
 from animad.daemon.freeze import folder_id, job_folder, outbox_folder
 from animad.daemon.queue import CorruptDatabase, Queue
 from animad.daemon.states import Phase, Status
+from animad.fsutil import write_atomic
 from animad.intake.check import check_folder
 from animad.intake.jobfiles import write_job_files
 from animad.layout import JobPaths, safe_name
 from animad.outcomes import Exit
 
 log = logging.getLogger("animad.daemon")
+
+
+CANCELLED = "cancelled.txt"  # in the job folder: the user cancelled it (a rebuilt queue keeps it cancelled)
+
+
+def mark_cancelled(row: dict) -> None:
+    """Leave cancelled.txt in the row's job folder (if it has one that exists; never creates the folder)."""
+    if not row.get("job_dir") or not os.path.isdir(row["job_dir"]):
+        return
+    text = (f"job {row['id']} was cancelled with `animad cancel` at {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+            f"`animad retry {row['id']}` continues it from its last saved state.\n")
+    write_atomic(Path(row["job_dir"]) / CANCELLED, text.encode(), make_parents=False)
+
+
+def clear_cancelled(job_dir: Path) -> None:
+    (Path(job_dir) / CANCELLED).unlink(missing_ok=True)
 
 
 def repair_database(queue: Queue) -> None:
@@ -108,6 +127,13 @@ def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
         index = outbox / "index.html"
         if index.is_file() and index.stat().st_mtime >= finished.stat().st_mtime:
             return {**fields, "status": Status.DONE, "phase": Phase.SELECT, "outbox_dir": str(outbox)}
+    if (paths.root / CANCELLED).is_file():  # after done: a cancel that came too late to stop it changes nothing
+        phase = Phase.SELECT if finished.is_file() else Phase.TRAIN
+        return {**fields, "status": Status.CANCELLED, "phase": phase, "finished": time.time(),
+                "outbox_dir": str(outbox_folder(daemon, queue, name)),
+                "error": f"cancelled (as {paths.root / CANCELLED} records); re-registered after the queue "
+                         "database was lost"}
+    if finished.is_file():
         return {**fields, "status": Status.QUEUED, "phase": Phase.SELECT, "resume_first": 1,
                 "outbox_dir": str(outbox_folder(daemon, queue, name))}
     resume = 1 if paths.resume_state.is_file() else 0

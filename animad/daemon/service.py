@@ -27,12 +27,24 @@ from animad.daemon.runner import Runner
 from animad.daemon.states import ACTIVE, Status
 from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError, is_disk_full
+from animad.safe_text import safe
 
 log = logging.getLogger("animad.daemon")
 
 
 def disk_or_database_full(error: BaseException) -> bool:
     return is_disk_full(error) or isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+
+
+def job_folder_gone(row: dict) -> bool:
+    return bool(row["job_dir"]) and not os.path.isdir(row["job_dir"])
+
+
+def gone_message(row: dict) -> str:
+    """What a job whose folder was deleted can still do (`animad retry` and the daemon say the same)."""
+    return (f"its job folder {safe(row['job_dir'])} is gone (deleted while the job waited?), and its dataset "
+            f"and saved state with it. To train it again, drop the dataset folder into the inbox (a new job); "
+            f"`animad cancel {row['id']}` clears this one")
 
 
 class Service:
@@ -139,6 +151,12 @@ class Service:
         row = self.queue.next_runnable(window_open or self.now_credit > 0)
         if row is None:
             return
+        if job_folder_gone(row):
+            # Deleted by hand while paused or queued: its dataset and saved state went with it, so the
+            # job cannot go on; say that, instead of a child failing on a missing job.resolved.yaml.
+            self.queue.update(row["id"], status=Status.FAILED, finished=time.time(), error=gone_message(row))
+            log.error("job %d: %s", row["id"], gone_message(row))
+            return
         run_now = bool(row["run_now"])
         if not window_open and not run_now:
             self.now_credit -= 1
@@ -147,6 +165,8 @@ class Service:
         self.runner.spawn(row, row["phase"], run_now)
 
     def has_work(self) -> bool:
+        if self.inbox.pending:  # a dropped folder still settling becomes work once it has settled
+            return True
         return bool(self.queue.by_status(Status.QUEUED, Status.ACCEPTING)) or any(
             not r["held"] for r in self.queue.by_status(Status.PAUSED))
 
