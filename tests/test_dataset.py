@@ -6,6 +6,7 @@ import os
 import random
 
 import pytest
+import yaml
 from PIL import Image
 
 from animad.config.job import parse_job
@@ -175,3 +176,83 @@ def test_unreadable_images_captions_and_model_files_are_named(tmp_path, daemon_c
     assert any("img001.png" in line and "Permission denied" in line for line in lines), output
     assert any("img002.txt" in line and "Permission denied" in line for line in lines), output
     assert any("model_files.vae" in line and "not readable" in line for line in lines), output
+
+
+def test_transparent_png_trains_on_white_not_black(tmp_path):
+    """Without alpha_mask, transparent pixels are composited on white (train/buckets.py says why)."""
+    from animad.train.buckets import load_image
+
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # transparent black: what most exports store
+    img.paste((0, 0, 255, 255), (0, 0, 32, 64))  # left half opaque blue
+    img.save(tmp_path / "a.png")
+    pixels, mask = load_image(tmp_path / "a.png", (64, 64), want_alpha=False)
+    assert mask is None
+    right = pixels[:, :, 36:]
+    assert right.min() > 0.99  # white is +1 in [-1, 1], where convert("RGB") gave black (-1)
+    assert pixels[2, :, :28].min() > 0.99 and pixels[0, :, :28].max() < -0.99  # the opaque part is untouched
+    # A palette PNG with a transparent index is composited the same way.
+    img.convert("P").save(tmp_path / "p.png", transparency=0)
+    palette, _ = load_image(tmp_path / "p.png", (64, 64), want_alpha=False)
+    assert palette.shape == (3, 64, 64)
+    # With alpha_mask the colours stay as stored and the alpha becomes the mask, as before.
+    stored, mask = load_image(tmp_path / "a.png", (64, 64), want_alpha=True)
+    assert stored[:, :, 36:].max() < -0.99 and mask[:, :, 36:].max() == 0
+
+
+def check_with_errors(folder, daemon):
+    """check_folder on a folder whose job.yaml has an unknown key (one error)."""
+    from animad.demo.synthetic import tiny_job
+    from animad.intake.check import check_folder
+
+    (folder / "job.yaml").write_text(yaml.safe_dump({**tiny_job(), "network": {"dimm": 4}}))
+    return check_folder(folder, daemon)
+
+
+def test_check_ending_says_what_to_do_inside_and_outside_the_inbox(setup, tmp_path):
+    from animad.demo.synthetic import make_dataset
+
+    daemon, _, inbox = setup
+    inside = check_with_errors(make_dataset(inbox / "cats", count=2), daemon).report()
+    outside_folder = make_dataset(tmp_path / "elsewhere" / "cats", count=2)
+    outside = check_with_errors(outside_folder, daemon).report()
+    assert "the daemon checks it again by itself once it changes" in inside and "run the check again" not in inside
+    assert "checks it again by itself" not in outside
+    assert f"run the check again: animad check {outside_folder}" in outside
+
+
+def test_missing_models_without_animad_yaml_suggest_init(tmp_path, monkeypatch):
+    from animad.config.daemon import load_daemon_config
+    from animad.demo.synthetic import make_dataset, tiny_job
+    from animad.intake.check import check_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ComfyUI in this home
+    folder = make_dataset(tmp_path / "ds", count=2, job=tiny_job())
+    result = check_folder(folder, load_daemon_config(None))
+    missing = [p for p in result.problems.errors if "model file not found" in p.message]
+    assert len(missing) == 3 and all("animad init" in p.fix for p in missing), result.report()
+
+
+def test_cuda_device_is_checked_against_the_machine(tmp_path, daemon_config):
+    import torch
+
+    from animad.config.daemon import load_daemon_config
+    from animad.demo.synthetic import make_dataset, tiny_job
+    from animad.intake.check import check_folder
+
+    daemon = load_daemon_config(daemon_config)
+    folder = make_dataset(tmp_path / "ds", count=2, job={**tiny_job(), "device": "cuda:99"})
+    result = check_folder(folder, daemon)
+    (problem,) = [p for p in result.problems.errors if p.where == "device"]
+    assert "cuda:99" in problem.message and ("no CUDA GPU" in problem.message or "CUDA GPU(s)" in problem.message)
+    if not torch.cuda.is_available():
+        folder = make_dataset(tmp_path / "ds2", count=2, job={**tiny_job(), "device": "cuda"})
+        result = check_folder(folder, daemon)
+        (problem,) = [p for p in result.problems.errors if p.where == "device"]
+        assert "no CUDA GPU" in problem.message and "device: auto" in problem.fix
+
+
+def test_root_images_are_the_subset_named_dot(tmp_path):
+    image(tmp_path / "a.png")
+    image(tmp_path / "b" / "c.png")
+    dataset, _ = scan(tmp_path, {"data": {"subsets": {".": {"repeats": 3}}}})
+    assert {s.name: s.repeats for s in dataset.subsets} == {"": 3, "b": 1}

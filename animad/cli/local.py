@@ -29,7 +29,9 @@ def cmd_check(args) -> int:
         raise UserError(f"{folder}: not a folder")
     result = check_folder(folder, daemon_of(args))
     if args.json:
-        print(json.dumps({"ok": result.ok, "problems": result.problems.to_json()}, indent=2))
+        report = result.dataset_report.to_json() if result.dataset_report else None
+        print(json.dumps({"ok": result.ok, "problems": result.problems.to_json(), "dataset_report": report},
+                         indent=2))
     else:
         sys.stdout.write(result.report())
     return 0 if result.ok else 1

@@ -56,14 +56,15 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self.errors)
 
-    def render(self, title: str) -> str:
+    def render(self, title: str, ending: str = "Fix the errors above in the folder; the daemon checks it again "
+                                               "by itself once it changes (saving job.yaml always counts).") -> str:
+        """Every problem, then (when there are errors) the ending: what to do next where the folder is."""
         errors, warnings = self.errors, self.warnings
         head = f"{safe(title)}: {len(errors)} error(s), {len(warnings)} warning(s)"
         lines = [head, "=" * len(head)]
         lines += [p.line() for p in errors + warnings]
         if errors:
-            lines.append("")
-            lines.append("Fix the errors above and save job.yaml again; the folder is checked again by itself.")
+            lines += ["", ending]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> list[dict]:

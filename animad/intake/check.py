@@ -7,18 +7,24 @@ names all of them at once.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from pathlib import Path
 
 from animad.anima.facts import latent_bytes
 from animad.anima.files import ModelFiles
 from animad.config.daemon import Daemon, resolve_path
-from animad.config.job import JobConfig, load_job_file
+from animad.config.job import JOB_PREFIX, JobConfig, load_job_file
 from animad.config.problems import Problems
 from animad.errors import ModelFileError
 from animad.fsutil import free_bytes, human_bytes
 from animad.intake.dataset import Dataset, links_outside, scan_dataset
 from animad.intake.models import resolve_model_files
+from animad.intake.report import DatasetReport, build_report
 from animad.safe_text import safe
+
+INBOX_ENDING = ("Fix the errors above in the folder; the daemon checks it again by itself once it changes "
+                "(saving job.yaml always counts).")
 
 
 @dataclasses.dataclass
@@ -28,6 +34,8 @@ class CheckResult:
     problems: Problems
     dataset: Dataset | None
     files: ModelFiles | None
+    dataset_report: DatasetReport | None = None
+    in_inbox: bool = False  # the daemon's inbox checks it again by itself; elsewhere the user reruns check
 
     @property
     def ok(self) -> bool:
@@ -35,13 +43,24 @@ class CheckResult:
 
     def report(self) -> str:
         title = f"animad check {safe(self.folder)}"  # the folder name is the user's: printed escaped
+        details = [self.dataset_report.render()] if self.dataset_report else []
         if self.ok:
             lines = [f"{title}: OK ({len(self.dataset.items)} images in {len(self.dataset.subsets)} subset(s), "
-                     f"{self.dataset.samples_per_epoch()} samples per epoch)"]
+                     f"{self.dataset.samples_per_epoch()} samples per epoch)", *details]
             if self.problems.warnings:
                 lines.append(self.problems.render("Warnings (training will go ahead)"))
             return "\n".join(lines) + "\n"
-        return self.problems.render(title)
+        ending = INBOX_ENDING if self.in_inbox else \
+            f"Fix the errors above, then run the check again: animad check {safe(self.folder)}"
+        return "\n".join([self.problems.render(title, ending), *details])
+
+
+def inside_inbox(folder: Path, daemon: Daemon) -> bool:
+    try:
+        folder.resolve().relative_to(daemon.dir("inbox").resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
 
 
 def job_name(folder: Path, config: JobConfig | None) -> str:
@@ -56,17 +75,27 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
     # A job.yaml linked outside the folder is never opened (the scan below reports the link), so
     # nothing from the file it points at can be echoed into the report.
     config = None if links_outside(job_file, folder) else load_job_file(job_file, problems)
+    in_inbox = inside_inbox(folder, daemon)
     if config is None:
         # The yaml is unusable; still check the images so the user gets every problem in one report.
         scan_dataset(folder, JobConfig(), problems)
-        return CheckResult(folder, None, relative_to_folder(problems, folder), None, None)
+        return CheckResult(folder, None, relative_to_folder(problems, folder), None, None, in_inbox=in_inbox)
     name = job_name(folder, config)
     if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.error(job_file, "name", f"'{name}' cannot be used as a file name",
                        "use letters, digits, '-' and '_'")
     dataset = scan_dataset(folder, config, problems)
+    gpu_bytes = check_device(config, job_file, problems)
+    report = None
+    if dataset.items:
+        report = build_report(config, dataset, gpus=daemon.config.gpus, gpu_bytes=gpu_bytes)
+        report.add_warnings_to(problems)
     files = resolve_model_files(config, daemon, folder, problems, job_file)
-    if config.network.init_from:
+    if daemon.path is None:
+        suggest_init(problems)
+    # job:<name> names a job in the queue, not a file: the daemon copies its LoRA in before training
+    # (daemon/chain.py); check_job_logic has already checked the form.
+    if config.network.init_from and not config.network.init_from.startswith(JOB_PREFIX):
         init = resolve_path(folder, config.network.init_from)
         if not init.is_file():
             problems.error(job_file, "network.init_from", f"LoRA file not found: {init}",
@@ -77,7 +106,65 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
     # header, so it runs only on good files (else it would raise and hide the whole report).
     if files is not None and check_models(files, config, job_file, problems) and dataset.items:
         check_disk(files, config, dataset, work_dir or daemon.dir("state"), job_file, problems)
-    return CheckResult(folder, config, relative_to_folder(problems, folder), dataset, files)
+    return CheckResult(folder, config, relative_to_folder(problems, folder), dataset, files, report, in_inbox)
+
+
+def suggest_init(problems: Problems) -> None:
+    """Without an animad.yaml the built-in model paths were tried; a missing file then most likely
+    means the user never wrote one, so say how to (instead of only 'not found')."""
+    fix = ("no animad.yaml was found (./animad.yaml, ~/.config/animad/animad.yaml or $ANIMAD_CONFIG), so the "
+           "built-in paths were tried: run `animad init` and point its model set at your ComfyUI files, "
+           "or pass --config")
+    for index, problem in enumerate(problems.items):
+        if problem.severity == "error" and problem.file == "animad.yaml" and problem.where.startswith("models."):
+            problems.items[index] = dataclasses.replace(problem, fix=fix)
+
+
+def check_device(config: JobConfig, job_file, problems: Problems) -> int | None:
+    """`device: cuda` (or cuda:N) on a machine without that GPU would fail only once training starts:
+    say so now. Returns the memory of the GPU training will use, if there is one (for the VRAM estimate)."""
+    # Here, not at the top: the daemon (so `animad status`) imports this module. is_available() and
+    # device_count() only ask the driver how many GPUs there are; no tensor is made, so no CUDA
+    # context (and no GPU memory) is held by the daemon for them.
+    import torch
+
+    device = config.device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = 0
+    if device.startswith("cuda"):
+        number = device.partition(":")[2]
+        if number and not number.isdigit():
+            problems.error(job_file, "device", f"'{device}' is not a device", "use auto, cuda, cuda:0 or cpu")
+            return None
+        index = int(number or 0)
+        if not count:
+            problems.error(job_file, "device", f"'{device}', but this machine has no CUDA GPU that torch can use "
+                           "(torch.cuda.is_available() is False)", "use device: auto (the CPU here, the GPU on a "
+                           "machine with one) or cpu; or fix the NVIDIA driver")
+            return None
+        if index >= count:
+            problems.error(job_file, "device", f"'{device}', but this machine has {count} CUDA GPU(s): "
+                           f"cuda:0 to cuda:{count - 1}", f"use one of cuda:0 to cuda:{count - 1}, or auto")
+            return None
+    if device == "cpu" or not count:
+        return None
+    return gpu_memory(index)
+
+
+def gpu_memory(index: int) -> int | None:
+    """Total memory of GPU `index`, read by nvidia-smi: asking torch would initialise CUDA in the
+    daemon's own process, beside the job it is training. None without nvidia-smi (the estimate is then
+    set against common cards). nvidia-smi counts in PCI order, CUDA fastest first: on a machine with
+    mixed GPUs set CUDA_DEVICE_ORDER=PCI_BUS_ID (or CUDA_VISIBLE_DEVICES) so the two agree."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
+    target = ids[index] if ids and index < len(ids) else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={target}", "--query-gpu=memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        return int(out.stdout.strip().splitlines()[0]) * 2 ** 20 if out.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
 
 
 def relative_to_folder(problems: Problems, folder: Path) -> Problems:

@@ -19,12 +19,28 @@ from PIL import Image
 
 from animad.config.job import JobConfig, SubsetConfig, auto_batch_size
 from animad.config.problems import Problems
+from animad.intake.imagehash import fingerprint
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 FORMAT_EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MAX_PIXELS = 64_000_000  # 8K x 8K; larger files are almost always a mistake or a decompression bomb
 OWN_FILES = {"job.yaml", "ERRORS.txt", "README.md", "README.txt", "WARNINGS.txt"}
 REPEATS_PREFIX = re.compile(r"^(\d+)_(.+)$")
+ROOT_KEY = "."  # how data.subsets names the images directly in the dataset folder (ss_tag_frequency's name too)
+
+# Natural-language captions. A caption reads as a sentence when it has at least 6 words, at least 4
+# words per comma-separated piece (booru tags average under 2: "long hair, looking at viewer") and at
+# least 20% of its words are English function words (a, the, with, on ...). A subset reads as
+# natural language when at least half of its caption files do. Tags followed by one sentence stay
+# tags (the many short pieces win). Non-English sentences are not recognised (no ASCII words).
+SENTENCE_WORDS = 6
+SENTENCE_WORDS_PER_PIECE = 4
+SENTENCE_STOP_SHARE = 0.2
+NATURAL_SUBSET_SHARE = 0.5
+STOP_WORDS = frozenset(
+    "a an the and or but of in on at to with without from by for as into onto over under behind near "
+    "is are was were be has have her his their its she he they it this that there while who which".split())
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +54,7 @@ class Subset:
     caption_dropout: float
     flip: bool
     alpha_mask: bool
+    natural_language: bool = False  # its captions read as sentences (shuffle and tag dropout then default off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +67,9 @@ class Item:
     height: int
     has_alpha: bool
     sha256: str
+    transparent: bool = False  # some pixel is not fully opaque (has_alpha only says there is a channel)
+    phash: int | None = None  # perceptual hash, for near-duplicates (see intake/imagehash.py)
+    colours: bytes | None = None  # colour thumbnail, for the same
 
 
 @dataclasses.dataclass
@@ -78,11 +98,33 @@ def split_tags(caption: str) -> list[str]:
     return [t.strip() for t in caption.split(",") if t.strip()]
 
 
+def is_sentence(caption: str) -> bool:
+    """Whether a caption reads as natural language rather than tags (the rule is above STOP_WORDS)."""
+    words = WORD.findall(caption.lower())
+    if len(words) < SENTENCE_WORDS:
+        return False
+    pieces = max(1, len(split_tags(caption)))
+    stop_share = sum(word in STOP_WORDS for word in words) / len(words)
+    return len(words) / pieces >= SENTENCE_WORDS_PER_PIECE and stop_share >= SENTENCE_STOP_SHARE
+
+
+def subset_override(config: JobConfig, folder: str) -> SubsetConfig:
+    """The data.subsets entry for a folder: by its path, its last part, or '.' for the root."""
+    subsets = config.data.subsets
+    leaf = folder.rsplit("/", 1)[-1]
+    found = subsets.get(folder) or subsets.get(leaf) or (subsets.get(ROOT_KEY) if folder == "" else None)
+    return found or SubsetConfig()
+
+
+def subset_key(subset: Subset) -> str:
+    return subset.name or ROOT_KEY
+
+
 def subset_settings(config: JobConfig, folder: str) -> Subset:
     """Merge data defaults, a 'N_name' repeats prefix and data.subsets overrides for one folder."""
     data = config.data
     leaf = folder.rsplit("/", 1)[-1]
-    override = data.subsets.get(folder) or data.subsets.get(leaf) or SubsetConfig()
+    override = subset_override(config, folder)
     repeats = data.repeats
     match = REPEATS_PREFIX.match(leaf)
     if match:
@@ -134,8 +176,19 @@ def _regular_file(path: Path, rel: str, problems: Problems) -> bool:
     return True
 
 
-def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, bool, str] | None:
-    """Decode an image fully; return (width, height, has_alpha, sha256) or None after recording why not."""
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    has_alpha: bool
+    transparent: bool
+    sha256: str
+    phash: int
+    colours: bytes
+
+
+def inspect_image(path: Path, rel: str, problems: Problems) -> ImageInfo | None:
+    """Decode an image fully; return what the scan keeps of it, or None after recording why not."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -153,6 +206,13 @@ def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, b
                 image.load()  # decodes every pixel, so a truncated file fails here and not at 3 a.m.
                 has_alpha = image.mode in ("RGBA", "LA", "PA") or (
                     image.mode == "P" and "transparency" in image.info)
+                # While the pixels are decoded anyway (one pass more each, not a second decode): whether
+                # anything is see-through (an alpha channel, a palette entry or an RGB colour key, all
+                # of which train/buckets.py composites), and the near-duplicate fingerprint.
+                alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else \
+                    image.convert("RGBA").getchannel("A") if has_alpha or "transparency" in image.info else None
+                transparent = alpha is not None and alpha.getextrema()[0] < 255
+                perceptual, colours = fingerprint(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         problems.error(rel, "", f"image is larger than {MAX_PIXELS // 1_000_000} megapixels "
                        "(or claims to be: a decompression bomb)", "downscale it to at most 4096 px per side")
@@ -172,7 +232,7 @@ def inspect_image(path: Path, rel: str, problems: Problems) -> tuple[int, int, b
         problems.error(rel, "", f"the file is {actual} data but is named {path.suffix}",
                        f"rename it to {Path(rel).stem}{right} (or re-save it as {expected})")
         return None
-    return width, height, has_alpha, hashlib.sha256(raw).hexdigest()
+    return ImageInfo(width, height, has_alpha, transparent, hashlib.sha256(raw).hexdigest(), perceptual, colours)
 
 
 def read_caption(path: Path, rel: str, problems: Problems) -> str | None:
@@ -192,8 +252,12 @@ def read_caption(path: Path, rel: str, problems: Problems) -> str | None:
     return ", ".join(lines)
 
 
-def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
-    """Walk the dataset folder and return every usable image; problems record everything else."""
+def scan_dataset(root: Path, config: JobConfig, problems: Problems, *, caption_defaults: bool = True) -> Dataset:
+    """Walk the dataset folder and return every usable image; problems record everything else.
+
+    caption_defaults=False reads a frozen job's resolved config as it is: intake already wrote its
+    caption-style decision into it (and a job frozen before that rule existed trains as it began).
+    """
     root = Path(root)
     ext = config.data.caption_extension
     subsets: dict[str, int] = {}
@@ -229,7 +293,7 @@ def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
         info = inspect_image(path, rel, problems)
         if info is None:
             continue
-        width, height, has_alpha, digest = info
+        width, height, has_alpha = info.width, info.height, info.has_alpha
         if folder not in subsets:
             subsets[folder] = len(subset_list)
             subset_list.append(subset_settings(config, folder))
@@ -252,17 +316,31 @@ def scan_dataset(root: Path, config: JobConfig, problems: Problems) -> Dataset:
         if has_alpha is False and subset.alpha_mask:
             problems.warning(rel, "", "alpha_mask is on but the image has no alpha channel; the whole image counts",
                              "save it as a PNG with transparency, or ignore this")
-        if min(width, height) < config.data.min_bucket:
-            problems.warning(rel, "", f"image is small ({width}x{height}); it trains at its own size, below "
-                             f"min_bucket {config.data.min_bucket}", "use a larger source image if you have one")
-        items.append(Item(rel, caption, has_caption, subsets[folder], width, height, has_alpha, digest))
+        items.append(Item(rel, caption, has_caption, subsets[folder], width, height, has_alpha, info.sha256,
+                          info.transparent, info.phash, info.colours))
     for caption_rel in sorted(caption_files):
         if Path(caption_rel).with_suffix("").as_posix() not in images_seen:
             problems.warning(caption_rel, "", "caption without an image; ignored",
                              "check the image's file name matches the caption's")
+    if caption_defaults:
+        subset_list = [caption_style(config, subset, index, items) for index, subset in enumerate(subset_list)]
     dataset = Dataset(root, subset_list, items)
     check_dataset(dataset, config, problems)
     return dataset
+
+
+def caption_style(config: JobConfig, subset: Subset, index: int, items: list[Item]) -> Subset:
+    """The subset with natural_language set from its captions; for such a subset, shuffling and tag
+    dropout default to off (the guide: shuffling cuts sentences apart at their commas). What the
+    user wrote under data.subsets.<name> still wins; job.resolved.yaml then records the outcome."""
+    captions = [item.caption for item in items if item.subset == index and item.has_caption_file]
+    if not captions or sum(map(is_sentence, captions)) < NATURAL_SUBSET_SHARE * len(captions):
+        return subset
+    override = subset_override(config, subset.name)
+    return dataclasses.replace(
+        subset, natural_language=True,
+        shuffle_captions=False if override.shuffle_captions is None else override.shuffle_captions,
+        tag_dropout=0.0 if override.tag_dropout is None else override.tag_dropout)
 
 
 def check_dataset(dataset: Dataset, config: JobConfig, problems: Problems) -> None:

@@ -1,52 +1,45 @@
-"""Aspect-ratio buckets and image loading: every image trains at a size close to its own shape."""
+"""Image loading for training: resized to its bucket (see intake/buckets.py), transparency resolved."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-
-def target_area(resolution) -> int:
-    if isinstance(resolution, list):
-        return resolution[0] * resolution[1]
-    return resolution * resolution
+# train/ reads the bucket rule from here; it lives in intake/ because `animad check` reports it.
+from animad.intake.buckets import TRANSPARENT_BACKGROUND, bucket_for, target_area  # noqa: F401
 
 
-def bucket_for(width: int, height: int, data) -> tuple[int, int]:
-    """(bucket_width, bucket_height) for an image, both multiples of the bucket step (and of 16)."""
-    area = target_area(data.resolution)
-    if not data.buckets:
-        if isinstance(data.resolution, list):
-            return data.resolution[0], data.resolution[1]
-        return data.resolution, data.resolution
-    if not data.upscale:
-        area = min(area, width * height)  # small images train at their own size, not blown up
-    step, low, high = data.bucket_step, data.min_bucket, data.max_bucket
-    aspect = math.log(width / height)
-    best, best_score = (low, low), None
-    for bucket_width in range(low, high + 1, step):
-        bucket_height = min(high, (area // bucket_width) // step * step)
-        if bucket_height < low:
-            continue
-        score = (abs(math.log(bucket_width / bucket_height) - aspect), -bucket_width * bucket_height)
-        if best_score is None or score < best_score:
-            best, best_score = (bucket_width, bucket_height), score
-    return best
+def has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB with transparent parts composited onto TRANSPARENT_BACKGROUND (see intake/buckets.py for why
+    white). A plain convert("RGB") would keep the colour transparent pixels store: black, in most exports."""
+    if not has_transparency(image):
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+    canvas.alpha_composite(rgba)
+    return canvas.convert("RGB")
 
 
 def load_image(path: Path, size: tuple[int, int], want_alpha: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resize to cover `size`, centre-crop; return pixels (3, H, W) in [-1, 1] and alpha (1, H, W) in [0, 1]."""
+    """Resize to cover `size`, centre-crop; return pixels (3, H, W) in [-1, 1] and alpha (1, H, W) in [0, 1].
+
+    With want_alpha (alpha_mask on), the alpha is the loss mask and the colours are kept as stored:
+    masked pixels do not train. Without it, transparency is composited onto TRANSPARENT_BACKGROUND.
+    """
     width, height = size
     with Image.open(path) as image:
         image.load()
         alpha = None
-        if want_alpha and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
+        if want_alpha and has_transparency(image):
             alpha = image.convert("RGBA").getchannel("A")
-        rgb = image.convert("RGB")
+        rgb = image.convert("RGB") if want_alpha else flatten(image)
     scale = max(width / rgb.width, height / rgb.height)
     new_size = (max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale)))
     left, top = (new_size[0] - width) // 2, (new_size[1] - height) // 2

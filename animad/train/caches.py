@@ -86,7 +86,11 @@ class LatentEntry:
 
 
 def latent_key(item, size, vae_hash: str, flip: bool, alpha: bool) -> str:
-    return entry_key("latent", item.sha256, size[0], size[1], vae_hash, "centre-crop-lanczos", flip, alpha)
+    # Transparent pixels are composited on white unless the alpha is a loss mask (they were black
+    # before): those entries get a new key so an old cache is not reused; every other entry keeps its key.
+    composite = ["on-white"] if getattr(item, "transparent", False) and not alpha else []
+    return entry_key("latent", item.sha256, size[0], size[1], vae_hash, "centre-crop-lanczos", flip, alpha,
+                     *composite)
 
 
 def cache_latents(dataset: Dataset, buckets, vae_loader, vae_hash: str, cache: TensorCache,
