@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,47 @@ def test_two_gpus_with_nccl_match_one_gpu_with_double_accumulation(tmp_path, dae
     b = load_file(str(tmp_path / "run-two" / "epochs" / "two-e0002.safetensors"))
     # Two GPUs sum in another order than one (NCCL, TF32 kernels): close, not bit-identical.
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+
+
+def test_the_step_has_no_sync_per_micro_batch_and_one_graph_per_block_on_the_gpu(tmp_path, tiny_models):
+    """bench/step_counts.py on CUDA: the same counts as on the CPU, with the syncs now real device waits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from step_counts import step_counts
+
+    counts = step_counts(tmp_path, tiny_models)
+    assert counts["syncs_per_micro_batch"] - counts["text_encoder_syncs_per_micro_batch"] == 0, counts
+    assert counts["syncs_per_optimizer_step"] - counts["text_encoder_syncs_per_optimizer_step"] <= 1, counts
+    assert counts["graphs_per_block"] == 1 and counts["recompile_fallbacks"] == 0, counts
+
+
+def test_inductor_compiles_the_blocks_without_breaks_or_fallback(tmp_path, daemon_config, caplog):
+    """The loop's compile with inductor over two aspect buckets and the eval: no graph break, no
+    recompile-limit fallback, and a handful of graphs for all blocks (not one per bucket)."""
+    import torch._dynamo
+
+    from animad.config.daemon import load_daemon_config
+    from animad.intake.check import check_folder
+    from animad.intake.jobfiles import write_job_files
+    from animad.layout import JobPaths
+
+    from test_train_engine import train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from step_counts import two_bucket_dataset
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    job = tiny_job(epochs=2, selection={"stop_at_floor": False}, device="auto",
+                   precision={"compile": True, "mixed": "bf16"},
+                   data={"batch_size": 2, "max_bucket": 128, "min_bucket": 64})
+    daemon = load_daemon_config(daemon_config)
+    result = check_folder(two_bucket_dataset(tmp_path / "ds", job), daemon)
+    assert result.ok, result.report()
+    paths = JobPaths(tmp_path / "run")
+    write_job_files(paths, result, dataset_dir=tmp_path / "ds")
+    assert train(paths, daemon)[0] == "finished"
+    counters = torch._dynamo.utils.counters
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert "hit config.recompile_limit" not in caplog.text
+    # block 0 (input without grad), the other blocks, the no-grad eval; one more if a batch of 1 occurs
+    assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])

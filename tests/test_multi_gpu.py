@@ -102,6 +102,58 @@ def test_asking_for_more_gpus_than_visible_is_a_clear_error(tmp_path, daemon_con
         distributed.check_world(2)
 
 
+def test_every_collective_runs_on_the_ranks_device(monkeypatch):
+    """NCCL reduces only tensors on the rank's own GPU: a CPU tensor fails at step 1 with "No backend type
+    associated with device type cpu", which the gloo runs above cannot show (gloo wants CPU tensors).
+
+    Here the rank's device is `meta`, a device that is not the CPU and exists without a GPU, and every
+    torch.distributed collective is replaced by a recorder of its tensor's device. Reading a reduced
+    meta tensor back is impossible (it has no values), so sum() and any() stop there, after the
+    collective was recorded. The code before the fix passed CPU tensors: this test fails on it."""
+    import torch
+
+    from animad.train import ranks as distributed
+
+    seen = []
+
+    def recorder(name):
+        def collective(tensor, *args, **kwargs):
+            seen.append((name, tensor.device))
+        return collective
+
+    for name in ("all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter"):
+        monkeypatch.setattr(distributed.torch.distributed, name, recorder(name))
+    device = torch.device("meta")
+    group = distributed.Group(rank=1, world=2, device=device)
+    params = [torch.nn.Parameter(torch.zeros(3, 4, device=device)), torch.nn.Parameter(torch.zeros(5, device=device))]
+    params[0].grad = torch.ones(3, 4, device=device)  # the second has no gradient this step
+    group.sum_grads(params)
+    assert params[0].grad.device == device and params[1].grad.device == device
+    assert group.sum_tensor([1.0, 0.0]).device == device
+    for call in (lambda: group.sum([2.5, 1.0]), lambda: group.any(True)):
+        with pytest.raises(NotImplementedError):  # reading a meta tensor's values
+            call()
+    assert [name for name, _ in seen] == ["all_reduce"] * 4
+    assert all(where == device for _, where in seen), seen
+
+
+def test_a_nccl_rank_reduces_on_its_own_gpu(monkeypatch):
+    """join() gives each NCCL rank the device cuda:<rank> for its collectives, and gloo ranks the CPU."""
+    import torch
+
+    from animad.train import ranks as distributed
+
+    backends = []
+    monkeypatch.setattr(distributed.torch.distributed, "init_process_group",
+                        lambda backend, **kwargs: backends.append(backend))
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda rank: None)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    assert distributed.join(1, 2, 12345).device == torch.device("cuda", 1)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    assert distributed.join(1, 2, 12345).device == torch.device("cpu")
+    assert backends == ["nccl", "gloo"]
+
+
 def test_the_daemon_runs_a_two_rank_job_to_its_review_package(tmp_path, daemon_config):
     from pathlib import Path
 

@@ -191,3 +191,103 @@ def test_a_confirmed_floor_stops_the_run_at_the_first_epoch_it_is_confirmed(tmp_
     assert len(records) < 30
     assert (paths.root / "finished.txt").read_text() == (f"stopped at the confirmed loss floor after epoch "
                                                          f"{len(records)}\n")
+
+
+def lora_norms(state: dict) -> list[float]:
+    """Each module's weight-delta norm, alpha / rank * ||up @ down||, from a LoRA state dict."""
+    norms = []
+    for key in state:
+        if key.endswith(".lora_down.weight"):
+            name = key[: -len(".lora_down.weight")]
+            down, up = state[key].float(), state[f"{name}.lora_up.weight"].float()
+            norms.append(float(state[f"{name}.alpha"]) / down.shape[0] * float((up @ down).norm()))
+    return norms
+
+
+def test_scale_weight_norms_caps_every_module_and_is_logged(tmp_path, daemon_config):
+    # lr 3e-2 grows the deltas well past 0.02 within an epoch; the cap holds them there.
+    limit = 0.02
+    paths, _ = run_job(tmp_path / "capped", daemon_config, network={"dim": 4, "scale_weight_norms": limit},
+                       optimizer={"lr": 3e-2}, precision={"save": "fp32"})
+    free, _ = run_job(tmp_path / "free", daemon_config, network={"dim": 4}, optimizer={"lr": 3e-2},
+                      precision={"save": "fp32"})
+    capped = lora_norms(torch.load(paths.resume_state, weights_only=False)["lora"])
+    uncapped = lora_norms(torch.load(free.resume_state, weights_only=False)["lora"])
+    assert max(uncapped) > 2 * limit  # without the cap the deltas grow past it ...
+    assert max(capped) <= limit * (1 + 1e-4)  # ... with it none ends above it
+    events = b"".join(p.read_bytes() for p in paths.tensorboard.rglob("events.*"))
+    assert b"max_norm/keys_scaled" in events and b"norm/avg_key_norm" in events
+    with safe_open(str(paths.epoch_file("ds", 2)), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_scale_weight_norms"] == str(limit) and meta["ss_ip_noise_gamma"] == "None"
+    with safe_open(str(free.epoch_file("ds", 2)), "pt") as f:
+        assert f.metadata()["ss_scale_weight_norms"] == "None"
+
+
+def test_ip_noise_gamma_perturbs_the_input_as_sd_scripts_does():
+    from animad.config.job import TimestepConfig
+    from animad.train.flow import input_perturbation, noisy
+
+    x0, noise, sigma = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4), torch.tensor([0.25, 0.75])
+    torch.manual_seed(1)
+    extra = input_perturbation(x0, sigma, TimestepConfig(ip_noise_gamma=0.1))
+    torch.manual_seed(1)
+    xi = torch.randn_like(x0)
+    s = sigma.view(-1, 1, 1, 1)
+    # sd-scripts: (1 - sigma) * x0 + sigma * (noise + gamma * xi); the target stays noise - x0.
+    assert torch.allclose(noisy(x0, noise, sigma) + extra, (1 - s) * x0 + s * (noise + 0.1 * xi), atol=1e-6)
+    torch.manual_seed(1)
+    random_strength = input_perturbation(x0, sigma, TimestepConfig(ip_noise_gamma=0.1,
+                                                                   ip_noise_gamma_random_strength=True))
+    ratio = random_strength / extra  # one strength in [0, 1) per batch
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), atol=1e-4) and 0 <= ratio.flatten()[0] < 1
+
+
+def test_ip_noise_gamma_changes_training_and_is_in_the_metadata(tmp_path, daemon_config):
+    paths, _ = run_job(tmp_path / "ip", daemon_config, epochs=1, timesteps={"ip_noise_gamma": 0.1},
+                       precision={"save": "fp32"})
+    plain, _ = run_job(tmp_path / "plain", daemon_config, epochs=1, precision={"save": "fp32"})
+    a = torch.load(paths.resume_state, weights_only=False)["lora"]
+    b = torch.load(plain.resume_state, weights_only=False)["lora"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-5
+    with safe_open(str(paths.epoch_file("ds", 1)), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_ip_noise_gamma"] == "0.1" and meta["ss_ip_noise_gamma_random_strength"] == "False"
+
+
+def test_an_out_of_memory_error_halves_the_micro_batch_with_the_same_result(tmp_path, daemon_config, monkeypatch):
+    """A simulated OOM in the forward: the step is redone at half the micro-batch, and the run ends with
+    the weights of a run at that micro-batch from its first step (and of one that never ran out)."""
+    from animad.train import loop
+
+    real_velocity = loop.velocity
+
+    def run(name, oom_at_call):
+        calls = {"n": 0}
+
+        def velocity(run_, x_t, sigma, embeddings):
+            if torch.is_grad_enabled():
+                calls["n"] += 1
+                if calls["n"] == oom_at_call and x_t.shape[0] > 1:
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_velocity(run_, x_t, sigma, embeddings)
+
+        monkeypatch.setattr(loop, "velocity", velocity)
+        job = tiny_job(epochs=2, selection={"stop_at_floor": False}, precision={"save": "fp32"},
+                       data={"batch_size": 2, "grad_accum": 2})
+        paths, daemon = prepare(tmp_path / name, daemon_config, job)
+        status, progress = train(paths, daemon)
+        assert status == "finished"
+        return torch.load(paths.resume_state, weights_only=False), progress
+
+    whole, whole_progress = run("whole", oom_at_call=None)
+    halved_later, later_progress = run("later", oom_at_call=3)  # mid-epoch 1, in step 2's first micro-batch
+    halved_first, _ = run("first", oom_at_call=1)  # the very first forward: micro-batch 1 from the start
+    assert halved_later["micro_batch"] == halved_first["micro_batch"] == 1 and whole["micro_batch"] is None
+    assert halved_later["global_step"] == whole["global_step"]
+    shown = [p for p in later_progress if p.get("phase") == "training"]
+    assert shown[-1]["micro_batch"] == 1 and not any("micro_batch" in p for p in whole_progress)
+    for other in (halved_first, whole):
+        # fp32: the halves sum in another order than the whole batch; nothing else differs.
+        assert max((halved_later["lora"][k] - other["lora"][k]).abs().max().item()
+                   for k in other["lora"]) < 1e-5

@@ -188,8 +188,22 @@ class AnimaDiT(nn.Module):
         self.t_embedding_norm = RMSNorm(c.dim)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
         self.final_layer = FinalLayer(c)
-        self.gradient_checkpointing = False
+        # Checkpoint blocks 0, k, 2k, ... (0: none, 1: all). Partial checkpointing trades memory for
+        # compute in steps: each checkpointed block runs its forward twice (+45% FLOPs when all are).
+        self.checkpoint_every = 0
+        self.must_checkpoint: set[int] = set()  # blocks whose weights are swapped out (anima/blockswap.py)
         self._rope_cache: dict = {}
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.checkpoint_every > 0
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.checkpoint_every = 1 if enabled else 0
+
+    def checkpointed(self, index: int) -> bool:
+        return index in self.must_checkpoint or (self.checkpoint_every > 0 and index % self.checkpoint_every == 0)
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 16, H, W) -> (B, H/2*W/2, 68), features ordered (channel, patch row, patch col)."""
@@ -224,8 +238,8 @@ class AnimaDiT(nn.Module):
         adaln_lora = self.t_embedder[1](features)
         rope = self.rope(h // p, w // p, latents.device)
         context = context.to(x.dtype)
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+        for index, block in enumerate(self.blocks):
+            if self.checkpointed(index) and torch.is_grad_enabled():
                 x = checkpoint(block, x, context, t_emb, adaln_lora, rope, use_reentrant=False)
             else:
                 x = block(x, context, t_emb, adaln_lora, rope)

@@ -23,13 +23,25 @@ import contextlib
 import torch
 from torch import nn
 
-from animad.anima import facts
+from animad.anima import blockswap, facts
 from animad.anima import load as loader
 from animad.anima import lora_names
 from animad.anima import sampling
 from animad.anima.files import ModelFiles
 from animad.anima.text import T5Ids, TextEmbedding, TextEncoder, adapter_context, load_qwen_tokenizer
 from animad.anima.vae import VAE
+
+
+def _marked_dynamic(compiled):
+    """What nn.Module.compile installs, plus the dynamic marks (x, context, t_emb, adaln_lora, rope)."""
+    def call(x, context, t_emb, adaln_lora, rope):
+        for tensor in (x, context, t_emb, adaln_lora):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)  # batch
+        torch._dynamo.maybe_mark_dynamic(x, 1)  # image tokens: one count per aspect bucket
+        for table in rope:
+            torch._dynamo.maybe_mark_dynamic(table, 0)
+        return compiled(x, context, t_emb, adaln_lora, rope)
+    return call
 
 
 class Anima:
@@ -41,6 +53,8 @@ class Anima:
         self.adapter = None
         self.text_encoder: TextEncoder | None = None
         self.vae: VAE | None = None
+        self.block_swap: blockswap.BlockSwap | None = None
+        self.text_encoder_offload: blockswap.SwappedBlock | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -62,6 +76,7 @@ class Anima:
     def unload_text_encoder(self) -> None:
         """Every caption is cached: free its memory before the DiT arrives (and its linears leave lora_linears)."""
         self.text_encoder = None
+        self.text_encoder_offload = None
 
     def load_dit(self) -> nn.Module:
         if self.dit is None:
@@ -78,7 +93,13 @@ class Anima:
     # -- computing ---------------------------------------------------------------------------
 
     def encode_text(self, texts: list[str]) -> list[TextEmbedding]:
-        return self.load_text_encoder().encode(texts)
+        if self.text_encoder_offload is None:
+            return self.load_text_encoder().encode(texts)
+        self.text_encoder_offload.load(None)
+        try:
+            return self.text_encoder.encode(texts)
+        finally:
+            self.text_encoder_offload.release()
 
     def context(self, embeddings: list[TextEmbedding]) -> torch.Tensor:
         """The DiT's cross-attention context for a batch of captions (ComfyUI's text path)."""
@@ -120,13 +141,43 @@ class Anima:
 
         return sampling.sample_euler(velocity, noise.to(self.device), steps, cfg, shift)[:, :, 0]
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        self.dit.gradient_checkpointing = enabled
+    def set_gradient_checkpointing(self, every: bool | int) -> None:
+        """true/1: every block, false/0: none, k: blocks 0, k, 2k, ... (partial: less recompute)."""
+        self.dit.checkpoint_every = int(every)
+
+    def swap_blocks(self, count: int) -> None:
+        """Keep `count` DiT blocks' frozen weights in pinned CPU memory, each fetched just before it runs
+        (anima/blockswap.py); 0 puts every weight back on the device."""
+        if self.block_swap is not None:
+            self.block_swap.remove()
+            self.block_swap = None
+        self.block_swap = blockswap.swap_blocks(self.dit, count, self.device)
+
+    def keep_text_encoder_off_device(self, off: bool = True) -> None:
+        """Between encodes, the text encoder's weights wait in pinned CPU memory; each encode copies them
+        over (1.19 GB, ~0.1 s on PCIe 4) and drops the copy after, so its memory is free for the DiT's step."""
+        encoder = self.load_text_encoder()
+        if off and self.text_encoder_offload is None:
+            self.text_encoder_offload = blockswap.SwappedBlock(encoder.model, self.device)
+        elif not off and self.text_encoder_offload is not None:
+            self.text_encoder_offload.load(None)
+            self.text_encoder_offload = None
 
     def compile_blocks(self, backend: str) -> None:
-        """torch.compile each DiT block separately: compiles fast, and checkpointing still wraps whole blocks."""
+        """torch.compile each DiT block separately: compiles fast, and checkpointing still wraps whole blocks.
+
+        The batch and token dimensions are marked dynamic on every call, so one graph serves every
+        aspect bucket, every batch size (a bucket's short last batch, a micro-batch halved after an
+        OOM, the eval's batch of sigmas) and all 28 blocks (they share Block.forward). Static shapes
+        compiled again per bucket and per batch size (minutes each with inductor on the 2B model)
+        and, past Dynamo's recompile limit (8), fell back to eager for good. Marking only these
+        dimensions (not dynamic=True) keeps Python floats such as RMSNorm's eps and the LoRA scale
+        constants: dynamic=True turns each into a graph input read back with .item().
+        (Dynamo still specialises a dimension of size 1: batch 1 next to larger batches is a
+        second graph, once.)
+        """
         for block in self.dit.blocks:
-            block.compile(backend=backend, dynamic=False)
+            block._compiled_call_impl = _marked_dynamic(torch.compile(block._call_impl, backend=backend))
 
     # -- LoRA ----------------------------------------------------------------------------------
 

@@ -99,12 +99,13 @@ class TextEncoder:
         ids = [self.qwen_ids(t) for t in texts]
         longest = max(len(i) for i in ids)
         batch = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(ids), longest, dtype=torch.long)
         for row, seq in enumerate(ids):
             batch[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        # Right padding under a causal mask cannot change the real positions, so slicing is exact.
-        hidden = self.model(input_ids=batch.to(device), attention_mask=mask.to(device)).last_hidden_state
+        # Right padding under a causal mask cannot change the real positions, so slicing is exact. The
+        # mask is the causal one, built on the host: given a padding mask, transformers inspects it on
+        # the device (mask.all(), packed-sequence checks), a host sync on every shuffled-caption step.
+        causal = torch.ones(longest, longest, dtype=torch.bool).tril()[None, None].expand(len(ids), 1, -1, -1)
+        hidden = self.model(input_ids=batch.to(device), attention_mask=causal.to(device)).last_hidden_state
         return [TextEmbedding(hidden[row, : len(seq)], torch.tensor(self.t5_ids(texts[row])))
                 for row, seq in enumerate(ids)]
 

@@ -138,6 +138,10 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
         "ss_keep_tokens": str(data.keep_tokens),
         "ss_flip_aug": str(data.flip),
         "ss_noise_offset": str(ts.noise_offset),
+        # As sd-scripts writes them: str() of its argument, whose "off" is None.
+        "ss_scale_weight_norms": str(net.scale_weight_norms),
+        "ss_ip_noise_gamma": str(ts.ip_noise_gamma) if ts.ip_noise_gamma else "None",
+        "ss_ip_noise_gamma_random_strength": str(ts.ip_noise_gamma_random_strength),
         "ss_timestep_sampling": "sigmoid" if ts.sampling == "logit_normal" else "uniform",
         "ss_sigmoid_scale": str(ts.logit_std),
         "ss_logit_mean": str(ts.logit_mean),

@@ -47,6 +47,23 @@ def noisy(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.T
     return (1 - s) * x0 + s * noise
 
 
+def input_perturbation(x0: torch.Tensor, sigma: torch.Tensor, timesteps) -> torch.Tensor:
+    """timesteps.ip_noise_gamma: what sd-scripts' Anima trainer adds to the noisy input, sigma * gamma * xi.
+
+    Its noisy input is (1 - sigma) * x0 + sigma * (noise + gamma * xi) with fresh xi ~ N(0, 1), while
+    the target stays noise - x0: the model learns to see past a little extra noise (input
+    perturbation, Ning et al. 2023). With ip_noise_gamma_random_strength, gamma is drawn uniformly
+    from [0, gamma) once per batch, as there. Drawn after the noise and sigmas, so runs without it
+    are unchanged.
+    """
+    xi = torch.randn_like(x0)
+    gamma = timesteps.ip_noise_gamma
+    if timesteps.ip_noise_gamma_random_strength:
+        gamma = torch.rand(1, device=x0.device, dtype=x0.dtype) * gamma  # stays on the device: no sync
+    s = sigma.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return s * gamma * xi
+
+
 def flow_loss(prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample MSE against v = noise - x0, in fp32; a mask (B, 1, H, W) weights latent pixels."""

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import io
 import math
 
 import torch
 
 from animad.errors import UserError
+from animad.train.prodigy import Prodigy
 
 
 def default_lr(optimizer_config) -> float:
@@ -28,12 +27,10 @@ def build_optimizer(unet_params, te_params, optimizer_config):
         groups.append({"params": list(te_params), "lr": te_lr})
     betas = tuple(cfg.betas)
     if cfg.type == "prodigy":
-        from prodigyopt import Prodigy
-
-        with contextlib.redirect_stdout(io.StringIO()):  # Prodigy prints a notice to stdout
-            return Prodigy(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, decouple=True,
-                           use_bias_correction=cfg.use_bias_correction, safeguard_warmup=cfg.safeguard_warmup,
-                           d_coef=cfg.d_coef)
+        # Our own Prodigy (train/prodigy.py): prodigyopt's maths without its two host syncs per parameter.
+        return Prodigy(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, decouple=True,
+                       use_bias_correction=cfg.use_bias_correction, safeguard_warmup=cfg.safeguard_warmup,
+                       d_coef=cfg.d_coef)
     if cfg.type == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.type == "adamw8bit":
@@ -126,6 +123,18 @@ def follow_cooldown(scheduler, schedule_config, selection_config, total_steps: i
 
 
 def effective_lr(optimizer) -> float:
-    """The step size actually used: d*lr for Prodigy, lr otherwise (what the guides tell users to watch)."""
+    """The step size actually used: d*lr for Prodigy, lr otherwise (what the guides tell users to watch).
+
+    Prodigy keeps d on the device; this reads it (one host sync) and refreshes the param groups' "d"
+    with it, so call it once per log interval, not per micro-batch."""
+    if isinstance(optimizer, Prodigy):
+        optimizer.sync_to_groups()
     group = optimizer.param_groups[0]
     return float(group.get("d", 1.0)) * float(group["lr"])
+
+
+def effective_lr_tensor(optimizer) -> torch.Tensor | None:
+    """d*lr as a device tensor (None before Prodigy's first step or for other optimizers), to read
+    together with the loss in one sync."""
+    d = optimizer.d_tensor() if isinstance(optimizer, Prodigy) else None
+    return None if d is None else d * optimizer.param_groups[0]["lr"]

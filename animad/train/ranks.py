@@ -30,6 +30,9 @@ from animad.errors import UserError
 class Group:
     rank: int = 0
     world: int = 1
+    # Where every collective's tensors live. NCCL only reduces tensors on the rank's own GPU ("No
+    # backend type associated with device type cpu" otherwise); gloo only CPU ones. join() sets it.
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -43,12 +46,17 @@ class Group:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def sum_tensor(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        """The sum over ranks, on this rank's device (no host read: pass device tensors to stay sync-free)."""
+        tensor = torch.as_tensor(values, dtype=torch.float64).to(self.device, copy=True)
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
+        return self.sum_tensor(values).tolist()
 
     def any(self, flag: bool) -> bool:
         """True on every rank if it is true on any: the ranks stop, or fail, at the same step."""
@@ -59,7 +67,7 @@ class Group:
         if self.world == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        flat = torch.cat([g.reshape(-1).float() for g in grads]).to(self.device)
         torch.distributed.all_reduce(flat)
         for param, grad, chunk in zip(params, grads, flat.split([g.numel() for g in grads])):
             param.grad = chunk.view_as(grad).to(grad.dtype)
@@ -87,7 +95,7 @@ def join(rank: int, world: int, port: int) -> Group:
     # Rank 0 may cache a large dataset or evaluate while the others wait: a long timeout, and the
     # launcher's watchdog (train/launch.py), not the timeout, is what notices a rank that died.
     torch.distributed.init_process_group(backend, rank=rank, world_size=world, timeout=dt.timedelta(hours=6))
-    return Group(rank, world)
+    return Group(rank, world, torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu"))
 
 
 def check_world(world: int) -> None:

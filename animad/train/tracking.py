@@ -39,6 +39,12 @@ class Tracker:
         self.writer.add_scalar("lr/unet", lr, step)
         self.writer.add_scalar("lr/d*lr", d_lr, step)
 
+    def max_norm(self, step: int, scaled: int, mean: float, largest: float) -> None:
+        """network.scale_weight_norms' step figures, under sd-scripts' TensorBoard names."""
+        self.writer.add_scalar("max_norm/keys_scaled", scaled, step)
+        self.writer.add_scalar("max_norm/max_key_norm", largest, step)
+        self.writer.add_scalar("norm/avg_key_norm", mean, step)
+
     def epoch(self, record: dict) -> None:
         epoch = record["epoch"]
         self.writer.add_scalar("loss/epoch_average", record["loss"], epoch)
