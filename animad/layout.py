@@ -13,6 +13,8 @@ A job folder looks like this:
       state/resume.pt        the resume state (written atomically; only the last is kept)
       train.log              the job's log
       selection/             previews rendered for the review package
+      init_from.safetensors  network.init_from: job:<name>: that job's LoRA, copied here before training
+      init_from.json         which job and epoch it came from, and its sha256
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class JobPaths:
     resume_state = property(lambda self: self.root / "state" / "resume.pt")
     log = property(lambda self: self.root / "train.log")
     selection = property(lambda self: self.root / "selection")
+    # A chained job's starting LoRA is its own copy: a resume, retention in the other job or a
+    # rebuilt database never takes it away (daemon/chain.py writes both, train/loop.py reads it).
+    init_lora = property(lambda self: self.root / "init_from.safetensors")
+    init_record = property(lambda self: self.root / "init_from.json")
 
     def epoch_file(self, name: str, epoch: int) -> Path:
         return self.epochs_dir / f"{name}-e{epoch:04d}.safetensors"

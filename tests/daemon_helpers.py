@@ -80,6 +80,24 @@ class DaemonProcess(JobRows):
         self.process.wait()
         self.log.close()
 
+    def kill_daemon_then_job(self) -> None:
+        """kill -9 the daemon, then at once its running job: the daemon has no moment in which to see
+        its job die and record that (kill_everything kills the job first)."""
+        groups = []
+        for row in self.queue.by_status(*ACTIVE):
+            try:
+                groups.append(os.getpgid(row["pid"]))
+            except (ProcessLookupError, TypeError):
+                pass
+        self.process.kill()
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.log.close()
+
     def log_text(self) -> str:
         return (self.root / "daemon.log").read_text()
 

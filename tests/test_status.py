@@ -277,3 +277,11 @@ def test_run_once_waits_for_a_folder_still_settling(config):
         assert service.service.has_work()
     finally:
         service.close()
+
+
+def test_a_batch_split_after_running_out_of_memory_is_shown():
+    step = {"phase": "training", "epoch": 1, "max_epochs": 3, "step": 4, "total_steps": 30, "loss": 0.5,
+            "s_per_it": 1.0, "eta_seconds": 26.0, "micro_batch": 2}
+    line = progress_figures(live(step), 0.0)["line"]
+    assert "2 image(s) per forward after running out of GPU memory" in line, line
+    assert "per forward" not in progress_figures(live({**step, "micro_batch": None}), 0.0)["line"]

@@ -164,8 +164,11 @@ def live_line(p: dict, now: float, since_report: float) -> dict:
         until = f" to {p['eta_until']}" if p.get("eta_until") else ""
         doing = {"eval": f" (evaluating epoch {p.get('epoch')})",
                  "saving": f" (saving epoch {p.get('epoch')})"}.get(phase, "")
+        # After an out-of-memory error the loop splits each batch (the same effective batch).
+        split = f"; {p['micro_batch']} image(s) per forward after running out of GPU memory" \
+            if p.get("micro_batch") else ""
         line = (f"{position(p)} loss {p['loss']:.4f} {p['s_per_it']:.2f} s/it "
-                f"ETA {_duration(eta)}{until}{describe_floor(p)}{doing}")
+                f"ETA {_duration(eta)}{until}{describe_floor(p)}{split}{doing}")
         return {"line": line, "eta_seconds": eta, "eta_until": p.get("eta_until")}
     words = PHASE_WORDS.get(phase, safe(phase or ""))
     if phase in COUNTED and p.get("total"):

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from animad.daemon import chain
 from animad.daemon.states import ACTIVE, RUNNABLE, Outcome, Phase, Request, Status
 from animad.errors import UserError
 
@@ -46,6 +47,18 @@ create table if not exists jobs (
 );
 create index if not exists jobs_status on jobs(status);
 """
+
+def patiently(call, seconds: float = 30.0):
+    """call(), retried while the database is locked by another process's setup (at most `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
 
 def queue_path(daemon) -> Path:
     """The queue database of a daemon config (its state dir)."""
@@ -99,10 +112,13 @@ class Queue:
             try:
                 db.row_factory = sqlite3.Row
                 db.execute("pragma busy_timeout=30000")
-                if db.execute("pragma journal_mode").fetchone()[0] != "wal":
-                    db.execute("pragma journal_mode=wal")
+                # Two processes opening a new file at once (the daemon and a CLI on first start) race
+                # to switch it to WAL and create the tables; the switch does not wait on SQLite's busy
+                # handler, so the loser waits here instead of failing with "database is locked".
+                patiently(lambda: db.execute("pragma journal_mode").fetchone()[0] == "wal"
+                          or db.execute("pragma journal_mode=wal"))
                 db.execute("pragma synchronous=normal")
-                db.executescript(SCHEMA)
+                patiently(lambda: db.executescript(SCHEMA))
             except sqlite3.OperationalError:
                 db.close()
                 raise  # locked, busy, full, cannot open: a state to wait out or fix, not damage to repair
@@ -174,14 +190,26 @@ class Queue:
     def next_runnable(self, window_open: bool) -> dict | None:
         """Paused and recovered jobs first, then priority, then first-in-first-out.
 
-        Outside the window only jobs marked run_now may start.
+        Outside the window only jobs marked run_now may start. A job that continues another one
+        (network.init_from: job:<name>) is passed over while it waits and failed when what it waits
+        for never can come (daemon/chain.py); the jobs behind it run. Every runnable row is looked
+        at, held ones too, so `animad status` says what each is waiting for.
         """
         with self.connect() as db:
-            row = db.execute(
-                "select * from jobs where status in (?, ?) and held = 0 and request is null "
-                "and (? or run_now = 1) order by resume_first desc, priority desc, id asc limit 1",
-                (*RUNNABLE, 1 if window_open else 0)).fetchone()
-        return self._row(row)
+            rows = db.execute("select * from jobs where status in (?, ?) order by resume_first desc, "
+                              "priority desc, id asc", RUNNABLE).fetchall()
+        chosen = None
+        for row in map(self._row, rows):
+            if chain.prepare(self, row) != chain.READY or chosen is not None:
+                continue
+            if not row["held"] and row["request"] is None and (window_open or row["run_now"]):
+                chosen = row
+        return chosen
+
+    def by_name(self, name: str) -> list[dict]:
+        """Every row with exactly this job name (a name of digits too, unlike find), oldest first."""
+        with self.connect() as db:
+            return [self._row(r) for r in db.execute("select * from jobs where name = ? order by id", (name,))]
 
     @staticmethod
     def _row(row) -> dict | None:

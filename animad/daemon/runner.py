@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from animad.config.daemon import Daemon
+from animad.daemon import chain
 from animad.daemon.inhibit import SleepInhibitor
 from animad.daemon.queue import Queue, pid_alive
 from animad.daemon.states import Phase, Request, Status
@@ -24,6 +25,7 @@ from animad.outcomes import Exit
 
 log = logging.getLogger("animad.daemon")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SETTLE_SECONDS = 5.0  # a status line may lag this much; looking costs a few reads of the queue
 
 
 @dataclasses.dataclass
@@ -138,6 +140,7 @@ class Runner:
         self.grace = daemon.config.stop_grace_seconds
         self.inhibitor = SleepInhibitor(daemon.config.inhibit_sleep)
         self.child: Child | None = None
+        self.next_settle = 0.0  # when to look at the jobs waiting for another one again (chain.settle)
 
     def adopt(self, row: dict) -> None:
         log.info("job %d is still running as pid %d from an earlier daemon; watching it", row["id"], row["pid"])
@@ -175,6 +178,7 @@ class Runner:
         `signals` counts the daemon's own stop signals: the first lets the job save and stop, the second kills it.
         """
         child = self.child
+        self.settle_chains()
         code = child.exit_code(self.queue)
         if code is not None:
             self.inhibitor.release()
@@ -204,6 +208,17 @@ class Runner:
                             else f"no exit within {self.grace:.0f}s")
                 child.killed = True
                 child.send(signal.SIGKILL)
+
+    def settle_chains(self) -> None:
+        """Every few seconds while a job runs, the queued jobs that wait for another one are marked (or
+        failed when it failed): next_runnable, which does it too, only runs between jobs."""
+        if time.monotonic() < self.next_settle:
+            return
+        self.next_settle = time.monotonic() + SETTLE_SECONDS
+        try:
+            chain.settle(self.queue)
+        except Exception as error:  # noqa: BLE001 - a status mark must never stop the watch over a child
+            log.warning("could not look at the jobs waiting for another job: %s", error)
 
     def record_exit(self, child: Child, code: int, go_on: bool) -> None:
         """Turn the child's exit into the row's next status (and start the select phase when training finished)."""

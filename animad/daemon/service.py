@@ -19,6 +19,7 @@ import time
 
 from animad.config.daemon import Daemon
 from animad.config.window import parse_windows
+from animad.daemon.chain import named_job
 from animad.daemon.freeze import finish_accepting
 from animad.daemon.inbox import Inbox
 from animad.daemon.queue import Queue, pid_alive, queue_path
@@ -167,8 +168,9 @@ class Service:
     def has_work(self) -> bool:
         if self.inbox.pending:  # a dropped folder still settling becomes work once it has settled
             return True
-        return bool(self.queue.by_status(Status.QUEUED, Status.ACCEPTING)) or any(
-            not r["held"] for r in self.queue.by_status(Status.PAUSED))
+        if self.queue.by_status(Status.ACCEPTING) or any(not r["held"] for r in self.queue.by_status(Status.PAUSED)):
+            return True
+        return any(not waits_on_held(self.queue, r) for r in self.queue.by_status(Status.QUEUED))
 
     def report_loop_error(self, error: Exception) -> None:
         # The same error every tick (a full disk can last hours) is logged once every few minutes.
@@ -180,3 +182,16 @@ class Service:
             log.error("the disk is full (%s): waiting for free space; the queue carries on once there is room", text)
         else:
             log.exception("unexpected error in the daemon loop; carrying on")
+
+
+def waits_on_held(queue: Queue, row: dict, seen: frozenset = frozenset()) -> bool:
+    """A chained job waiting (directly or down its chain) for a held job: nothing to do until a person
+    resumes that one, so `animad run --once` does not wait for it."""
+    p = row.get("progress") or {}
+    if p.get("phase") != "waiting" or row["id"] in seen:
+        return False
+    source = named_job(queue, p.get("waiting_for") or "", row["id"])
+    if source is None:
+        return False
+    return bool(source["held"]) or waits_on_held(queue, source, seen | {row["id"]})
+
