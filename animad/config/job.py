@@ -76,9 +76,18 @@ class NetworkConfig:
                                              "load text-encoder LoRA keys.")
     text_encoder_dim: int | None = option(None, "Rank for the text-encoder LoRA. null = dim: one rank to think "
                                                 "about unless you want a smaller encoder LoRA.", min=1)
-    init_from: str | None = option(None, "Continue from this LoRA file (relative to the job folder or absolute). "
-                                         "null starts from zero; the guide's outfit LoRAs chain runs this way.",
+    init_from: str | None = option(None, "Continue from this LoRA file (relative to the job folder or absolute), "
+                                         "or from another job: job:<name> waits in the queue until that job has "
+                                         "trained and been selected, then continues from its shortlist's "
+                                         "lowest-loss epoch (job:<name>@7 for epoch 7, job:<name>@last for its "
+                                         "last). null starts from zero; the guide's four-run outfit LoRA chains "
+                                         "runs this way, all four folders dropped at once.",
                                    example="previous-outfit.safetensors")
+    scale_weight_norms: float | None = option(
+        None, "Max-norm regularisation (sd-scripts' --scale_weight_norms): after every step, a LoRA module whose "
+              "weight delta (alpha/rank * up @ down) has a Frobenius norm above this is scaled back to it. null = "
+              "off, sd-scripts' default; stop-at-floor already ends runs before weights blow up. The guide's runs "
+              "use 1.0, the value sd-scripts suggests starting from.", min=0, example=1.0)
 
 
 @dataclasses.dataclass
@@ -194,14 +203,25 @@ class PrecisionConfig:
                         choices=("auto", "bf16", "fp16", "fp32"))
     save: str = option("bf16", "dtype of saved LoRA files: bf16, fp16 or fp32. bf16: half the size of fp32, and "
                                "ComfyUI loads it as is.", choices=("bf16", "fp16", "fp32"))
-    gradient_checkpointing: bool = option(True, "Recompute activations to save memory. On, so the defaults fit an "
-                                                "8 GB card at 1024² (the spec's target), at ~45% more compute per "
-                                                "step (58 vs 40 TFLOP, docs/anima_arch.md).")
+    vram: str = option("auto", "auto or off. auto: on a GPU, measure the free memory and use the cheapest savings "
+                               "that fit (none, checkpointing every k-th block, every block, the text encoder in CPU "
+                               "memory between uses, then DiT blocks swapped to CPU memory): the defaults then train "
+                               "at 1024² on an 8 GB card, and a card with memory to spare skips the recompute. None "
+                               "of them changes what is trained. off: exactly gradient_checkpointing, everything on "
+                               "the GPU.",
+                       choices=("auto", "off"))
+    gradient_checkpointing: bool | int = option(
+        True, "Recompute activations to save memory: true (every block), false, or k (every k-th block). Used "
+              "with vram: off and on the CPU; vram: auto picks it itself. On by default, so the defaults fit an "
+              "8 GB card at 1024² (the spec's target), at ~45% more compute per step (58 vs 40 TFLOP, "
+              "docs/anima_arch.md).", min=0)
     attention: str = option("auto", "auto (SDPA; flash where available), sdpa, flash or math. auto picks the "
                                     "fastest kernel the GPU and dtype allow.",
                             choices=("auto", "sdpa", "flash", "math"))
-    compile: bool = option(False, "torch.compile each DiT block (GPU; slower start, faster steps). Off: it needs a "
-                                  "working GPU toolchain; sd-scripts reports ~0.6 -> 0.43 s/step with it.")
+    compile: bool = option(False, "torch.compile each DiT block (GPU; slower start, faster steps): one graph for "
+                                  "all blocks, every aspect bucket and batch size (dynamic token count), a second "
+                                  "for the eval. Off: it needs a working GPU toolchain (Triton) and a minute or "
+                                  "two to compile; sd-scripts reports ~0.6 -> 0.43 s/step with it.")
     cache_text: bool = option(True, "Cache text embeddings when captions are fixed (no shuffle/dropout). On: the "
                                     "text encoder then leaves the GPU; with shuffling it runs in the loop anyway.")
 
@@ -216,6 +236,13 @@ class TimestepConfig:
     shift: float = option(1.0, "Flow shift applied to sampled sigmas (1.0 = none; 3.0 = 'shifted'). 1.0: "
                                "sd-scripts trains Anima unshifted.", min=0.01)
     noise_offset: float = option(0.0, "Noise offset. 0: sd-scripts does not apply one to Anima at all.", min=0)
+    ip_noise_gamma: float = option(0.0, "Input perturbation noise (sd-scripts' --ip_noise_gamma): the noisy input "
+                                        "gets sigma * gamma * extra noise while the target stays noise - x0. 0 = "
+                                        "off, sd-scripts' default; ~0.1 is the value its paper and users try.",
+                                   min=0, max=1)
+    ip_noise_gamma_random_strength: bool = option(
+        False, "Draw the input perturbation's gamma uniformly from [0, ip_noise_gamma) per batch (sd-scripts' "
+               "--ip_noise_gamma_random_strength). Off, as sd-scripts' default.")
 
 
 @dataclasses.dataclass
@@ -368,8 +395,49 @@ def check_job_logic(config: JobConfig, file, problems: Problems) -> None:
             except re.error as error:
                 problems.error(file, f"network.{key}[{index}]", f"bad regular expression: {error}",
                                "escape dots as '\\.'")
+    if config.network.init_from:
+        try:
+            parse_job_reference(config.network.init_from)
+        except ValueError as error:
+            problems.error(file, "network.init_from", str(error),
+                           "write job:<name>, job:<name>@<epoch> or job:<name>@last, or a .safetensors path")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         problems.error(file, "device", f"'{config.device}' is not a device", "use auto, cuda, cuda:0 or cpu")
+
+
+JOB_PREFIX = "job:"  # network.init_from names another job instead of a file
+
+
+@dataclasses.dataclass(frozen=True)
+class JobReference:
+    """network.init_from: job:<name>[@<epoch>|@last], the job whose LoRA this one continues."""
+
+    name: str
+    epoch: int | None = None  # None: that job's default pick (daemon/chain.py says which)
+    last: bool = False
+
+
+def parse_job_reference(text: str | None) -> JobReference | None:
+    """Given network.init_from, return the job it names, or None when it is a file path.
+
+    Raises ValueError (the message says what is wrong) for a malformed job: form. An '@' always
+    starts the epoch part: a name that itself holds '@' needs one too (job:me@home@last).
+    """
+    if not text or not str(text).startswith(JOB_PREFIX):
+        return None
+    body = str(text)[len(JOB_PREFIX):].strip()
+    name, at, epoch = body.rpartition("@") if "@" in body else (body, "", "")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"'{text}' names no job")
+    if not at:
+        return JobReference(name)
+    epoch = epoch.strip()
+    if epoch == "last":
+        return JobReference(name, last=True)
+    if not epoch.isdigit() or int(epoch) < 1:
+        raise ValueError(f"'{text}': after '@' comes an epoch number (1 or more) or 'last', not '{epoch}'")
+    return JobReference(name, epoch=int(epoch))
 
 
 def load_job_file(path: Path, problems: Problems) -> JobConfig | None:

@@ -91,7 +91,7 @@ def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: flo
         rows = [r for r in queue.all() if r["name"] == name]
         if rows:
             row = rows[-1]
-            line = f"     job {row['id']}: {row['status']} {describe_progress(row)}"
+            line = f"     job {row['id']} ({row['status']}): {describe_progress(row)}"
             if line != last:
                 print(line, flush=True)
                 last = line

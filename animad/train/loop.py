@@ -33,6 +33,7 @@ from animad.anima.lora_names import read_lora_file
 from animad.anima.pipeline import Anima
 from animad.anima.text import TextEmbedding
 from animad.config.daemon import resolve_path
+from animad.config.job import parse_job_reference
 from animad.errors import UserError
 from animad.fsutil import remove_stale_temp_files
 from animad.intake.dataset import Dataset
@@ -44,13 +45,15 @@ from animad.train.caches import (LatentEntry, TensorCache, cache_latents, cache_
 from animad.train.captions import augment_caption, is_dynamic
 from animad.train.evaluation import EvalSet, build_eval_set, evaluate
 from animad.train.floor import floor_reached
-from animad.train.flow import flow_loss, noisy, sample_sigmas
+from animad.train.flow import flow_loss, input_perturbation, noisy, sample_sigmas
 from animad.train.lora import LoRANetwork, build_network
+from animad.train.maxnorm import apply_max_norm
 from animad.train.optim import (Cooldown, build_optimizer, build_scheduler, effective_lr, follow_cooldown,
                                 schedule_kind, warmup_steps)
 from animad.train.precision import Precision, resolve_precision
 from animad.train.ranks import SINGLE, Group, rank_device
 from animad.train.tracking import Tracker
+from animad.train.vram import VramPlan, device_budget, plan_for_job
 
 log = logging.getLogger("animad.train")
 
@@ -79,9 +82,16 @@ class Progress:
     cooldown_epochs: int = 0
     cooldown_start_step: int = 0
     cooldown_steps: int = 0
+    # Images per forward once an out-of-memory error split the batches (None: the whole batch).
+    # Saved: a resumed run on the same card would only run out of memory again.
+    micro_batch: int | None = None
+    # This epoch's training time so far over every launch (saved, so an epoch resumed mid-way is
+    # timed whole: its eval share and its record's seconds stay true).
+    epoch_seconds: float = 0.0
 
     def next_epoch(self) -> None:
         self.epoch, self.batch_index, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        self.epoch_seconds = 0.0
 
     def cooldown(self) -> Cooldown | None:
         return Cooldown(self.cooldown_start_step, self.cooldown_steps) if self.cooldown_after is not None else None
@@ -164,9 +174,14 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     """
     precision = resolve_precision(config, rank_device(group.rank) if group.world > 1 else None)
     state = checkpoint.load_resume_state(paths.resume_state)
+    reopened = False
     if state and state.get("finished"):
-        log.info("training already finished at epoch %s", state["epoch"] - 1)
-        return "finished"
+        # A finished run trains on when its limits were raised since (max_epochs, max_steps); the
+        # message says which way it went and what to change otherwise.
+        reopened, message = reopen_finished(paths, config, state)
+        log.info("%s", message)
+        if not reopened:
+            return "finished"
     refuse_other_world(paths, state, group)
 
     # 1) Fingerprints, then the caches. Rank 0 hashes and caches first; the other ranks then find
@@ -203,6 +218,10 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
         if group.is_main else NoTracker()
     run = Run(paths, config, files, dataset, group, precision, anima, hashes, fingerprint, caches, sizes, parts,
               eval_set, tracker, should_stop, on_progress)
+    if state:
+        replan_schedule(run, progress, reopened)
+    if reopened and group.is_main:
+        (paths.root / "finished.txt").unlink(missing_ok=True)  # ours, and no longer true; written again at the end
 
     # 4) The loop.
     try:
@@ -320,11 +339,11 @@ def build_parts(paths: JobPaths, config, anima: Anima, precision: Precision, siz
     """The frozen DiT with a fresh (or continued) LoRA on it, and what trains the LoRA."""
     anima.load_dit()
     anima.freeze()
-    anima.set_gradient_checkpointing(config.precision.gradient_checkpointing)
     init_state = read_init_lora(paths, config.network)
     torch.manual_seed(config.seed)  # LoRA init must not depend on what ran before (caching, loading)
     network = build_network(anima, config.network, init_state)
     network.to(device=precision.device, dtype=torch.float32)
+    apply_vram_plan(config, anima, precision)
     if config.precision.compile:
         anima.compile_blocks(compile_backend(precision.device))
     optimizer = build_optimizer(network.unet_parameters(), network.text_encoder_parameters(), config.optimizer)
@@ -334,11 +353,38 @@ def build_parts(paths: JobPaths, config, anima: Anima, precision: Precision, siz
     return Parts(network, optimizer, scheduler, scaler, [p for p in network.parameters() if p.requires_grad])
 
 
+def apply_vram_plan(config, anima: Anima, precision: Precision) -> VramPlan:
+    """precision.vram: the memory savings for this GPU (train/vram.py), applied once the LoRA is on.
+
+    None of them changes the maths (a test checks each against the plain model), so a job resumed on
+    another card may pick differently and still continue exactly."""
+    text_encoder_live = anima.text_encoder is not None  # fill_caches kept it: it runs in the loop
+    plan = plan_for_job(config, device_budget(precision.device), text_encoder_live, anima.dit.config)
+    anima.set_gradient_checkpointing(plan.checkpoint_every)
+    if plan.swapped_blocks:
+        anima.swap_blocks(plan.swapped_blocks)
+    if text_encoder_live and not plan.text_encoder_on_gpu:
+        anima.keep_text_encoder_off_device()
+    (log.warning if not plan.fits else log.info)("%s", plan.line(anima.dit.config.depth))
+    return plan
+
+
 def read_init_lora(paths: JobPaths, network_config) -> dict | None:
-    """network.init_from: the LoRA file to continue (its ranks and weights), relative to the dataset."""
+    """network.init_from: the LoRA file to continue (its ranks and weights), relative to the dataset.
+
+    job:<name> reads the job's own copy, which the daemon made before the first step (daemon/chain.py).
+    """
     if not network_config.init_from:
         return None
-    path = resolve_path(paths.dataset, network_config.init_from)
+    if parse_job_reference(network_config.init_from) is not None:
+        path = paths.init_lora
+        if not path.is_file():
+            raise UserError(f"{paths.resolved}: network.init_from: {network_config.init_from} names a job in the "
+                            f"daemon's queue, whose LoRA the daemon copies to {path} before training; it is not "
+                            "there -> drop the folder into the inbox so the daemon runs it, or (for `animad train`) "
+                            "give the .safetensors file's path instead")
+    else:
+        path = resolve_path(paths.dataset, network_config.init_from)
     try:
         return read_lora_file(path)
     except (OSError, ValueError) as error:
@@ -357,13 +403,90 @@ def resume(parts: Parts, state: dict, sizes: Sizes, config) -> Progress:
     if state.get("scaler"):
         parts.scaler.load_state_dict(state["scaler"])
     # A state saved before the cooldown existed lacks its fields: their defaults (no cooldown) hold.
-    progress = Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress)
-                           if field.name in state})
+    progress = saved_progress(state)
     if progress.cooldown() is not None:  # the scheduler's function is not in its state: rebuild it
         follow_cooldown(parts.scheduler, config.schedule, config.selection, sizes.total_steps, progress.cooldown())
     log.info("resuming at epoch %d, batch %d/%d (optimizer step %d)", progress.epoch, progress.batch_index,
              sizes.batches_per_epoch, progress.global_step)
     return progress
+
+
+def saved_progress(state: dict) -> Progress:
+    """The Progress record inside a resume state (a state from before a field existed gets its default)."""
+    return Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress) if field.name in state})
+
+
+def reopen_finished(paths: JobPaths, config, state: dict) -> tuple[bool, str]:
+    """Whether a finished run trains on under the job's limits as they are now, and the sentence saying so.
+
+    A run that stopped at its confirmed floor is finished for that reason while stop_at_floor is on;
+    one that reached its max_epochs or max_steps trains on once that limit is raised. A lowered limit
+    deletes nothing.
+    """
+    progress = saved_progress(state)
+    trained, schedule, selection = progress.epoch - 1, config.schedule, config.selection
+    done = f"training already finished at epoch {trained}"
+    if progress.floor_confirmed is not None and selection.stop_at_floor:
+        return False, (f"{done}: it stopped at the loss floor confirmed after epoch {progress.floor_confirmed}, so a "
+                       "higher max_epochs does not reopen it. To train past the floor, set selection.stop_at_floor: "
+                       "false in job.yaml and run again; it continues from its last state.")
+    limit = limit_reached(progress, schedule.max_epochs, schedule.max_steps)
+    if limit is None:
+        kind = schedule_kind(schedule, selection)
+        plan = (f"{kind} to the end of max_steps {schedule.max_steps}" if schedule.max_steps
+                else f"{kind} over {schedule.max_epochs} epochs")
+        if kind == "constant" and selection.stop_at_floor:
+            plan += ", cooled to 0 at a confirmed floor or over the last epochs"
+        limits = f"max_epochs {schedule.max_epochs}" + (f", max_steps {schedule.max_steps}" if schedule.max_steps
+                                                        else "")
+        return True, (f"training had finished at epoch {trained}; its limit is now higher ({limits}): training on "
+                      f"from epoch {progress.epoch} (step {progress.global_step}) with the learning-rate schedule "
+                      f"re-planned: {plan}. The epochs already trained stay as they are.")
+    if trained > schedule.max_epochs or (schedule.max_steps and progress.global_step > schedule.max_steps):
+        lowered = (f"max_epochs {schedule.max_epochs}" if trained > schedule.max_epochs
+                   else f"max_steps {schedule.max_steps}")
+        return False, (f"{done} (step {progress.global_step}); {lowered} is now below what was trained. Nothing is "
+                       f"deleted: every epoch file stays in {paths.epochs_dir} and the review still weighs all "
+                       f"{trained} epochs. Raise the limit above what was trained to train on.")
+    what = f"max_steps above {progress.global_step}" if limit.startswith("reached max_steps") else \
+        f"max_epochs above {trained}"
+    return False, (f"{done} ({limit}). To train on from its last state, raise schedule.{what} in job.yaml and "
+                   "run again.")
+
+
+def replan_schedule(run: Run, progress: Progress, reopened: bool) -> None:
+    """After a resume: a cooldown planned for an end that has moved (the limits were raised or lowered
+    since) is planned again for the new end, and the LR in force is the schedule's at this step.
+
+    The schedule itself is a function of the step and the run's total (built from the limits as they
+    are now); only the cooldown and the optimizer's current LR come from the saved state.
+    """
+    sizes, selection, scheduler = run.sizes, run.config.selection, run.parts.scheduler
+    if reopened and not selection.stop_at_floor:
+        progress.floor_confirmed = None  # the floor no longer ends this run
+    end_of_run = progress.cooldown_after is not None and progress.floor_confirmed is None
+    if end_of_run and progress.cooldown_start_step + progress.cooldown_steps != sizes.total_steps:
+        log.info("the run's end moved (now %s): the cooldown planned for the old end is dropped and planned again",
+                 f"max_steps {sizes.max_steps}" if sizes.max_steps else f"max_epochs {sizes.max_epochs}")
+        progress.cooldown_after, progress.cooldown_epochs = None, 0
+        progress.cooldown_start_step, progress.cooldown_steps = 0, 0
+        follow_cooldown(scheduler, run.config.schedule, selection, sizes.total_steps, None)
+        sync_lr(scheduler)
+        if selection.stop_at_floor:
+            plan_cooldown(run, progress, after=progress.epoch - 1)
+    sync_lr(scheduler)
+
+
+def sync_lr(scheduler) -> None:
+    """Set the optimizer's LR to the scheduler's function at its step: the saved LR was the old plan's.
+
+    Where nothing changed this is the very value LambdaLR computed (the same expression), so an
+    exact resume stays exact.
+    """
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports (LambdaLR keeps it in this attribute)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -386,10 +509,19 @@ def finish_reason(progress: Progress, sizes: Sizes) -> str | None:
     if cooled and progress.floor_confirmed is not None:
         return (f"stopped at the confirmed loss floor after epoch {progress.floor_confirmed}, then cooled the "
                 f"learning rate to 0 over {progress.cooldown_epochs} epochs")
-    if progress.epoch > sizes.max_epochs:
-        return f"reached max_epochs {sizes.max_epochs}"
-    if out_of_steps(progress, sizes) and progress.batch_index == 0:
-        return f"reached max_steps {sizes.max_steps}"
+    return limit_reached(progress, sizes.max_epochs, sizes.max_steps)
+
+
+def limit_reached(progress: Progress, max_epochs: int, max_steps: int | None) -> str | None:
+    """Why max_epochs or max_steps ends the run at this point, or None."""
+    trained = progress.epoch - 1
+    if progress.epoch > max_epochs:
+        if trained > max_epochs:  # lowered under a run that had gone further: nothing is undone
+            return (f"reached max_epochs {max_epochs} (lowered after {trained} epochs were trained; every one of "
+                    "them stays)")
+        return f"reached max_epochs {max_epochs}"
+    if max_steps and progress.global_step >= max_steps and progress.batch_index == 0:
+        return f"reached max_steps {max_steps}"
     return None
 
 
@@ -397,33 +529,35 @@ def out_of_steps(progress: Progress, sizes: Sizes) -> bool:
     return bool(sizes.max_steps) and progress.global_step >= sizes.max_steps
 
 
-def plan_cooldown(run: Run, progress: Progress) -> str | None:
+def plan_cooldown(run: Run, progress: Progress, after: int | None = None) -> str | None:
     """After an epoch with stop-at-floor on and no cooldown yet: start one if it is due.
 
     A cooldown is due when the floor was just confirmed, or, for a schedule that never decays by
     itself (constant), when the cooldown would reach the end of the run anyway: a run that finds no
     floor then still ends annealed. Returns why the run ends now: a floor with no room (or no wish)
-    for a cooldown stops at once, as without one.
+    for a cooldown stops at once, as without one. `after` is the epoch just trained (progress.epoch
+    unless the plan is made on a resume, before the next epoch starts).
     """
     selection, sizes = run.config.selection, run.sizes
-    wanted = max(selection.cooldown_min_epochs, round(selection.cooldown_fraction * progress.epoch)) \
+    after = progress.epoch if after is None else after
+    wanted = max(selection.cooldown_min_epochs, round(selection.cooldown_fraction * after)) \
         if selection.cooldown_fraction > 0 else 0
     steps_left = sizes.total_steps - progress.global_step
     steps = min(wanted * sizes.steps_per_epoch, steps_left)
     floor = progress.floor_confirmed is not None
     if floor and steps <= 0:
-        return f"stopped at the confirmed loss floor after epoch {progress.epoch}"
+        return f"stopped at the confirmed loss floor after epoch {after}"
     constant = schedule_kind(run.config.schedule, selection) == "constant"
     if not floor and not (constant and wanted and steps_left <= wanted * sizes.steps_per_epoch):
         return None
     if steps <= 0:
         return None
-    progress.cooldown_after, progress.cooldown_epochs = progress.epoch, math.ceil(steps / sizes.steps_per_epoch)
+    progress.cooldown_after, progress.cooldown_epochs = after, math.ceil(steps / sizes.steps_per_epoch)
     progress.cooldown_start_step, progress.cooldown_steps = progress.global_step, steps
     follow_cooldown(run.parts.scheduler, run.config.schedule, selection, sizes.total_steps, progress.cooldown())
     log.info("%s after epoch %d: cooling the learning rate from %.3g to 0 over %d epochs (%d steps)",
              "loss floor confirmed" if floor else "no floor yet, the end of the run is near",
-             progress.epoch, run.parts.scheduler.get_last_lr()[0], progress.cooldown_epochs, steps)
+             after, run.parts.scheduler.get_last_lr()[0], progress.cooldown_epochs, steps)
     return None
 
 
@@ -434,13 +568,14 @@ def train_epoch(run: Run, progress: Progress, pace: Pace) -> bool:
     while progress.batch_index < len(plan) and not out_of_steps(progress, sizes):
         t_step = time.perf_counter()
         batches = plan[progress.batch_index: progress.batch_index + sizes.batches_per_step]
-        step_loss = train_step(run, progress, batches)
+        step = train_step(run, progress, batches)
         progress.batch_index += len(batches)
         progress.global_step += 1
-        progress.loss_sum += step_loss
+        progress.loss_sum += step.loss
         progress.loss_count += 1
         pace.step_seconds.append(time.perf_counter() - t_step)
-        report_step(run, progress, pace, step_loss)
+        progress.epoch_seconds += pace.step_seconds[-1]
+        report_step(run, progress, pace, step)
         if run.group.any(run.should_stop()):
             save_state(run, progress)
             log.info("stopped at epoch %d, step %d; state saved", progress.epoch, progress.global_step)
@@ -452,17 +587,20 @@ def train_epoch(run: Run, progress: Progress, pace: Pace) -> bool:
     return True
 
 
-def train_step(run: Run, progress: Progress, batches: list) -> float:
-    """One optimizer step over `batches` (this rank trains its share); returns their mean loss over all ranks."""
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    loss: float  # the step's mean loss over all ranks
+    max_norm: tuple[int, float, float] | None = None  # network.scale_weight_norms: modules scaled, mean, max norm
+
+
+def train_step(run: Run, progress: Progress, batches: list) -> StepResult:
+    """One optimizer step over `batches` (this rank trains its share)."""
     parts, group = run.parts, run.group
-    step_loss = torch.zeros((), dtype=torch.float64, device=run.precision.device)
-    for offset, batch in group.share(batches):
-        loss = micro_batch_loss(run, batch, progress.epoch, progress.batch_index + offset)
-        parts.scaler.scale(loss / len(batches)).backward()
-        step_loss += loss.detach().double() / len(batches)  # summed on the device: no sync per micro-batch
-    # The step's one CPU-GPU sync: its loss is logged and reported, and a NaN/inf loss must stop the
-    # run before the optimizer applies it. (float64, so the sum is the one Python floats would give.)
-    local = step_loss.item()
+    step_loss = accumulate_gradients(run, progress, batches)
+    # The step's one host read, before the optimizer applies anything: the loss is logged and
+    # reported, and a NaN/inf loss (a sum keeps it) must stop the run. float64, so the sum is the
+    # one Python floats would give. (fp16 adds the scaler's own read in step().)
+    local = host_values(step_loss)[0]
     bad_here = not math.isfinite(local)
     step_loss, bad = group.sum([local, 1.0 if bad_here else 0.0])
     if bad:
@@ -473,11 +611,69 @@ def train_step(run: Run, progress: Progress, batches: list) -> float:
     parts.scaler.unscale_(parts.optimizer)  # clipping must see the true gradients
     if run.config.optimizer.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(parts.params, run.config.optimizer.max_grad_norm)
-    parts.scaler.step(parts.optimizer)  # fp16: a sync (it skips the step if the gradients overflowed)
+    parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return step_loss
+    max_norm = None
+    if run.config.network.scale_weight_norms:
+        # After the optimizer step, as sd-scripts does; its figures cost one more host read, and
+        # only with this option on.
+        scaled, mean, largest = host_values(apply_max_norm(parts.network.loras.values(),
+                                                           run.config.network.scale_weight_norms))
+        max_norm = (int(scaled), mean, largest)
+    return StepResult(step_loss, max_norm)
+
+
+def accumulate_gradients(run: Run, progress: Progress, batches: list) -> torch.Tensor:
+    """Forward and backward of this rank's micro-batches; returns the step loss, still on the device.
+
+    A GPU out-of-memory error in a micro-batch starts the accumulation over with half the
+    micro-batch and twice the accumulation (the same effective batch, the same gradient up to
+    summation order), and the run keeps the smaller size; at one image per micro-batch the error
+    stands. (Nothing is applied before this returns, so starting over is exact.)
+    """
+    while True:
+        try:
+            # Summed on the device: reading the loss per micro-batch would be a host sync each time.
+            step_loss = torch.zeros((), dtype=torch.float64, device=run.precision.device)
+            for offset, batch in run.group.share(batches):
+                for rows in micro_batches(len(batch.items), progress.micro_batch):
+                    step_loss += micro_batch_backward(run, batch, progress.epoch, progress.batch_index + offset,
+                                                      rows, len(batches))
+            return step_loss
+        except torch.OutOfMemoryError:
+            if (progress.micro_batch or max(len(b.items) for b in batches)) <= 1:
+                raise
+        # Outside the except block, so the error's traceback (and the activations it holds) is freed.
+        halve_micro_batch(run, progress, batches)
+
+
+def halve_micro_batch(run: Run, progress: Progress, batches: list) -> None:
+    before = progress.micro_batch or max(len(b.items) for b in batches)
+    progress.micro_batch = max(1, before // 2)
+    run.parts.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+    if run.precision.device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.warning("out of GPU memory at epoch %d, step %d with %d images per forward: retrying the step with %d "
+                "(gradient accumulation doubled, the same effective batch) and keeping that size", progress.epoch,
+                progress.global_step + 1, before, progress.micro_batch)
+
+
+def micro_batches(size: int, limit: int | None) -> list[slice]:
+    """The rows of a batch each forward takes: all of them, or chunks of `limit` after an OOM."""
+    if not limit or limit >= size:
+        return [slice(0, size)]
+    return [slice(start, min(size, start + limit)) for start in range(0, size, limit)]
+
+
+def host_values(tensor: torch.Tensor) -> list[float]:
+    """A small device tensor's values on the host: one copy, the one sync the caller pays.
+
+    Every deliberate host read of the step goes through here, so the sync counter
+    (bench/step_counts.py) counts it: on the CPU the copy dispatches nothing it could see.
+    """
+    return tensor.detach().double().cpu().reshape(-1).tolist()
 
 
 def step_seed(seed: int, epoch: int, batch_index: int) -> int:
@@ -485,9 +681,24 @@ def step_seed(seed: int, epoch: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def micro_batch_loss(run: Run, batch, epoch: int, batch_number: int) -> torch.Tensor:
-    """The flow-matching loss of one batch; flips, caption shuffles, noise and sigmas are seeded by its place."""
+def micro_batch_backward(run: Run, batch, epoch: int, batch_number: int, rows: slice, batches: int) -> torch.Tensor:
+    """Forward and backward of `rows` of one batch; returns their share of the step loss, on the device."""
+    loss = micro_batch_loss(run, batch, epoch, batch_number, rows) / batches
+    # The backward under the attention backend too: with checkpointing it recomputes every block's
+    # forward, which must pick the kernel the forward picked (autocast the checkpoint restores itself).
+    with run.precision.attention_context():
+        run.parts.scaler.scale(loss).backward()
+    return loss.detach().double()
+
+
+def micro_batch_loss(run: Run, batch, epoch: int, batch_number: int, rows: slice | None = None) -> torch.Tensor:
+    """The flow-matching loss of one batch, or of `rows` of it (their share of the batch mean).
+
+    Flips, caption shuffles, noise and sigmas are seeded by the batch's place and drawn for the whole
+    batch before `rows` are taken, so a batch split after an OOM trains what it would have trained whole.
+    """
     config, dataset, latents, device = run.config, run.dataset, run.caches.latents, run.precision.device
+    rows = rows or slice(0, len(batch.items))
     rng = random.Random(step_seed(config.seed, epoch, batch_number))
     torch.manual_seed(step_seed(config.seed, epoch, batch_number))
     items = [dataset.items[i] for i in batch.items]
@@ -497,7 +708,7 @@ def micro_batch_loss(run: Run, batch, epoch: int, batch_number: int) -> torch.Te
     mask = None
     if any(s.alpha_mask for s in subsets):
         mask = torch.stack([latents[i].mask if latents[i].mask is not None else torch.ones(
-            1, *x0.shape[-2:]) for i in batch.items]).to(device)
+            1, *x0.shape[-2:]) for i in batch.items])[rows].to(device)
     captions = [augment_caption(item.caption, subset, rng) for item, subset in zip(items, subsets)]
     live = [run.caches.live_text and (is_dynamic(s) or config.network.train_text_encoder or c not in run.caches.texts)
             for s, c in zip(subsets, captions)]
@@ -505,8 +716,11 @@ def micro_batch_loss(run: Run, batch, epoch: int, batch_number: int) -> torch.Te
     if config.timesteps.noise_offset:
         noise = noise + config.timesteps.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
     sigma = sample_sigmas(x0.shape[0], config.timesteps, device)
-    prediction = velocity(run, noisy(x0, noise, sigma), sigma, embed_captions(run, captions, live))
-    return flow_loss(prediction, x0, noise, mask).mean()
+    x_t = noisy(x0, noise, sigma)
+    if config.timesteps.ip_noise_gamma:
+        x_t = x_t + input_perturbation(x0, sigma, config.timesteps)
+    prediction = velocity(run, x_t[rows], sigma[rows], embed_captions(run, captions[rows], live[rows]))
+    return flow_loss(prediction, x0[rows], noise[rows], mask).sum() / len(batch.items)
 
 
 def embed_captions(run: Run, captions: list[str], live: list[bool]) -> list[TextEmbedding]:
@@ -526,12 +740,16 @@ def velocity(run: Run, x_t: torch.Tensor, sigma: torch.Tensor, embeddings: list[
         return run.anima.velocity(x_t, sigma, run.anima.context(embeddings))
 
 
-def report_step(run: Run, progress: Progress, pace: Pace, step_loss: float) -> None:
+def report_step(run: Run, progress: Progress, pace: Pace, step: StepResult) -> None:
     """TensorBoard's step scalars and the progress the daemon shows."""
     sizes, parts = run.sizes, run.parts
     s_per_it = sum(pace.step_seconds) / len(pace.step_seconds)
-    run.tracker.step(progress.global_step, step_loss, parts.scheduler.get_last_lr()[0], effective_lr(parts.optimizer))
+    run.tracker.step(progress.global_step, step.loss, parts.scheduler.get_last_lr()[0], effective_lr(parts.optimizer))
+    if step.max_norm is not None and run.group.is_main:
+        run.tracker.max_norm(progress.global_step, *step.max_norm)
     end = run_end(run, progress)
+    if progress.micro_batch:  # after an OOM: status shows the smaller micro-batch
+        end = {**end, "micro_batch": progress.micro_batch}
     run.on_progress({"phase": "training", "epoch": progress.epoch, "max_epochs": sizes.max_epochs,
                      "step": progress.global_step, "total_steps": sizes.total_steps,
                      "step_in_epoch": math.ceil(progress.batch_index / sizes.batches_per_step),
@@ -562,7 +780,11 @@ def run_end(run: Run, progress: Progress) -> dict:
 
 
 def end_epoch(run: Run, progress: Progress, seconds: float) -> None:
-    """Rank 0 after each epoch: the stable eval, the epoch's LoRA file, its record and its log line."""
+    """Rank 0 after each epoch: the stable eval, the epoch's LoRA file, its record and its log line.
+
+    The epoch's time is progress.epoch_seconds, its steps' time over every launch; `seconds` (this
+    launch's part alone) would make an epoch resumed near its end look as if eval took all of it.
+    """
     config, paths, parts, epoch = run.config, run.paths, run.parts, progress.epoch
     run.on_progress({"phase": "eval", "epoch": epoch})
     t_eval = time.perf_counter()
@@ -582,7 +804,7 @@ def end_epoch(run: Run, progress: Progress, seconds: float) -> None:
               "eval_loss": eval_loss, "eval_by_sigma": eval_by_sigma, "lr": parts.scheduler.get_last_lr()[0],
               "d_lr": effective_lr(parts.optimizer), "prodigy_d": parts.optimizer.param_groups[0].get("d"),
               "cooldown": progress.cooling(epoch),
-              "seconds": seconds + time.perf_counter() - t_eval, "eval_seconds": eval_seconds,
+              "seconds": progress.epoch_seconds + time.perf_counter() - t_eval, "eval_seconds": eval_seconds,
               "file": str(epoch_file.relative_to(paths.root)), "time": now_iso()}
     run.tracker.epoch(record)
     log.info("epoch %d: loss %.5f, eval %.5f (eval took %.0f%% of the epoch)", epoch, record["loss"],
