@@ -1,6 +1,6 @@
 """`animad import`: the guide's own sd-scripts files become job folders that train as sd-scripts would have.
 
-Real files throughout: the guide's TOMLs and .bat from ../shared/fixtures/sd-scripts, generated
+Real files throughout: the guide's TOMLs and .bat from tests/fixtures/sd-scripts, generated
 images copied for real, and `animad check` run on the result with the tiny model set.
 """
 
@@ -25,13 +25,13 @@ from animad.errors import UserError
 from animad.intake.check import check_folder
 from animad.intake.importing import import_files, local_path, running_under_wsl
 
-GUIDE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "sd-scripts"
+# The guide's files exactly as it prints them (CRLF and all; a copy of ../shared/fixtures/sd-scripts,
+# kept in the repository so the tests run wherever it is checked out).
+GUIDE = Path(__file__).resolve().parent / "fixtures" / "sd-scripts"
 BAT, MAY, NAMI = GUIDE / "train_panchybriefs_v1.bat", GUIDE / "MayBikinis.toml", GUIDE / "NamiSyrup_v3.toml"
 MAY_SUBSETS = {"MayPinkBikini": 1, "MayGreenBikini": 1, "MayFrilledBikini": 1, "MayRedBikini": 3,
                "MayYellowBikini": 3, "MayCheckeredBikini": 4}
 WINDOWS_DIR = "C:\\path\\to\\image\\directory\\"
-
-pytestmark = pytest.mark.skipif(not BAT.is_file(), reason="needs ../shared/fixtures/sd-scripts")
 
 
 @pytest.fixture()
