@@ -59,3 +59,28 @@ def test_two_processes_write_at_once(tmp_path):
     rows = Queue(path).all()
     assert len(rows) == 100 and all(r["status"] == Status.QUEUED for r in rows)
     assert len({r["id"] for r in rows}) == 100
+
+
+def test_a_database_from_before_the_slot_columns_opens_and_gains_them(tmp_path):
+    """An upgrade adds the columns in place (ALTER TABLE): old rows kept, new writes work."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        create table jobs (id integer primary key autoincrement, name text not null, status text not null,
+            phase text not null default 'train', priority integer not null default 0,
+            resume_first integer not null default 0, held integer not null default 0,
+            run_now integer not null default 0, request text, source text, job_dir text, outbox_dir text,
+            attempts integer not null default 0, pid integer, heartbeat real, progress text, error text,
+            outcome text, created real not null, started real, finished real, updated real);
+        insert into jobs (name, status, created) values ('old', 'queued', 1.0);
+    """)
+    db.commit()
+    db.close()
+    queue = Queue(path)
+    row = queue.next_runnable(True)
+    assert row["name"] == "old" and row["slot"] is None and row["gpu"] is None
+    queue.claim(row["id"], Status.RUNNING, 4242, slot=1, gpu="1")
+    assert (queue.get(row["id"])["slot"], queue.get(row["id"])["gpu"]) == (1, "1")
+    assert Queue(path).get(row["id"])["name"] == "old"  # opened again: nothing added twice

@@ -155,8 +155,13 @@ def test_a_folder_still_being_written_is_not_rejected_and_is_taken_when_closed(c
         service.wait(lambda: "copying" in tracker.busy, what="the folder to be seen busy")
         assert not (folder / "ERRORS.txt").exists() and "copying" not in tracker.rejected
         assert service.job("copying") is None  # no row at all: nothing was accepted or cancelled
-        out = animad(config, "status").stdout
-        assert "still open for writing" in out and "rejected" not in out, out
+        # The daemon writes its verdict for `status` (state/inbox.json) just after the tracker has it.
+        def status_says_busy():
+            out = animad(config, "status").stdout
+            return out if "still open for writing" in out else None
+
+        out = service.wait(status_says_busy, what="status to show the folder as still being written")
+        assert "rejected" not in out, out
         writer.stdin.write("go\n")
         writer.stdin.flush()
         assert writer.stdout.readline().strip() == "closed"
@@ -285,3 +290,33 @@ def test_a_batch_split_after_running_out_of_memory_is_shown():
     line = progress_figures(live(step), 0.0)["line"]
     assert "2 image(s) per forward after running out of GPU memory" in line, line
     assert "per forward" not in progress_figures(live({**step, "micro_batch": None}), 0.0)["line"]
+
+
+def test_with_parallel_jobs_each_running_job_shows_its_gpu(config):
+    """One job per GPU: a GPU column (aligned) saying which GPU each running job has; --json has it too.
+    A one-slot daemon has no such column (nothing to choose)."""
+    import os
+
+    queue = Queue(load_daemon_config(config).dir("state") / "animad.sqlite")
+    live = {"phase": "training", "epoch": 1, "max_epochs": 4, "step": 3, "total_steps": 12, "end_epoch": 4,
+            "end_step": 12, "loss": 0.5, "s_per_it": 1.5, "eta_seconds": 20.0, "pid": os.getpid()}
+    for name, status, slot in [("first", Status.RUNNING, 0), ("second", Status.SELECTING, 1),
+                               ("waiting", Status.QUEUED, None)]:
+        job = queue.add(name, f"/nowhere/{name}")
+        queue.update(job, status=status, progress=live if slot is not None else None)
+        if slot is not None:
+            queue.claim(job, status, os.getpid(), slot=slot, gpu=str(slot))
+    out = animad(config, "status").stdout
+    assert "GPU" not in out  # one slot: the column would say nothing
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "gpus": [0, 1], "parallel_jobs": True}))
+    out = animad(config, "status").stdout
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ID"))
+    rows = {line.split()[1]: line for line in lines[header + 1:header + 4]}
+    gpu, created = lines[header].index("GPU"), lines[header].index("CREATED")
+    assert rows["first"][gpu:created].strip() == "gpu 0" and rows["second"][gpu:created].strip() == "gpu 1", out
+    assert rows["waiting"][gpu:created].strip() == ""
+    assert all(row[created - 1] == " " and row[created] != " " for row in rows.values()), out  # aligned
+    shown = {j["name"]: j["shown"]["gpu"] for j in json.loads(animad(config, "status", "--json").stdout)["jobs"]}
+    assert shown == {"first": "gpu 0", "second": "gpu 1", "waiting": None}

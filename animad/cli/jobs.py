@@ -105,6 +105,9 @@ def cmd_status(args) -> int:
     # daemon from recording it) shows that, never its last rate and ETA.
     shown = {r["id"]: progress_figures(r, clock, pid_alive(r["pid"]) if r["status"] in ACTIVE and r["pid"] else None)
              for r in rows}
+    many_slots = len(daemon.slot_devices()) > 1
+    for row in rows:  # with parallel_jobs each running job says which GPU it has (--json: shown.gpu too)
+        shown[row["id"]]["gpu"] = where_it_runs(row, shown[row["id"]]) if many_slots else None
     inbox = inbox_view(daemon, rows, alive, clock)
     if args.json:
         jobs = [{**r, "shown": shown[r["id"]]} for r in rows]
@@ -119,7 +122,7 @@ def cmd_status(args) -> int:
         print("no jobs yet: drop a folder into", safe(daemon.dir("inbox")))
         return 0
     if rows:
-        print_jobs(rows, shown)
+        print_jobs(rows, shown, gpu_column=many_slots)
     if inbox:
         print(f"\ninbox ({safe(daemon.dir('inbox'))}):")
         for entry in inbox:
@@ -138,16 +141,29 @@ def status_word(row: dict, shown: dict) -> str:
     return row["status"] + (" (held)" if row["held"] and row["status"] in RUNNABLE else "")
 
 
-def print_jobs(rows: list[dict], shown: dict) -> None:
+def where_it_runs(row: dict, shown: dict) -> str | None:
+    """"gpu 1" for a job running in a parallel_jobs slot (the GPU its child was pinned to); None otherwise."""
+    if row["status"] not in ACTIVE or shown["phase"] == "exited" or row.get("slot") is None:
+        return None
+    return f"gpu {row['gpu']}" if row.get("gpu") is not None else f"slot {row['slot']}"
+
+
+def print_jobs(rows: list[dict], shown: dict, gpu_column: bool = False) -> None:
     # Column widths from what is printed ("queued (held)" included), so the table stays aligned.
     words = {r["id"]: status_word(r, shown[r["id"]]) for r in rows}
     width = max([len("STATUS")] + [len(w) for w in words.values()])
-    print(f"{'ID':>4}  {'NAME':<20} {'STATUS':<{width}} {'CREATED':<16} PROGRESS")
+    # The GPU column only where there is a choice of GPU (parallel_jobs): one slot has nothing to say.
+    gpus = {r["id"]: shown[r["id"]].get("gpu") or "" for r in rows}
+    gpu_width = max([len("GPU")] + [len(g) for g in gpus.values()])
+    gpu_head = f"{'GPU':<{gpu_width}} " if gpu_column else ""
+    print(f"{'ID':>4}  {'NAME':<20} {'STATUS':<{width}} {gpu_head}{'CREATED':<16} PROGRESS")
     for row in rows:
         created = dt.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
         # Escaped before it is cut and padded: a newline in a name must not break the table.
         name = safe(row["name"])
-        print(f"{row['id']:>4}  {name[:20]:<20} {words[row['id']]:<{width}} {created:<16} {shown[row['id']]['line']}")
+        gpu = f"{gpus[row['id']]:<{gpu_width}} " if gpu_column else ""
+        print(f"{row['id']:>4}  {name[:20]:<20} {words[row['id']]:<{width}} {gpu}{created:<16} "
+              f"{shown[row['id']]['line']}")
 
 
 def job_argument(parser) -> None:
@@ -201,7 +217,7 @@ def when_it_resumes(daemon, queue: Queue, row: dict, now: bool) -> str:
         at = f" (opens {opens:%a %H:%M})" if opens else ""
         return f"resumes in the next window{at}; 'animad resume {row['id']} --now' starts it now"
     running = [r for r in queue.by_status(*ACTIVE) if r["id"] != row["id"]]
-    if running:
+    if running and len(running) >= len(daemon.slot_devices()):  # every slot taken
         return f"is released; it starts when job {running[0]['id']} ({safe(running[0]['name'])}) is done"
     return "restarts now (the daemon starts it within a few seconds)"
 

@@ -69,10 +69,16 @@ class DaemonConfig:
     poll_seconds: float = option(0.0, "Use a polling watcher with this interval (0 = inotify, with a polling "
                                       "fallback). 0: inotify costs no CPU when idle; set 5 for an inbox on WSL's "
                                       "/mnt/c, which sends no events.", min=0)
-    gpus: int = option(1, "GPUs one job trains on (data parallel, one process per GPU; each step takes "
-                          "batch_size x grad_accum x gpus images). Without CUDA: that many CPU processes. "
-                          "1: our users have one home GPU.",
-                       min=1, max=16)
+    gpus: int | list[int] = option(
+        1, "The GPUs jobs train on: a count (the first N GPUs) or a list of GPU indices ([0, 1]). With "
+           "parallel_jobs off, one job trains on all of them, data parallel, one process per GPU (each step "
+           "takes batch_size x grad_accum x gpus images); without CUDA, that many CPU processes. 1: our users "
+           "have one home GPU.", example=[0, 1])
+    parallel_jobs: bool = option(
+        False, "With more than one GPU in gpus: run one queued job per GPU at once (each pinned to its GPU with "
+               "CUDA_VISIBLE_DEVICES, so it trains single-GPU) instead of one job on all of them. At LoRA's "
+               "small batches (<= 4) a data-parallel step waits on a gradient sync every step, so a queue of "
+               "jobs should finish sooner one per GPU. Off: one job at a time, as on a one-GPU machine.")
     stop_grace_seconds: float = option(120.0, "How long a job may take to save its state when told to stop. 120: "
                                               "many times a 1024² step (5-9 s reported on an RTX 5070 Ti) plus the "
                                               "state write, and inside the systemd unit's TimeoutStopSec=300.", min=1)
@@ -105,11 +111,32 @@ def resolve_path(base: Path, value: str | None) -> Path | None:
 
 @dataclasses.dataclass
 class Daemon:
-    """A validated daemon config plus the folder its relative paths are resolved against."""
+    """A validated daemon config plus the folder its relative paths are resolved against.
+
+    `slots` is what each job slot sets CUDA_VISIBLE_DEVICES to (None: left as it is). parallel_jobs: one
+    slot per GPU, pinned to it. Otherwise one slot: a listed set of GPUs is made the visible one (the
+    job's ranks then use exactly those), a count leaves the environment alone. Once the slots are
+    known, `config.gpus` is the number of GPUs ONE job trains on (1 with parallel_jobs), the meaning
+    it always had for the code that sizes a job (its ranks, the steps `animad check` counts).
+    """
 
     config: DaemonConfig
     base: Path
     path: Path | None
+    slots: list[str | None] | None = None
+
+    def __post_init__(self):
+        if self.slots is not None:
+            return
+        gpus = self.config.gpus
+        ids = [str(g) for g in gpus] if isinstance(gpus, list) else None
+        if self.config.parallel_jobs:
+            self.slots = ids if ids is not None else [str(i) for i in range(gpus)]
+            world = 1
+        else:
+            self.slots = [",".join(ids)] if ids is not None else [None]
+            world = len(ids) if ids is not None else gpus
+        self.config = dataclasses.replace(self.config, gpus=world)  # a copy: the caller's config is not changed
 
     def dir(self, name: str) -> Path:
         return resolve_path(self.base, getattr(self.config.dirs, name))
@@ -119,6 +146,13 @@ class Daemon:
         if entry is None:
             return None
         return {k: resolve_path(self.base, getattr(entry, k)) for k in ("dit", "text_encoder", "vae")}
+
+    def slot_devices(self) -> list[str | None]:
+        return list(self.slots)
+
+    def job_world(self) -> int:
+        """How many processes (GPUs) one job trains on: 1 per job with parallel_jobs, else all of gpus."""
+        return self.config.gpus
 
     def tokenizer_dirs(self) -> list[Path]:
         return [resolve_path(self.base, d) for d in self.config.tokenizers]
@@ -146,9 +180,28 @@ def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
         parse_windows(config.windows)
     except ValueError as error:
         problems.error(path, "windows", str(error), "use e.g. '22:00-07:00', 'mon-fri 22:00-07:00' or 'always'")
+    check_gpus(config, path, problems)
     if config.default_model not in config.models:
         problems.error(path, "default_model", f"'{config.default_model}' is not a model set under 'models'",
                        f"use one of: {', '.join(config.models) or '(none defined)'}")
+
+
+def check_gpus(config: DaemonConfig, path, problems: Problems) -> None:
+    gpus = config.gpus
+    if isinstance(gpus, int) and not 1 <= gpus <= 16:
+        problems.error(path, "gpus", f"{gpus} GPUs: a count is 1 to 16",
+                       "write a count such as 1 or 2, or a list of GPU indices such as [0, 1]")
+    if isinstance(gpus, list):
+        if not gpus:
+            problems.error(path, "gpus", "an empty list names no GPU", "list GPU indices such as [0, 1], or write 1")
+        bad = [g for g in gpus if not 0 <= g <= 63]
+        if bad:
+            problems.error(path, "gpus", f"{bad[0]} is not a GPU index (0 to 63)",
+                           "list indices as nvidia-smi numbers them, such as [0, 1]")
+        repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+        if repeated:
+            problems.error(path, "gpus", f"GPU {repeated[0]} is listed twice",
+                           "list each GPU once (two jobs on one GPU would share its memory and run out of it)")
 
 
 def init_text() -> str:

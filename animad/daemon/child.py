@@ -84,7 +84,11 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
     queue = Queue(Path(db))
     stop = StopFlag()
     stop.install()
-    signal.signal(signal.SIGINT, lambda *_: setattr(stop, "requested", True))  # never KeyboardInterrupt here
+    # Never KeyboardInterrupt here: every stop signal only asks for a save-and-stop (the daemon's hard
+    # stop is SIGKILL). A daemon killed with -9 sends its children one SIGTERM per thread it loses
+    # (PDEATHSIG follows the parent thread, and the daemon has several), so a second SIGTERM is no hurry.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: setattr(stop, "requested", True))
     row = queue.get(job_id)
     try:
         daemon = load_daemon_config(find_config_path(config))

@@ -36,6 +36,8 @@ create table if not exists jobs (
     outbox_dir text,
     attempts integer not null default 0,
     pid integer,
+    slot integer,
+    gpu text,
     heartbeat real,
     progress text,
     error text,
@@ -47,6 +49,25 @@ create table if not exists jobs (
 );
 create index if not exists jobs_status on jobs(status);
 """
+
+# Columns added after the first release: a database made before them gets them in place at open
+# (ALTER TABLE ADD COLUMN keeps every row), so an upgrade never needs a rebuild or a person.
+ADDED_COLUMNS = {
+    "slot": "integer",  # which job slot (parallel_jobs: which GPU's) the running child occupies
+    "gpu": "text",  # the CUDA_VISIBLE_DEVICES the child was given (null: left as it was)
+}
+
+
+def add_missing_columns(db) -> None:
+    have = {row[1] for row in db.execute("pragma table_info(jobs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name in have:
+            continue
+        try:
+            db.execute(f"alter table jobs add column {name} {kind}")
+        except sqlite3.OperationalError as error:
+            if "duplicate column" not in str(error):  # another process added it a moment ago: fine
+                raise
 
 def patiently(call, seconds: float = 30.0):
     """call(), retried while the database is locked by another process's setup (at most `seconds`)."""
@@ -119,6 +140,7 @@ class Queue:
                           or db.execute("pragma journal_mode=wal"))
                 db.execute("pragma synchronous=normal")
                 patiently(lambda: db.executescript(SCHEMA))
+                patiently(lambda: add_missing_columns(db))
             except sqlite3.OperationalError:
                 db.close()
                 raise  # locked, busy, full, cannot open: a state to wait out or fix, not damage to repair
@@ -255,11 +277,12 @@ class Queue:
         with self.transaction() as db:
             db.execute(f"update jobs set {assignments} where id = ?", (*fields.values(), job_id))
 
-    def claim(self, job_id: int, status: Status, pid: int) -> None:
+    def claim(self, job_id: int, status: Status, pid: int, slot: int = 0, gpu: str | None = None) -> None:
         now = time.time()
         with self.transaction() as db:
-            db.execute("update jobs set status = ?, pid = ?, heartbeat = ?, started = coalesce(started, ?), "
-                       "attempts = attempts + 1, updated = ? where id = ?", (status, pid, now, now, now, job_id))
+            db.execute("update jobs set status = ?, pid = ?, slot = ?, gpu = ?, heartbeat = ?, "
+                       "started = coalesce(started, ?), attempts = attempts + 1, updated = ? where id = ?",
+                       (status, pid, slot, gpu, now, now, now, job_id))
 
     def heartbeat(self, job_id: int, progress: dict | None = None) -> None:
         now = time.time()

@@ -1,4 +1,8 @@
-"""One job child at a time: spawn it, watch it, ask it to stop (then make it), record how it ended.
+"""Job children, one per slot: spawn them, watch them, ask them to stop (then make them), record how each ended.
+
+A daemon has one slot (one job at a time, on every GPU it has) unless animad.yaml sets parallel_jobs:
+then each GPU in `gpus` is a slot, and its child sees only that GPU (CUDA_VISIBLE_DEVICES). Each child
+is watched, stopped and recorded on its own, exactly as a lone child is.
 
 The child is `animad job ...` in its own session (so a stop signal reaches everything it started).
 It writes its outcome into its row; a failure message also goes down a pipe, which needs no disk,
@@ -93,6 +97,7 @@ class Child:
     pid: int
     process: subprocess.Popen | None  # None for a job adopted from a previous daemon
     run_now: bool
+    slot: int = 0
     stop_reason: str | None = None
     stop_sent: float | None = None
     killed: bool = False
@@ -139,20 +144,42 @@ class Runner:
         self.daemon, self.queue = daemon, queue
         self.grace = daemon.config.stop_grace_seconds
         self.inhibitor = SleepInhibitor(daemon.config.inhibit_sleep)
-        self.child: Child | None = None
+        self.devices = daemon.slot_devices()  # slot -> its CUDA_VISIBLE_DEVICES (None: as it is)
+        self.children: dict[int, Child] = {}  # slot -> the child running in it
         self.next_settle = 0.0  # when to look at the jobs waiting for another one again (chain.settle)
 
-    def adopt(self, row: dict) -> None:
-        log.info("job %d is still running as pid %d from an earlier daemon; watching it", row["id"], row["pid"])
-        self.child = Child(row["id"], row["phase"], row["pid"], None, bool(row["run_now"]))
+    @property
+    def child(self) -> Child | None:
+        """A running child, if any (None: every slot is free)."""
+        return next(iter(self.children.values()), None)
 
-    def spawn(self, row: dict, phase: Phase, run_now: bool) -> None:
+    def free_slot(self) -> int | None:
+        return next((slot for slot in range(len(self.devices)) if slot not in self.children), None)
+
+    def adopt(self, row: dict) -> None:
+        # Back into the slot it was started in, if that slot is still there and free; a config that
+        # shrank since keeps the child watched in a slot of its own, which no new job is given.
+        slot = row.get("slot")
+        if slot is None or slot in self.children or not 0 <= slot < len(self.devices):
+            slot = self.free_slot()
+        if slot is None:
+            slot = len(self.devices) + len(self.children)
+        log.info("job %d is still running as pid %d from an earlier daemon; watching it", row["id"], row["pid"])
+        self.children[slot] = Child(row["id"], row["phase"], row["pid"], None, bool(row["run_now"]), slot=slot)
+        self.inhibitor.hold(f"training {row['name']}")
+
+    def spawn(self, row: dict, phase: Phase, run_now: bool, slot: int | None = None) -> None:
+        """Start `phase` of the row's job in `slot` (default: the first free one)."""
+        slot = self.free_slot() if slot is None else slot
+        device = self.devices[slot] if slot < len(self.devices) else None
         command = [sys.executable, "-m", "animad"]
         if self.daemon.path:
             command += ["--config", str(self.daemon.path)]
         command += ["job", row["job_dir"], "--db", str(self.queue.path), "--job-id", str(row["id"]),
                     "--phase", str(phase)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device  # the job sees its own GPU(s) only, as device 0
         report_read, report_write = os.pipe()
         os.set_blocking(report_read, False)
         command += ["--report-fd", str(report_write)]
@@ -165,28 +192,41 @@ class Runner:
         finally:
             os.close(report_write)
         # Watched from this moment, even if recording the start fails: never an unsupervised child.
-        self.child = Child(row["id"], phase, process.pid, process, run_now, report_fd=report_read,
-                           oom=OomWatch.of(process.pid))
-        self.queue.claim(row["id"], phase.status, process.pid)
+        self.children[slot] = Child(row["id"], phase, process.pid, process, run_now, slot=slot,
+                                    report_fd=report_read, oom=OomWatch.of(process.pid))
+        self.queue.claim(row["id"], phase.status, process.pid, slot=slot, gpu=device)
         self.queue.update(row["id"], phase=phase, outcome=None, request=None)
         self.inhibitor.hold(f"training {row['name']}")
-        log.info("job %d (%s): %s started as pid %d", row["id"], row["name"], phase, process.pid)
+        on = f" on GPU {device}" if device is not None and len(self.devices) > 1 else ""
+        log.info("job %d (%s): %s started as pid %d%s", row["id"], row["name"], phase, process.pid, on)
 
     def watch(self, window_open: bool, signals: int) -> None:
-        """One look at the child: record how it ended, or ask it to stop, or kill it when it is overdue.
+        """One look at every child (watch_one); the sleep lock goes once none is left."""
+        self.settle_chains()
+        errors = []
+        for child in list(self.children.values()):
+            try:
+                self.watch_one(child, window_open, signals)
+            except Exception as error:  # noqa: BLE001 - one child's failed write must not leave the others unwatched
+                errors.append(error)
+        if not self.children:
+            self.inhibitor.release()
+        if errors:
+            raise errors[0]  # the loop reports it (once every few minutes) and the next tick tries again
+
+    def watch_one(self, child: Child, window_open: bool, signals: int) -> None:
+        """Record how the child ended, or ask it to stop, or kill it when it is overdue.
 
         `signals` counts the daemon's own stop signals: the first lets the job save and stop, the second kills it.
         """
-        child = self.child
-        self.settle_chains()
         code = child.exit_code(self.queue)
         if code is not None:
-            self.inhibitor.release()
             # Only forget the child once its outcome is recorded: if the write fails (a full disk),
-            # the next tick records it again instead of leaving the row "running" for ever.
+            # the next tick records it again instead of leaving the row "running" for ever. A
+            # select phase started by record_exit takes the same slot, replacing this child there.
             self.record_exit(child, code, go_on=(window_open or child.run_now) and not signals)
-            if self.child is child:
-                self.child = None
+            if self.children.get(child.slot) is child:
+                del self.children[child.slot]
             return
         row = self.queue.get(child.job_id)
         reason = None
@@ -228,7 +268,7 @@ class Runner:
         if code == Exit.FINISHED and child.phase is Phase.TRAIN:
             self.queue.update(child.job_id, phase=Phase.SELECT, pid=None, progress={"phase": "selecting"})
             if go_on:
-                self.spawn(self.queue.get(child.job_id), Phase.SELECT, child.run_now)
+                self.spawn(self.queue.get(child.job_id), Phase.SELECT, child.run_now, slot=child.slot)
             else:
                 self.queue.update(child.job_id, status=Status.PAUSED, resume_first=1)
             return
@@ -239,7 +279,10 @@ class Runner:
         if row["request"] is Request.CANCEL:
             self.queue.update(child.job_id, status=Status.CANCELLED, pid=None, request=None, finished=now)
             return
-        if code == Exit.PAUSED or (child.stop_sent is not None and child.killed):
+        # Our own SIGTERM can land before the child has set up its stop flag (it is still importing
+        # torch); it then dies of the signal, with its saved state as it was: that is a pause too.
+        stopped_early = child.stop_sent is not None and code == -signal.SIGTERM
+        if code == Exit.PAUSED or (child.stop_sent is not None and child.killed) or stopped_early:
             held = 1 if row["request"] is Request.PAUSE else row["held"]
             self.queue.update(child.job_id, status=Status.PAUSED, pid=None, request=None, resume_first=1, held=held)
             log.info("job %d paused (%s); it resumes from its saved state", child.job_id,

@@ -1,4 +1,4 @@
-"""The daemon's main loop: inbox -> queue -> one job at a time, inside the window.
+"""The daemon's main loop: inbox -> queue -> one job at a time (one per GPU with parallel_jobs), inside the window.
 
 `tick(now)` is one look at everything, at the local time `now` (run() passes the real one; tests
 pass any). Between ticks the loop sleeps on an event that watchdog (inbox activity) and the signal
@@ -89,7 +89,7 @@ class Service:
             log.info("job %d was interrupted (crash or power cut); it resumes from its last saved state", job_id)
         finish_accepting(self.daemon, self.queue)
         for row in self.queue.by_status(*ACTIVE):
-            if pid_alive(row["pid"]) and self.runner.child is None:
+            if pid_alive(row["pid"]):  # recover() left only the rows whose process still runs
                 self.runner.adopt(row)
         self.inbox.start()
         log.info("animad daemon started: inbox %s, windows %s", self.inbox.folder,
@@ -115,12 +115,12 @@ class Service:
             signal.signal(sig, lambda signum, frame: self.stop())
         self.open()
         try:
-            while not (self.signals and self.runner.child is None):
+            while not (self.signals and not self.runner.children):
                 try:
                     self.tick(local_now())
                 except Exception as error:  # noqa: BLE001 - the daemon never dies because of one bad tick
                     self.report_loop_error(error)
-                if self.exit_when_idle and self.runner.child is None and not self.has_work():
+                if self.exit_when_idle and not self.runner.children and not self.has_work():
                     break
                 self.sleep()
         finally:
@@ -137,33 +137,36 @@ class Service:
                      f"; next change at {change.isoformat(timespec='minutes')}" if change else "")
         if not self.signals:
             self.inbox.take()
-        if self.runner.child is not None:
+        if self.runner.children:
             self.runner.watch(window_open, self.signals)
-        if self.runner.child is None and not self.signals:
-            self.start_next(window_open)
+        # Fill every free slot (one, unless parallel_jobs): a job's select phase may run beside another's training.
+        while not self.signals and self.runner.free_slot() is not None and self.start_next(window_open):
+            pass
 
     def sleep(self) -> None:
         """Until something happens, the next inbox check is due, or a second or two have passed."""
-        timeout = min(1.0 if self.runner.child else 2.0, self.inbox.seconds_to_next_check())
+        timeout = min(1.0 if self.runner.children else 2.0, self.inbox.seconds_to_next_check())
         self.wake.wait(timeout=max(0.05, timeout))
         self.wake.clear()
 
-    def start_next(self, window_open: bool) -> None:
+    def start_next(self, window_open: bool) -> bool:
+        """Start the next runnable job in a free slot; False when there is none to start."""
         row = self.queue.next_runnable(window_open or self.now_credit > 0)
         if row is None:
-            return
+            return False
         if job_folder_gone(row):
             # Deleted by hand while paused or queued: its dataset and saved state went with it, so the
             # job cannot go on; say that, instead of a child failing on a missing job.resolved.yaml.
             self.queue.update(row["id"], status=Status.FAILED, finished=time.time(), error=gone_message(row))
             log.error("job %d: %s", row["id"], gone_message(row))
-            return
+            return True
         run_now = bool(row["run_now"])
         if not window_open and not run_now:
             self.now_credit -= 1
             run_now = True
             self.queue.update(row["id"], run_now=1)
         self.runner.spawn(row, row["phase"], run_now)
+        return True
 
     def has_work(self) -> bool:
         if self.inbox.pending:  # a dropped folder still settling becomes work once it has settled

@@ -88,7 +88,7 @@ def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) 
     gpu_bytes = check_device(config, job_file, problems)
     report = None
     if dataset.items:
-        report = build_report(config, dataset, gpus=daemon.config.gpus, gpu_bytes=gpu_bytes)
+        report = build_report(config, dataset, gpus=daemon.job_world(), gpu_bytes=gpu_bytes)
         report.add_warnings_to(problems)
     files = resolve_model_files(config, daemon, folder, problems, job_file)
     if daemon.path is None:

@@ -21,7 +21,8 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
               on_progress: Callable[[dict], None], gpus: int | None = None) -> str:
     """Train (or resume) the job in paths.root; returns "finished" or "paused".
 
-    gpus (default: animad.yaml's gpus) > 1 trains on that many GPUs, one process each.
+    gpus (default: how many animad.yaml's gpus gives one job; 1 with parallel_jobs, whose daemon pins
+    each job to its own GPU) > 1 trains on that many GPUs, one process each.
     Raises UserError for problems the user can fix; anything else is a crash.
     """
     config = load_resolved(paths.resolved)
@@ -29,7 +30,7 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     dataset = load_job_dataset(paths, config)
     arguments = {"paths": paths, "config": config, "files": files, "dataset": dataset,
                  "cache_dir": daemon.dir("cache")}
-    world = gpus or daemon.config.gpus
+    world = gpus or daemon.job_world()
     then = "Every file saved so far is intact: free some space and run the job again; it resumes from its last state."
     with disk_full_is_user_error(paths.root, then):
         if world > 1:
