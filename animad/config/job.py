@@ -47,6 +47,12 @@ class ModelFileOptions:
 
 @dataclasses.dataclass
 class NetworkConfig:
+    type: str = option("lora", "Network kind: lora, lokr or loha (sd-scripts' networks/lokr.py and loha.py, LyCORIS' "
+                               "conventions; ComfyUI loads all three as they are). lora is the guides' kind and the "
+                               "default.", choices=("lora", "lokr", "loha"))
+    factor: int = option(-1, "LoKr: the Kronecker factor of each linear's out/in sizes. -1 (sd-scripts' and "
+                             "LyCORIS' default) splits each size as evenly as it can; a larger factor gives a "
+                             "larger w1 and a smaller w2.", min=-1)
     dim: int = option(16, "LoRA rank. 16 is the spec's default: room for a character with several outfits (the "
                           "guide's single-concept runs use 4-8); each epoch file is ~46 MB in bf16 (computed from "
                           "the DiT's shapes, all three target groups).", min=1, max=1024)

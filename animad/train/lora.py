@@ -16,6 +16,7 @@ from torch import nn
 
 from animad.anima.lora_names import TEXT_ENCODER, UNET
 from animad.anima.pipeline import Anima
+from animad.errors import UserError
 
 
 class LoRAModule(nn.Module):
@@ -136,6 +137,8 @@ def build_network(anima: Anima, network_config, init_state: dict | None = None) 
     change every step or its LoRA trains)."""
     init_state = init_state or {}
     cfg = network_config
+    if cfg.type != "lora":
+        raise UserError(f"network.type: {cfg.type} is not trained yet; use network.type: lora")
     net = LoRANetwork()
     ranks = {UNET: cfg.dim, TEXT_ENCODER: cfg.text_encoder_dim or cfg.dim}
     wanted = [(target, ranks[target.group]) for target in anima.lora_targets(cfg)]
