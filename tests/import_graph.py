@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-LAYERS = ("ground", "anima", "config", "intake", "train", "select", "daemon", "demo", "cli")
+LAYERS = ("ground", "anima", "config", "intake", "importer", "train", "select", "daemon", "demo", "cli")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import dataclasses
 from animad.config.aliases import ALIASES
 from animad.config.job import JobConfig, SubsetConfig, parse_job
 from animad.config.problems import Problems
-from animad.config.sdscripts import JOB_LEVEL, SUBSET_LEVEL
+from animad.importer.translate import JOB_LEVEL, SUBSET_LEVEL
 
 
 def fixes(data: dict) -> dict[str, str]:

@@ -18,12 +18,12 @@ from animad.cli.main import main
 from animad.config.daemon import load_daemon_config
 from animad.config.job import load_job_file
 from animad.config.problems import Problems
-from animad.config.sdscripts_flags import ALL, BOOL, FLOAT, INT, INT_OR_FLOAT, LIST
-from animad.config.sdscripts_read import int_or_float, read_sources
 from animad.demo.synthetic import make_dataset, write_daemon_config
 from animad.errors import UserError
+from animad.importer.flags import ALL, BOOL, FLOAT, INT, INT_OR_FLOAT, LIST
+from animad.importer.folder import import_files, local_path, running_under_wsl
+from animad.importer.read import int_or_float, read_sources
 from animad.intake.check import check_folder
-from animad.intake.importing import import_files, local_path, running_under_wsl
 
 # The guide's files exactly as it prints them (CRLF and all; a copy of ../shared/fixtures/sd-scripts,
 # kept in the repository so the tests run wherever it is checked out).

@@ -1,8 +1,8 @@
 """The floor plan holds (issue 9): imports go one way, and only animad/anima/ knows Anima.
 
 Static, from the source (tests/import_graph.py reads every import, inside functions too); nothing is
-imported or run. Layers, bottom first: ground < anima < config < intake < train < select < daemon <
-demo < cli; each may import only the layers below it.
+imported or run. Layers, bottom first: ground < anima < config < intake < importer < train < select <
+daemon < demo < cli; each may import only the layers below it, and only cli imports the importer.
 """
 
 from __future__ import annotations
@@ -64,6 +64,16 @@ def test_every_package_has_a_layer():
     # A new package must take its place in LAYERS (and in the order) before the rules can judge it.
     unplaced = {layer_of(m) for m in read_graph(PACKAGE).modules} - set(LAYERS)
     assert not unplaced, f"packages without a layer in tests/import_graph.py LAYERS: {sorted(unplaced)}"
+
+
+def test_the_importer_is_a_side_room():
+    # animad/importer/ turns sd-scripts files into a job folder; the daemon, training and selection
+    # take that folder like any other, so only the CLI's import verb may reach into it.
+    graph = read_graph(PACKAGE)
+    callers = sorted(str(i) for i in graph.imports
+                     if layer_of(i.target) == "importer" and layer_of(i.source) not in ("importer", "cli"))
+    assert not callers, "\n".join(callers)
+    assert any(layer_of(m) == "importer" for m in graph.modules)  # the rule judges a package that exists
 
 
 def test_only_the_anima_package_knows_anima():

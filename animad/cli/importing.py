@@ -20,7 +20,7 @@ def import_arguments(parser) -> None:
 
 
 def cmd_import(args) -> int:
-    from animad.intake.importing import import_files
+    from animad.importer.folder import import_files  # lazily: only this verb needs it
 
     result = import_files([Path(f) for f in args.files], Path(args.to) if args.to else None, daemon_of(args))
     unmapped = len(result.translation.unmapped)

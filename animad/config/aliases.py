@@ -4,10 +4,12 @@ Users arrive with sd-scripts flags (`--network_dim`) and kohya_ss GUI fields in 
 paste them into job.yaml. difflib then guesses by spelling and sends them to the wrong key
 (`caption_tag_dropout_rate` -> "did you mean caption_dropout?"), so a name found here gets "this
 is sd-scripts' X; here it is Y" instead, with the difference in meaning where there is one.
-`animad import` maps the same names to the same keys from this table.
+`animad import` (animad/importer/) maps the same names to the same keys from this table.
 
-Standalone on purpose (no animad imports): the schema's unknown-key path reads it, and the schema
-is below job.py.
+It lives in config/, not in importer/: it is knowledge about job.yaml's keys (which key a name users
+bring means), and its first reader is the schema's unknown-key path, which is below the importer;
+kept here, both read one table and imports still go one way. Standalone on purpose (no animad
+imports): the schema reads it, and the schema is below job.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The names and types were read from sd-scripts' own argument parsers (train_netwo
 train_util.add_*_arguments, anima_train_utils.add_anima_training_arguments, kohya-ss/sd-scripts at
 48d368f). The whole list is needed, not only the flags we map: argparse accepts any unique prefix
 (`--lr_warmup` is `--lr_warmup_steps`), and only the full list tells a prefix from a typo.
-The flags animad maps, and what they become, are in config/aliases.py and config/sdscripts.py.
+The flags animad maps, and what they become, are in config/aliases.py and importer/translate.py.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import json
 import math
 import re
 
-from animad.config.sdscripts import Entry, Translation
-from animad.config.sdscripts_flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED
+from animad.importer.flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED
+from animad.importer.translate import Entry, Translation
 
 KIND_ORDER = (NO_EFFECT, NO_EQUIVALENT, SUPERSEDED, "not an sd-scripts option", SAME)
 

@@ -21,11 +21,11 @@ import yaml
 from animad.config.daemon import Daemon
 from animad.config.job import JobConfig, parse_job
 from animad.config.problems import Problems
-from animad.config.sdscripts import Translation, translate
-from animad.config.sdscripts_read import read_sources
-from animad.config.sdscripts_write import import_text, job_text
 from animad.errors import UserError
 from animad.fsutil import write_atomic
+from animad.importer.read import read_sources
+from animad.importer.translate import Translation, translate
+from animad.importer.write import import_text, job_text
 from animad.intake.dataset import IMAGE_FORMATS
 
 WINDOWS_DRIVE = re.compile(r"^([A-Za-z]):[\\/]")

@@ -3,7 +3,7 @@
 What comes out is what sd-scripts' argparse and config_util would have seen: one value per option
 name, each with where it came from (so job.yaml can say which flag a line came from), and the
 dataset's subsets with their settings merged subset > dataset > [general], as config_util merges
-them. Nothing is translated here (config/sdscripts.py does that), and nothing is dropped: what
+them. Nothing is translated here (importer/translate.py does that), and nothing is dropped: what
 cannot be read is recorded as a problem, to be listed in IMPORT.txt.
 """
 
@@ -17,8 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from animad.config.sdscripts_flags import BOOL, FLOAT, INT, INT_OR_FLOAT, LIST, resolve_prefix
 from animad.errors import UserError
+from animad.importer.flags import BOOL, FLOAT, INT, INT_OR_FLOAT, LIST, resolve_prefix
 
 LAUNCH_SUFFIXES = (".bat", ".cmd", ".sh", ".ps1")
 # A dataset TOML names these keys differently from the command line (config_util's names).

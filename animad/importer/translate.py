@@ -1,11 +1,11 @@
-"""Translate what sd-scripts would have run (config/sdscripts_read.py) into job.yaml keys.
+"""Translate what sd-scripts would have run (importer/read.py) into job.yaml keys.
 
 The aim is the same training, not the same words: where animad's default differs from sd-scripts'
 (shuffle, keep tokens, caption extension, buckets, max bucket, upscale, batch, scheduler, alpha,
 AdamW's weight decay and betas, precision, checkpointing, the text-encoder LoRA, stopping), the
 sd-scripts value is written out even when the files never mention it, so the run does not change
 silently. Every value carries the flag it came from, for the comment on its line. A flag that is
-not mapped gets its reason (config/sdscripts_flags.py) for IMPORT.txt; none is dropped silently.
+not mapped gets its reason (importer/flags.py) for IMPORT.txt; none is dropped silently.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import PureWindowsPath
 from typing import Any
 
 from animad.config.aliases import ALIASES
-from animad.config.sdscripts_flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED, reason_unmapped
-from animad.config.sdscripts_read import DatasetSubset, Flag, Sources, int_or_float, key_values
+from animad.importer.flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED, reason_unmapped
+from animad.importer.read import DatasetSubset, Flag, Sources, int_or_float, key_values
 
 # sd-scripts' defaults for the dataset settings (train_util's argparse defaults, which config_util
 # falls back to) that a faithful job.yaml must state.
