@@ -70,6 +70,10 @@ NO_EFFECT = "no effect in sd-scripts' Anima trainer"
 NO_EQUIVALENT = "no equivalent in animad"
 SUPERSEDED = "superseded by animad"
 SAME = "the same as animad does (nothing to write)"
+READ = "files read by animad import (or not)"
+SHADOWED = "shadowed: sd-scripts itself ignores it"
+GUI_FIELD = "a GUI preset field"
+OTHER_MODEL = "for another model"
 
 # Why each flag that animad does not map is left out: (kind, reason), by group.
 _UNMAPPED_GROUPS: list[tuple[str, str, str]] = [
@@ -107,10 +111,11 @@ _UNMAPPED_GROUPS: list[tuple[str, str, str]] = [
      "offload_param_nvme_path zero3_init_flag zero3_save_16bit_model fp16_master_weights_and_gradients"),
     (SUPERSEDED, "animad trains its own Anima LoRA, in sd-scripts' key format", "network_module"),
     (SUPERSEDED, "the previews of the review package replace sample images (previews.prompts adds prompts)",
-     "sample_prompts sample_every_n_epochs sample_every_n_steps sample_at_first sample_sampler"),
+     "sample_every_n_epochs sample_every_n_steps sample_at_first sample_sampler"),
+    (READ, "its prompts are previews.prompts", "sample_prompts"),
     (SUPERSEDED, "the stable evaluation loss (eval:) replaces the validation split",
      "validation_split validation_seed validate_every_n_epochs validate_every_n_steps max_validation_steps"),
-    (SUPERSEDED, "read by animad import itself", "dataset_config config_file train_data_dir"),
+    (READ, "a file for animad import to read", "dataset_config config_file train_data_dir"),
     (NO_EQUIVALENT, "animad keeps no Hugging Face upload", "huggingface_repo_id huggingface_repo_type "
      "huggingface_path_in_repo huggingface_token huggingface_repo_visibility save_state_to_huggingface "
      "resume_from_huggingface async_upload"),

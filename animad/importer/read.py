@@ -1,24 +1,27 @@
-"""Read sd-scripts files into flags: launch files (.bat, .sh, .ps1), --config_file TOMLs and dataset TOMLs.
+"""Read sd-scripts files into flags: launch files (.bat, .sh, .ps1), --config_file TOMLs, dataset TOMLs
+and GUI presets (SD-Trainer TOMLs, kohya_ss .json).
 
 What comes out is what sd-scripts' argparse and config_util would have seen: one value per option
 name, each with where it came from (so job.yaml can say which flag a line came from), and the
 dataset's subsets with their settings merged subset > dataset > [general], as config_util merges
-them. Nothing is translated here (importer/translate.py does that), and nothing is dropped: what
-cannot be read is recorded as a problem, to be listed in IMPORT.txt.
+them. Nothing is translated here (importer/translate.py does that), and nothing is dropped or
+refused: what cannot be read is recorded (a problem, a flag whose value is not known, a flag
+sd-scripts itself would ignore), to be listed in IMPORT.txt.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
-import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
 from animad.errors import UserError
 from animad.importer.flags import BOOL, FLOAT, INT, INT_OR_FLOAT, LIST, resolve_prefix
+from animad.importer.words import has_unknown, shown, unknowns
 
 LAUNCH_SUFFIXES = (".bat", ".cmd", ".sh", ".ps1")
 # A dataset TOML names these keys differently from the command line (config_util's names).
@@ -41,6 +44,16 @@ class DatasetSubset:
 
 
 @dataclasses.dataclass
+class Listed:
+    """A key that is named in IMPORT.txt and not mapped (a GUI field, a shadowed flag, ...)."""
+
+    flag: str
+    origin: str
+    kind: str
+    reason: str
+
+
+@dataclasses.dataclass
 class Sources:
     flags: dict[str, Flag] = dataclasses.field(default_factory=dict)  # the trainer's options
     subsets: list[DatasetSubset] = dataclasses.field(default_factory=list)
@@ -48,8 +61,15 @@ class Sources:
     launch_file: Path | None = None
     accelerate: list[str] = dataclasses.field(default_factory=list)  # `accelerate launch` options
     unknown: list[Flag] = dataclasses.field(default_factory=list)  # not an sd-scripts option
+    unresolved: dict[str, Flag] = dataclasses.field(default_factory=dict)  # given, value not known here
+    listed: list[Listed] = dataclasses.field(default_factory=list)  # named, not mapped (shadowed, GUI fields)
+    read_as: dict[str, str] = dataclasses.field(default_factory=dict)  # a file flag -> what became of its file
+    prompts: list[dict] = dataclasses.field(default_factory=list)  # --sample_prompts, one dict per prompt
+    gui: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a GUI preset says beyond flags
+    arg_origins: dict[str, str] = dataclasses.field(default_factory=dict)  # "network_args factor" -> GUI field
     problems: list[str] = dataclasses.field(default_factory=list)  # read but not usable; each says what to do
     notes: list[str] = dataclasses.field(default_factory=list)
+    written: dict[str, str] = dataclasses.field(default_factory=dict)  # files the launch file writes (heredocs)
 
 
 def read_text(path: Path) -> str:
@@ -70,48 +90,85 @@ def _as_written(text: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def read_sources(files: list[Path], locate: Callable[[str, Path], Path] = _as_written) -> Sources:
-    """Read any mix of one launch file, --config_file TOMLs and one dataset TOML (in any order).
+Locate = Callable[[str, Path], Path]
 
-    locate(text, base) says where a path named inside a file is on this machine (intake translates
-    Windows paths under WSL); base is the folder of the file that names it."""
+
+def read_sources(files: list[Path], locate: Locate = _as_written) -> Sources:
+    """Read any mix of one launch file, --config_file TOMLs, GUI presets and one dataset TOML (any order).
+
+    locate(text, base) says where a path named inside a file is on this machine (the importer
+    translates Windows paths under WSL); base is the folder of the file that names it."""
+    from animad.importer.gui import read_gui_preset, is_gui_preset
+    from animad.importer.launch import read_launch_file
+
     sources = Sources()
     launches = [f for f in files if f.suffix.lower() in LAUNCH_SUFFIXES]
     if len(launches) > 1:
         raise UserError(f"{len(launches)} launch files given ({', '.join(map(str, launches))}): one launch file is "
                         "one job. Import each into its own folder (--to inbox/NAME), and chain them with "
                         "network.init_from (IMPORT.txt says how)")
-    others = [f for f in files if f not in launches]
-    for path in others:
-        if path.suffix.lower() != ".toml":
-            raise UserError(f"{path}: not a .toml, .bat, .cmd, .sh or .ps1 file; give sd-scripts' dataset TOML, "
-                            "its --config_file TOML or its launch file")
-        data = _load_toml(path)
+    for path in (f for f in files if f not in launches):
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            read_gui_preset(_load_json(path, sources), path, sources)
+            continue
+        if suffix != ".toml":
+            sources.problems.append(f"{path.name}: not a .toml, .json, .bat, .cmd, .sh or .ps1 file, so it was not "
+                                    "read; give sd-scripts' dataset TOML, its --config_file TOML, a GUI preset or its "
+                                    "launch file")
+            continue
+        data = load_toml(read_text(path), path.name, sources)
         if "datasets" in data or "general" in data:
             if sources.dataset_file is not None:
-                raise UserError(f"{path}: a second dataset TOML (the first was {sources.dataset_file}); one job "
-                                "trains one dataset config, so import them one at a time")
+                sources.problems.append(f"{path.name}: a second dataset TOML (the first, {sources.dataset_file.name}, "
+                                        "was used); one job trains one dataset config: import the other on its own")
+                continue
             read_dataset_toml(data, path, sources)
+        elif is_gui_preset(data):
+            read_gui_preset(data, path, sources)
         else:
             read_config_toml(data, path, sources)
     if launches:
         read_launch_file(launches[0], sources, locate)
-    dataset_config = sources.flags.get("dataset_config")
-    if dataset_config and sources.dataset_file is None:
-        named = locate(str(dataset_config.value), launches[0].parent if launches else Path.cwd())
-        if named.is_file():
-            read_dataset_toml(_load_toml(named), named, sources)
-        else:
-            sources.problems.append(
-                f"the dataset config named by {dataset_config.origin} was not found; give the dataset TOML to "
-                "animad import as well (animad import LAUNCH_FILE DATASET.toml ...)")
-    elif dataset_config:
-        sources.notes.append(f"{sources.dataset_file.name} was read in place of {dataset_config.origin}")
+    base = launches[0].parent if launches else Path.cwd()
+    _dataset_config(sources, base, locate)
     train_data_dir = sources.flags.get("train_data_dir")
-    if train_data_dir and not dataset_config and sources.dataset_file is None:
-        read_train_data_dir(train_data_dir, locate(str(train_data_dir.value), launches[0].parent if launches
-                                                   else Path.cwd()), sources)
+    if train_data_dir and "dataset_config" not in sources.flags and sources.dataset_file is None:
+        read_train_data_dir(train_data_dir, locate(str(train_data_dir.value), base), sources)
+    elif train_data_dir:
+        sources.read_as["train_data_dir"] = ("not read: sd-scripts uses the dataset config instead of "
+                                             "--train_data_dir when both are given")
+    prompts = sources.flags.get("sample_prompts")
+    if prompts:
+        from animad.importer.prompts import read_prompts
+
+        read_prompts(prompts, locate(str(prompts.value), base), sources)
     return sources
+
+
+def _dataset_config(sources: Sources, base: Path, locate: Locate) -> None:
+    """--dataset_config: the TOML the launch file writes (a heredoc), the file it names, or the one given."""
+    flag = sources.flags.get("dataset_config")
+    if flag is None:
+        return
+    if sources.dataset_file is not None:
+        sources.read_as["dataset_config"] = (f"not read: {sources.dataset_file.name}, given to animad import, was "
+                                             "read in its place")
+        return
+    named = locate(str(flag.value), base)
+    written = sources.written.get(os.path.normpath(str(named)))
+    if written is not None:
+        data = load_toml(written, named.name, sources)
+        read_dataset_toml(data, named, sources)
+        sources.read_as["dataset_config"] = f"read: the TOML the launch file writes into {named.name} (a heredoc)"
+    elif named.is_file():
+        read_dataset_toml(load_toml(read_text(named), named.name, sources), named, sources)
+        sources.read_as["dataset_config"] = f"read: {named}"
+    else:
+        sources.read_as["dataset_config"] = f"not read: {named} is not on this machine"
+        sources.problems.append(
+            f"the dataset config named by {flag.origin} was not found; give the dataset TOML to animad import as "
+            "well (animad import LAUNCH_FILE DATASET.toml ...)")
 
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -121,9 +178,11 @@ def read_train_data_dir(flag: Flag, folder: Path, sources: Sources) -> None:
     """--train_data_dir without a dataset config: sd-scripts' DreamBooth layout, where each 'N_name'
     subfolder is a subset with N repeats whose images without a caption file train on 'name'."""
     if not folder.is_dir():
+        sources.read_as["train_data_dir"] = f"not read: {folder} is not on this machine"
         sources.problems.append(f"the folder named by {flag.origin} was not found ({folder}); copy its 'N_name' "
                                 "subfolders into the job folder by hand")
         return
+    sources.read_as["train_data_dir"] = f"read: its 'N_name' folders in {folder} are data.subsets"
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         match = KOHYA_FOLDER.match(sub.name)
         if not match:
@@ -138,11 +197,91 @@ def read_train_data_dir(flag: Flag, folder: Path, sources: Sources) -> None:
         }, 0))
 
 
-def _load_toml(path: Path) -> dict:
+def _load_json(path: Path, sources: Sources) -> dict:
+    import json
+
     try:
-        return tomllib.loads(read_text(path))
+        data = json.loads(read_text(path))
+    except ValueError as error:
+        sources.problems.append(f"{path.name}: not valid JSON ({error}); it was not read")
+        return {}
+    if not isinstance(data, dict):
+        sources.problems.append(f"{path.name}: not a JSON object of settings; it was not read")
+        return {}
+    return data
+
+
+def load_toml(text: str, name: str, sources: Sources) -> dict:
+    """A TOML file; where it is broken, every line that parses is still read and the rest listed."""
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: not valid TOML ({error}); fix the file (sd-scripts could not read it either)") from None
+        data, bad = _lenient_toml(text)
+        lines = ", ".join(map(str, bad)) or "?"
+        sources.problems.append(f"{name}: not valid TOML ({error}); line(s) {lines} could not be read and were "
+                                "left out, the rest was read (sd-scripts would refuse the whole file)")
+        return data
+
+
+def _lenient_toml(text: str) -> tuple[dict, list[int]]:
+    """Read a broken TOML statement by statement: (what parses, the lines that do not)."""
+    data: dict = {}
+    current, bad = data, []
+    lines = text.split("\n")
+    index = 0
+    while index < len(lines):
+        start, statement = index + 1, lines[index]
+        index += 1
+        stripped = statement.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[(\[)?\s*([^\]]+?)\s*\]?\]\s*(#.*)?", stripped)
+        if header:
+            try:
+                current = _table_for(data, [p.strip().strip("\"'") for p in header.group(2).split(".")],
+                                     bool(header.group(1)))
+            except (KeyError, IndexError, TypeError, AttributeError):
+                bad.append(start)
+                current = {}
+            continue
+        # a value may go on over lines (arrays, triple-quoted strings): join until it parses or ends
+        for extra in range(0, 50):
+            try:
+                piece = tomllib.loads(statement)
+            except tomllib.TOMLDecodeError:
+                if index < len(lines) and _open_value(statement):
+                    statement += "\n" + lines[index]
+                    index += 1
+                    continue
+                bad.append(start)
+                break
+            for key, value in piece.items():
+                if isinstance(current.get(key), dict) and isinstance(value, dict):
+                    current[key].update(value)
+                else:
+                    current[key] = value
+            break
+    return data, bad
+
+
+def _open_value(statement: str) -> bool:
+    return statement.count("[") > statement.count("]") or statement.count('"""') % 2 == 1 or statement.count(
+        "'''") % 2 == 1 or statement.count("{") > statement.count("}")
+
+
+def _table_for(data: dict, parts: list[str], array: bool) -> dict:
+    node: Any = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if isinstance(node, list):
+            node = node[-1]
+    last = parts[-1]
+    if array:
+        node.setdefault(last, [])
+        node[last].append({})
+        return node[last][-1]
+    node.setdefault(last, {})
+    return node[last]
 
 
 def read_dataset_toml(data: dict, path: Path, sources: Sources) -> None:
@@ -151,8 +290,16 @@ def read_dataset_toml(data: dict, path: Path, sources: Sources) -> None:
     general = data.get("general") or {}
     datasets = data.get("datasets") or []
     if not isinstance(general, dict) or not isinstance(datasets, list):
-        raise UserError(f"{path}: [general] must be a table and [[datasets]] a list of tables")
+        sources.problems.append(f"{path.name}: [general] must be a table and [[datasets]] a list of tables; the "
+                                "dataset config was not read")
+        return
+    for key in data:
+        if key not in ("general", "datasets"):
+            sources.listed.append(Listed(key, f"{path.name} {key}", "not an sd-scripts option",
+                                         "config_util reads only [general] and [[datasets]]; it was ignored"))
     for index, dataset in enumerate(datasets):
+        if not isinstance(dataset, dict):
+            continue
         subsets = dataset.get("subsets") or []
         if not subsets:
             sources.problems.append(f"{path.name}: [[datasets]] #{index + 1} has no [[datasets.subsets]]; it was "
@@ -171,7 +318,7 @@ def read_dataset_toml(data: dict, path: Path, sources: Sources) -> None:
 
 def _toml_value(value) -> str:
     if isinstance(value, str):
-        return repr(value)
+        return repr(shown(value))
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
@@ -182,15 +329,18 @@ def read_config_toml(data: dict, path: Path, sources: Sources) -> None:
     for key, value in data.items():
         if isinstance(value, dict):
             for inner, inner_value in value.items():
-                _set_flag(sources, inner, inner_value, f"{path.name} [{key}] {inner} = {_toml_value(inner_value)}")
+                set_flag(sources, inner, inner_value, f"{path.name} [{key}] {inner} = {_toml_value(inner_value)}")
         else:
-            _set_flag(sources, key, value, f"{path.name} {key} = {_toml_value(value)}")
+            set_flag(sources, key, value, f"{path.name} {key} = {_toml_value(value)}")
 
 
-def _set_flag(sources: Sources, name: str, value, origin: str) -> None:
-    """One key of a --config_file: sd-scripts takes the TOML's own types; text where a number or a
-    list belongs is read as the command line would read it."""
+def set_flag(sources: Sources, name: str, value, origin: str) -> None:
+    """One key of a --config_file or preset: sd-scripts takes the TOML's own types; text where a number or
+    a list belongs is read as the command line would read it."""
     full, candidates = resolve_prefix(name)
+    if isinstance(value, str) and has_unknown(value):
+        sources.unresolved[full or name] = Flag(full or name, shown(value), origin)
+        return
     if full in LIST and not isinstance(value, list):
         value = [value]
     elif full in (INT | FLOAT | INT_OR_FLOAT | BOOL) and isinstance(value, str):
@@ -208,136 +358,6 @@ def _set_flag(sources: Sources, name: str, value, origin: str) -> None:
                                     "(sd-scripts would refuse it); write the full name")
         return
     sources.flags[full] = flag
-
-
-# ---------------------------------------------------------------- launch files
-
-def logical_lines(text: str, suffix: str) -> list[str]:
-    """Lines with continuations joined (^ in cmd, \\ in sh, ` in PowerShell) and comment lines dropped."""
-    mark = {".bat": "^", ".cmd": "^", ".ps1": "`"}.get(suffix, "\\")
-    comment = re.compile(r"^\s*(rem\b|::|@rem\b)", re.I) if mark == "^" else re.compile(r"^\s*#")
-    lines, current = [], ""
-    for raw in text.split("\n"):
-        if not current and comment.match(raw):
-            continue
-        line = raw.rstrip()
-        if line.endswith(mark):
-            current += line[:-1] + " "
-            continue
-        lines.append(current + line)
-        current = ""
-    if current:
-        lines.append(current)
-    return lines
-
-
-def split_words(line: str, suffix: str) -> list[str]:
-    """Words as the shell would pass them: sh by POSIX rules; cmd and PowerShell by quotes only, because
-    a Windows path's backslashes are not escapes there."""
-    if suffix == ".sh":
-        return shlex.split(line, comments=True, posix=True)
-    words, word, quote, started = [], "", None, False
-    quotes = "\"'" if suffix == ".ps1" else "\""
-    for char in line:
-        if quote:
-            if char == quote:
-                quote = None
-            else:
-                word += char
-        elif char in quotes:
-            quote, started = char, True
-        elif char.isspace():
-            if word or started:
-                words.append(word)
-            word, started = "", False
-        else:
-            word += char
-    if word or started:
-        words.append(word)
-    return words
-
-
-def read_launch_file(path: Path, sources: Sources, locate: Callable[[str, Path], Path] = _as_written) -> None:
-    sources.launch_file = path
-    suffix = path.suffix.lower()
-    command = None
-    text = read_text(path)
-    if suffix in (".bat", ".cmd"):
-        # %~dp0 is the batch file's own folder, which launch files use for paths beside them.
-        text = re.sub(r"%~dp0\\?", lambda _: str(path.parent) + "/", text, flags=re.I)
-    for line in logical_lines(text, suffix):
-        words = split_words(line, suffix)
-        script = next((i for i, w in enumerate(words) if w.lower().endswith(".py") and "train" in Path(w).name.lower()),
-                      None)
-        if script is not None:
-            command = (words, script)
-            break
-    if command is None:
-        raise UserError(f"{path}: no sd-scripts training command found (a line running anima_train_network.py); "
-                        "give the launch file that starts training")
-    words, script = command
-    if not Path(words[script]).name.lower().startswith("anima_train_network"):
-        sources.problems.append(f"{path.name} runs {Path(words[script]).name}, not anima_train_network.py; its flags "
-                                "were read as the Anima LoRA trainer's")
-    launcher = words[:script]
-    if "launch" in launcher:
-        launcher = launcher[launcher.index("launch") + 1:]
-    # `accelerate launch --num_cpu_threads_per_process 1 ...`: the launcher's own options, not the trainer's.
-    while launcher and not launcher[0].startswith("--"):
-        launcher = launcher[1:]
-    sources.accelerate = [text for _, _, text in _split_options(launcher)]
-    for name, values, text in _split_options(words[script + 1:]):
-        _set_launch_flag(sources, path.name, name, values, text)
-    config_file = sources.flags.get("config_file")
-    if config_file:
-        named = locate(str(config_file.value), path.parent)
-        named = named if named.suffix == ".toml" else named.with_name(named.name + ".toml")
-        if named.is_file():
-            # sd-scripts reads the config file first; flags on the command line win over it.
-            launch_flags = dict(sources.flags)
-            read_config_toml(_load_toml(named), named, sources)
-            sources.flags.update(launch_flags)
-        else:
-            sources.problems.append(f"the config file named by {config_file.origin} was not found; give it to "
-                                    "animad import as well")
-
-
-def _split_options(words: list[str]):
-    """(name, values, the text as written) for each --option in argv order."""
-    index = 0
-    while index < len(words):
-        word = words[index]
-        index += 1
-        if not word.startswith("--"):
-            yield None, [word], word
-            continue
-        name, eq, value = word[2:].partition("=")
-        values = [value] if eq else []
-        if not eq:
-            while index < len(words) and not words[index].startswith("--"):
-                values.append(words[index])
-                index += 1
-        yield name, values, word if eq else " ".join([word] + values)
-
-
-def _set_launch_flag(sources: Sources, file: str, name: str | None, values: list[str], text: str) -> None:
-    if name is None:
-        sources.problems.append(f"{file}: '{text}' is not an option (sd-scripts would refuse it); it was ignored")
-        return
-    full, candidates = resolve_prefix(name)
-    origin = f"{file}: {text}" + (f" (argparse reads it as --{full})" if full and full != name else "")
-    if full is None:
-        sources.unknown.append(Flag(name, values, origin))
-        if len(candidates) > 1:
-            sources.problems.append(f"{origin}: ambiguous, it could be --{' or --'.join(candidates)} "
-                                    "(sd-scripts would refuse it); write the full name")
-        return
-    try:
-        value = convert(full, values)
-    except ValueError as error:
-        sources.problems.append(f"{origin}: {error}; it was not imported")
-        return
-    sources.flags[full] = Flag(full, value, origin)
 
 
 def convert(name: str, values: list[str]):
@@ -382,6 +402,9 @@ def key_values(items: list[str], origin: str, problems: list[str]) -> dict[str, 
             continue
         try:
             out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             out[key.strip()] = value.strip()
     return out
+
+
+__all__ = ["unknowns"]

@@ -15,8 +15,11 @@ from pathlib import PureWindowsPath
 from typing import Any
 
 from animad.config.aliases import ALIASES
-from animad.importer.flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED, reason_unmapped
-from animad.importer.read import DatasetSubset, Flag, Sources, int_or_float, key_values
+from animad.importer.flags import NO_EFFECT, READ, SAME, SHADOWED, SUPERSEDED, reason_unmapped
+from animad.importer.network import translate_network
+from animad.importer.optimizer import translate_optimizer
+from animad.importer.read import DatasetSubset, Flag, Sources, int_or_float
+from animad.importer.words import has_unknown, shown
 
 # sd-scripts' defaults for the dataset settings (train_util's argparse defaults, which config_util
 # falls back to) that a faithful job.yaml must state.
@@ -38,18 +41,6 @@ JOB_LEVEL = _data_keys("resolution train_batch_size enable_bucket min_bucket_res
                        "bucket_no_upscale caption_extension")
 SUBSET_LEVEL = _data_keys("keep_tokens shuffle_caption caption_tag_dropout_rate caption_dropout_rate flip_aug "
                           "alpha_mask")
-OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "bitsandbytes.optim.adamw8bit": "adamw8bit",
-              "pagedadamw8bit": "adamw8bit", "prodigy": "prodigy", "prodigyopt.prodigy": "prodigy",
-              "adafactor": "adafactor", "transformers.optimization.adafactor": "adafactor"}
-# The optimizers' own defaults, which sd-scripts leaves in place when --optimizer_args does not set them.
-OPTIMIZER_DEFAULTS = {
-    "adamw": {"weight_decay": 0.01, "betas": [0.9, 0.999]},  # torch.optim.AdamW
-    "adamw8bit": {"weight_decay": 0.01, "betas": [0.9, 0.999]},  # bitsandbytes AdamW8bit
-    "prodigy": {"weight_decay": 0.0, "betas": [0.9, 0.999], "safeguard_warmup": False,
-                "use_bias_correction": False},  # prodigyopt.Prodigy
-    "adafactor": {"weight_decay": 0.0},  # transformers Adafactor
-}
-OPTIMIZER_ARG_KEYS = {"weight_decay", "betas", "eps", "d_coef", "safeguard_warmup", "use_bias_correction"}
 SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine",
               "cosine_with_restarts": "cosine_with_restarts", "linear": "linear"}
 PRECISIONS = {"no": "fp32", "float": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -86,8 +77,16 @@ class Translation:
     models: dict[str, Flag] = dataclasses.field(default_factory=dict)  # dit/text_encoder/vae as written
     problems: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    unresolved: set[str] = dataclasses.field(default_factory=set)  # flags given with a value not known here
 
-    def set(self, key: str | tuple, value, comment: str) -> None:
+    def set(self, key: str | tuple, value, comment: str, default_for: str | None = None) -> None:
+        """One job.yaml line. default_for: the flag whose absence this sd-scripts default stands for; it is
+        not written when that flag was given with a value the file does not tell (animad's default stays)."""
+        if default_for is not None and default_for in self.unresolved:
+            return
+        if has_unknown(value) or (isinstance(value, list) and any(has_unknown(v) for v in value)):
+            self.problems.append(f"{shown(comment)}: its value is not known here; not imported")
+            return
         self.entries.append(Entry(tuple(key.split(".")) if isinstance(key, str) else key, value, comment))
 
 
@@ -102,12 +101,14 @@ def default_comment(name: str) -> str:
 
 def translate(sources: Sources, job_keys: set[str]) -> Translation:
     """job.yaml entries for what sd-scripts would have run; job_keys are the keys this animad has."""
-    out = Translation(problems=list(sources.problems), notes=list(sources.notes))
+    out = Translation(problems=list(sources.problems), notes=list(sources.notes),
+                      unresolved=set(sources.unresolved))
     used: set[str] = set()
-    training = bool(sources.flags) or sources.launch_file is not None
+    training = bool(sources.flags) or sources.launch_file is not None or bool(sources.unresolved)
+    _unresolved(sources, out)
     # Without a dataset config sd-scripts takes the dataset settings from the command line; with one
     # named but not read, they are unknown, and writing sd-scripts' defaults would be a guess.
-    unread = "dataset_config" in sources.flags and not sources.subsets
+    unread = ("dataset_config" in sources.flags or "dataset_config" in sources.unresolved) and not sources.subsets
     subsets = sources.subsets or ([DatasetSubset({}, 0)] if training and not unread else [])
     if subsets:
         _dataset(sources, subsets, out, used)
@@ -123,19 +124,86 @@ def translate(sources: Sources, job_keys: set[str]) -> Translation:
     for name, flag in sources.flags.items():
         if name not in used:
             kind, reason = reason_unmapped(name)
-            if flag.value is False and kind != "not an sd-scripts option":
+            if name in sources.read_as:
+                kind, reason = READ, sources.read_as[name]
+            elif flag.value is False and kind != "not an sd-scripts option":
                 kind, reason = SAME, "off, as animad does"
             out.unmapped.append(Unmapped(f"--{name}", flag.origin, kind, reason))
+    for item in sources.listed:
+        out.unmapped.append(Unmapped(item.flag, item.origin, item.kind, item.reason))
     for flag in sources.unknown:
         out.unmapped.append(Unmapped(f"--{flag.name}", flag.origin, *reason_unmapped(flag.name)))
     for text in sources.accelerate:
         out.unmapped.append(Unmapped(text.split()[0], f"accelerate launch {text}", SUPERSEDED,
                                      "an option of accelerate, not of the trainer; animad starts its own processes "
                                      "(animad.yaml gpus:)"))
+    _previews(sources, out, used)
     if training and not sources.subsets and not unread:
         out.notes.append("no dataset config was read: the data settings are the launch file's and sd-scripts' "
                          "defaults; put the images in the job folder (or give the dataset TOML too)")
     return out
+
+
+def _unresolved(sources: Sources, out: Translation) -> None:
+    """Flags given with a value the launch file does not tell: named, never written as $X or %X%."""
+    for name, flag in sources.unresolved.items():
+        alias = ALIASES.get(name)
+        mapped = name in ("pretrained_model_name_or_path", "qwen3", "vae", "network_module", "network_args",
+                          "optimizer_type", "optimizer_args", "lr_scheduler", "dataset_config", "config_file") or (
+            alias is not None and alias.target is not None)
+        what = f"{flag.value}" if flag.value else "its value"
+        if mapped:
+            out.problems.append(f"{flag.origin}: {what} is not set in the file (an environment variable or an "
+                                "argument given when it runs), so it was not imported: animad's default stays; "
+                                "set it in job.yaml")
+        else:
+            kind, reason = reason_unmapped(name)
+            out.unmapped.append(Unmapped(f"--{name}", flag.origin, kind, f"{reason} (its value, {what}, is not "
+                                                                          "known here)"))
+
+
+def _previews(sources: Sources, out: Translation, used: set[str]) -> None:
+    """--sample_prompts: the prompts, and their --n/--d/--s/--l/--w/--h/--fs where animad has them."""
+    prompts = sources.prompts
+    if not prompts:
+        return
+    flag = sources.flags.get("sample_prompts")
+    origin = comment_of(flag) if flag else "--sample_prompts"
+    out.set("previews.prompts", [str(p["prompt"]) for p in prompts], f"{origin}: animad's default prompts are "
+            "added (previews.prompts_mode: replace for only these)")
+    seeds = [p.get("seed") for p in prompts]
+    if all(s is not None for s in seeds):
+        out.set("previews.seeds", [int(s) for s in seeds], f"{origin} (--d)")
+    elif any(s is not None for s in seeds):
+        out.notes.append(f"{origin}: only some prompts have a seed (--d); previews use animad's fixed seeds for all")
+    for key, target, kind, low, high in (("negative_prompt", "negative_prompt", str, None, None),
+                                         ("sample_steps", "steps", int, 1, 200), ("scale", "cfg", float, 0, None),
+                                         ("width", "width", int, 64, 2048), ("height", "height", int, 64, 2048),
+                                         ("flow_shift", "flow_shift", float, 0.01, None)):
+        values = [p[key] for p in prompts if key in p]
+        if not values:
+            continue
+        letter = {"negative_prompt": "n", "sample_steps": "s", "scale": "l", "width": "w", "height": "h",
+                  "flow_shift": "fs"}[key]
+        value = values[0]
+        if len(set(map(str, values))) > 1:
+            out.notes.append(f"{origin}: the prompts differ in --{letter}; animad has one previews.{target} for all, "
+                             f"so the first ({value}) was used")
+        if kind in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
+            out.notes.append(f"{origin}: --{letter} {value} is outside what previews.{target} takes; animad's "
+                             "default stays")
+            continue
+        if target in ("width", "height") and value % 16:
+            value = max(64, round(value / 16) * 16)
+        out.set(f"previews.{target}", kind(value), f"{origin} (--{letter})")
+    for p in prompts:
+        for key in ("sample_sampler", "guidance_scale", "controlnet_image", "cfg_trunc_ratio", "renorm_cfg"):
+            if key in p:
+                out.notes.append(f"{origin}: a prompt's {key} ({p[key]}) has no equivalent in the previews "
+                                 "(euler, ComfyUI's sampling); not imported")
+        for text in p.get("unreadable", []):
+            out.notes.append(f"{origin}: the prompt option {text} is not one sd-scripts reads; ignored")
+    out.notes = list(dict.fromkeys(out.notes))
 
 
 def _value(subset: DatasetSubset, sources: Sources, name: str) -> tuple[Any, str]:
@@ -164,6 +232,22 @@ def _dataset(sources: Sources, subsets: list[DatasetSubset], out: Translation, u
     used.update(JOB_LEVEL)
     used.update(SUBSET_LEVEL)
     first = subsets[0]
+    if sources.subsets:
+        # config_util takes a command-line dataset flag only where the TOML does not set that key.
+        key_of = {v: k for k, v in {"batch_size": "train_batch_size"}.items()}
+        for name in sorted(set(JOB_LEVEL) | set(SUBSET_LEVEL)):
+            flag = sources.flags.get(name)
+            setting = [s for s in subsets if name in s.values]
+            if flag is None or not setting:
+                continue
+            toml_key = key_of.get(name, name)
+            if len(setting) == len(subsets):
+                out.unmapped.append(Unmapped(f"--{name}", flag.origin, SHADOWED,
+                                             f"the dataset TOML sets {toml_key} ({setting[0].values[name].origin}), "
+                                             "and config_util uses the TOML's value"))
+            else:
+                out.notes.append(f"{flag.origin}: used only for the subsets whose dataset TOML entry does not set "
+                                 f"{toml_key}, as config_util does")
     for name, key in JOB_LEVEL.items():
         value, comment = _value(first, sources, name)
         if value is None:
@@ -173,14 +257,14 @@ def _dataset(sources: Sources, subsets: list[DatasetSubset], out: Translation, u
             out.problems.append(f"the subsets differ in {name} ({', '.join(sorted(others | {repr(value)}))}); "
                                 f"animad has one data.{key} per job, so the first subset's {value!r} was used")
         try:
-            out.set(("data", key), _convert_data(name, value), comment)
+            out.set(("data", key), _convert_data(name, value), comment, default_for=name)
         except (TypeError, ValueError):
             out.problems.append(f"{comment}: {value!r} cannot be read as data.{key}; it was not imported")
     base = {}
     for name, key in SUBSET_LEVEL.items():
         value, comment = _value(first, sources, name)
         base[name] = value
-        out.set(("data", key), value, comment)
+        out.set(("data", key), value, comment, default_for=name)
     folders: set[str] = set()
     seen_keys: set[str] = set()
     for index, subset in enumerate(subsets):
@@ -196,7 +280,7 @@ def _dataset(sources: Sources, subsets: list[DatasetSubset], out: Translation, u
                 continue
             folder = ""  # no dataset config: the images go in the job folder itself
         else:
-            folder = _folder_name(str(image_dir.value), folders)
+            folder = _folder_name(shown(str(image_dir.value)), folders)
             out.subsets.append(SubsetPlan(folder, str(image_dir.value), image_dir.origin))
         if not folder:
             continue
@@ -224,7 +308,7 @@ def _folder_name(image_dir: str, taken: set[str]) -> str:
     """The subfolder for an image_dir: its own name (what the user knows it as), made unique."""
     text = image_dir.rstrip("/\\")
     name = PureWindowsPath(text).name if "\\" in text or ":" in text[:2] else text.rsplit("/", 1)[-1]
-    name = "".join("_" if c in "/\\:\0" else c for c in name).lstrip(".") or "subset"
+    name = "".join("_" if c in "/\\:\0$%{}" else c for c in name).strip("._") or "subset"
     candidate, number = name, 2
     while candidate in taken:
         candidate, number = f"{name}_{number}", number + 1
@@ -258,42 +342,16 @@ def _training(sources: Sources, out: Translation, used: set[str], job_keys: set[
     seed = take("seed")
     if seed is not None:
         out.set("seed", seed.value, comment_of(seed))
-    else:
+    elif "seed" not in out.unresolved:
         out.notes.append("no --seed: sd-scripts drew a random one; animad trains with seed 0")
-    # network
-    dim, alpha = take("network_dim"), take("network_alpha")
-    out.set("network.dim", dim.value if dim else 4, comment_of(dim) if dim else
-            f"{SD_DEFAULT}: lora_anima uses 4 without --network_dim")
-    out.set("network.alpha", alpha.value if alpha else 1.0, comment_of(alpha) if alpha else
-            default_comment("network_alpha"))
-    direct("network_dropout")
+    translate_network(take, sources, out, job_keys, comment_of, default_comment)
+    direct("network_weights")
     unet_only = take("network_train_unet_only")
     out.set("network.train_text_encoder", not (unet_only and unet_only.value),
             comment_of(unet_only) if unet_only else "sd-scripts trains a text-encoder LoRA unless "
-            "--network_train_unet_only is given")
+            "--network_train_unet_only is given", default_for="network_train_unet_only")
     direct("scale_weight_norms")
-    direct("network_weights")
-    _network_args(take("network_args"), out)
-    # optimizer
-    _optimizer(take("optimizer_type"), take("use_8bit_adam"), take("optimizer_args"), out)
-    learning_rate, unet_lr, te_lr = take("learning_rate"), take("unet_lr"), take("text_encoder_lr")
-    lr_flag = unet_lr or learning_rate
-    out.set("optimizer.lr", lr_flag.value if lr_flag else 2e-6,
-            comment_of(lr_flag) if lr_flag else default_comment("learning_rate"))
-    if te_lr is not None and te_lr.value:
-        try:
-            out.set("optimizer.text_encoder_lr", float(te_lr.value[0]), comment_of(te_lr))
-        except (TypeError, ValueError):
-            out.problems.append(f"{te_lr.origin}: not a number; it was not imported")
-        if len(te_lr.value) > 1:
-            out.problems.append(f"{te_lr.origin}: one text encoder here; only the first value was used")
-    if unet_lr is not None and te_lr is not None and learning_rate is not None:
-        out.unmapped.append(Unmapped("--learning_rate", learning_rate.origin, NO_EFFECT,
-                                     "--unet_lr and --text_encoder_lr set both of the LoRA's learning rates"))
-    elif unet_lr is not None and te_lr is None:
-        value = learning_rate.value if learning_rate else 2e-6
-        out.set("optimizer.text_encoder_lr", value, "sd-scripts trains the text encoder at --learning_rate when "
-                "only --unet_lr is given")
+    translate_optimizer(take, out, comment_of, default_comment)
     direct("max_grad_norm")
     # schedule
     _schedule(take("lr_scheduler"), take("lr_scheduler_num_cycles"), take("lr_scheduler_power"),
@@ -302,94 +360,36 @@ def _training(sources: Sources, out: Translation, used: set[str], job_keys: set[
     if epochs is not None:
         out.set("schedule.max_epochs", epochs.value, comment_of(epochs))
         if steps is not None:
-            out.unmapped.append(Unmapped("--max_train_steps", steps.origin, SAME,
+            out.unmapped.append(Unmapped("--max_train_steps", steps.origin, SHADOWED,
                                          "sd-scripts ignores it when --max_train_epochs is given"))
-    else:
+    elif "max_train_epochs" not in out.unresolved:
         out.set("schedule.max_steps", steps.value if steps else 1600,
-                comment_of(steps) if steps else default_comment("max_train_steps"))
-        out.set("schedule.max_epochs", 100000, "sd-scripts counts this run in steps, not epochs")
+                comment_of(steps) if steps else default_comment("max_train_steps"), default_for="max_train_steps")
+        out.set("schedule.max_epochs", 100000, "sd-scripts counts this run in steps, not epochs",
+                default_for="max_train_steps")
     out.set("selection.stop_at_floor", False, "sd-scripts trains every epoch; true lets animad stop at the loss "
             "floor and save the rest of the night")
     direct("gradient_accumulation_steps")
     # precision
     mixed, save = take("mixed_precision"), take("save_precision")
     out.set("precision.mixed", PRECISIONS.get(str(mixed.value) if mixed else "no", "fp32"),
-            comment_of(mixed) if mixed else f"{default_comment('mixed_precision')}: 'no', fp32")
+            comment_of(mixed) if mixed else f"{default_comment('mixed_precision')}: 'no', fp32",
+            default_for="mixed_precision")
     out.set("precision.save", PRECISIONS.get(str(save.value), "fp32") if save else "fp32",
             comment_of(save) if save else "sd-scripts saves the LoRA in its fp32 training dtype without "
-            "--save_precision")
+            "--save_precision", default_for="save_precision")
     checkpointing = take("gradient_checkpointing")
+    # Checkpointing changes memory and speed, never what is trained; on a GPU precision.vram: auto (left
+    # at its default) picks it from the free memory, so the line says when the value counts.
     out.set("precision.gradient_checkpointing", bool(checkpointing and checkpointing.value),
-            comment_of(checkpointing) if checkpointing else default_comment("gradient_checkpointing"))
+            (comment_of(checkpointing) if checkpointing else default_comment("gradient_checkpointing")) +
+            "; used on the CPU and with precision.vram: off: on a GPU, vram: auto picks checkpointing from the free "
+            "memory (speed and memory only, the same training)", default_for="gradient_checkpointing")
     direct("torch_compile")
     # timesteps
     _timesteps(take("timestep_sampling"), take("sigmoid_scale"), take("discrete_flow_shift"), out)
     direct("ip_noise_gamma")
     direct("ip_noise_gamma_random_strength")
-
-
-def _network_args(flag: Flag | None, out: Translation) -> None:
-    if flag is None:
-        return
-    for key, value in key_values(flag.value, flag.origin, out.problems).items():
-        if key in ("rank_dropout", "module_dropout"):
-            out.set(f"network.{key}", float(value), f"{comment_of(flag)} ({key})")
-        elif key == "train_llm_adapter":
-            out.set("network.train_llm_adapter", str(value).lower() == "true", f"{comment_of(flag)} ({key})")
-        elif key == "verbose":
-            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, SUPERSEDED,
-                                         "animad logs the modules it trains"))
-        elif key in ("exclude_patterns", "include_patterns"):
-            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, NO_EQUIVALENT,
-                                         "network.include/exclude take regexes on animad's module names; "
-                                         "translate them by hand"))
-        else:
-            out.unmapped.append(Unmapped(f"--network_args {key}", flag.origin, NO_EQUIVALENT,
-                                         "animad's LoRA has no such option"))
-
-
-def _optimizer(type_flag: Flag | None, use_8bit: Flag | None, args_flag: Flag | None, out: Translation) -> None:
-    written = str(type_flag.value) if type_flag and type_flag.value else ""
-    if written and use_8bit and use_8bit.value:
-        out.problems.append(f"{use_8bit.origin} together with {type_flag.origin}: sd-scripts refuses both; "
-                            "the --optimizer_type was used")
-    if not written:
-        kind = "adamw8bit" if use_8bit and use_8bit.value else "adamw"
-        comment = comment_of(use_8bit) if use_8bit and use_8bit.value else default_comment("optimizer_type")
-    else:
-        kind = OPTIMIZERS.get(written.lower())
-        comment = comment_of(type_flag)
-    if kind is None:
-        out.problems.append(f"{type_flag.origin}: animad has no {written} optimizer (only Prodigy, AdamW, AdamW8bit "
-                            "and Adafactor); job.yaml keeps animad's default (prodigy): choose optimizer.type")
-        if args_flag is not None:
-            out.unmapped.append(Unmapped("--optimizer_args", args_flag.origin, "not imported",
-                                         f"they are {written}'s arguments, and that optimizer was not mapped"))
-        return
-    out.set("optimizer.type", kind, comment)
-    given = key_values(args_flag.value, args_flag.origin, out.problems) if args_flag else {}
-    for key, value in given.items():
-        if key not in OPTIMIZER_ARG_KEYS or (kind != "prodigy" and key in ("d_coef", "safeguard_warmup",
-                                                                          "use_bias_correction")):
-            if key == "decouple" and value is True and kind == "prodigy":
-                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, SAME,
-                                             "animad's Prodigy always decouples weight decay"))
-            elif kind == "adafactor" and key in ("scale_parameter", "relative_step", "warmup_init") and not value:
-                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, SAME,
-                                             "off, as animad's Adafactor runs"))
-            else:
-                out.unmapped.append(Unmapped(f"--optimizer_args {key}", args_flag.origin, NO_EQUIVALENT,
-                                             f"animad's {kind} has no such option"))
-            continue
-        if key == "betas":
-            value = [float(v) for v in value]
-        out.set(f"optimizer.{key}", value, f"{comment_of(args_flag)} ({key})")
-    for key, value in OPTIMIZER_DEFAULTS[kind].items():
-        if key not in given:
-            out.set(f"optimizer.{key}", value, f"{kind}'s own default in sd-scripts ({key} not in --optimizer_args)")
-    if kind == "adafactor" and given.get("relative_step", True):
-        out.problems.append("sd-scripts' Adafactor sets its own learning rate unless --optimizer_args "
-                            "relative_step=False; animad's Adafactor runs at optimizer.lr, so this run will differ")
 
 
 def _schedule(kind: Flag | None, cycles: Flag | None, power: Flag | None, warmup: Flag | None,
@@ -403,7 +403,8 @@ def _schedule(kind: Flag | None, cycles: Flag | None, power: Flag | None, warmup
         out.problems.append(f"{kind.origin}: animad has no {name} schedule; job.yaml says constant: choose "
                             "schedule.type")
         target = "constant"
-    out.set("schedule.type", target, comment_of(kind) if kind else default_comment("lr_scheduler"))
+    out.set("schedule.type", target, comment_of(kind) if kind else default_comment("lr_scheduler"),
+            default_for="lr_scheduler")
     if cycles is not None:
         if target == "cosine_with_restarts":
             out.set("schedule.cycles", cycles.value, comment_of(cycles))

@@ -6,10 +6,11 @@ import json
 import math
 import re
 
-from animad.importer.flags import NO_EFFECT, NO_EQUIVALENT, SAME, SUPERSEDED
+from animad.importer.flags import GUI_FIELD, NO_EFFECT, NO_EQUIVALENT, OTHER_MODEL, READ, SAME, SHADOWED, SUPERSEDED
 from animad.importer.translate import Entry, Translation
 
-KIND_ORDER = (NO_EFFECT, NO_EQUIVALENT, SUPERSEDED, "not an sd-scripts option", SAME)
+KIND_ORDER = (NO_EFFECT, NO_EQUIVALENT, SHADOWED, SUPERSEDED, READ, "not an sd-scripts option", GUI_FIELD,
+              OTHER_MODEL, SAME)
 
 
 def yaml_scalar(value) -> str:
