@@ -44,9 +44,14 @@ def daemon(tmp_path, tiny_models):
     return load_daemon_config(path)
 
 
+def job_file_of(folder: Path) -> Path:
+    """job.yaml, or the draft animad import leaves when the folder cannot train yet (no images here)."""
+    return folder / "job.yaml" if (folder / "job.yaml").exists() else folder / "job.draft.yaml"
+
+
 def job_of(folder: Path):
     problems = Problems()
-    config = load_job_file(folder / "job.yaml", problems)
+    config = load_job_file(job_file_of(folder), problems)
     assert not problems.items, problems.render("job.yaml")
     return config
 
@@ -63,7 +68,7 @@ def may_with_real_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def every_flag_accounted_for(folder: Path, files: list[Path]) -> None:
     """Every flag and dataset key of the files is on a commented job.yaml line or in IMPORT.txt."""
-    written = (folder / "job.yaml").read_text() + (folder / "IMPORT.txt").read_text()
+    written = job_file_of(folder).read_text() + (folder / "IMPORT.txt").read_text()
     names = []
     for path in files:
         if path.suffix == ".bat":
@@ -150,19 +155,28 @@ def test_nami_dataset_toml_alone_passes_check(tmp_path, daemon, monkeypatch):
     assert checked.ok, checked.report()
 
 
+def draft_to_job(folder: Path) -> None:
+    """What IMPORT.txt tells the user once the images are in: rename the draft to job.yaml."""
+    assert not (folder / "job.yaml").exists() and "rename it to job.yaml" in (folder / "IMPORT.txt").read_text()
+    (folder / "job.draft.yaml").rename(folder / "job.yaml")
+
+
 def test_guide_bat_alone_and_outfit_toml_alone_pass_check(tmp_path, daemon):
+    # No images anywhere: --to leaves a draft (the folder cannot train yet), never a job.yaml.
     bat_folder = tmp_path / "panchy"
     result = import_files([BAT], bat_folder, daemon, wsl=False)
     assert any("dataset config named by" in p and "panchybriefs_v1.toml" in p for p in result.problems)
+    make_dataset(bat_folder, count=3)
+    draft_to_job(bat_folder)
     config = job_of(bat_folder)
     assert config.network.dim == 4 and config.data.caption_extension == ".txt"  # dataset keys unknown: untouched
     every_flag_accounted_for(bat_folder, [BAT])
-    make_dataset(bat_folder, count=3)
     assert check_folder(bat_folder, daemon).ok
     may_folder = tmp_path / "may"
     import_files([MAY], may_folder, daemon, wsl=False)
-    every_flag_accounted_for(may_folder, [MAY])
     make_dataset(may_folder, subsets={name: 1 for name in MAY_SUBSETS})
+    draft_to_job(may_folder)
+    every_flag_accounted_for(may_folder, [MAY])
     checked = check_folder(may_folder, daemon)
     assert checked.ok, checked.report()
 
@@ -173,11 +187,13 @@ def test_missing_image_dir_is_reported_not_a_crash(tmp_path, daemon_config, caps
     out = capsys.readouterr().out
     assert code == 1
     assert out.count("image_dir not found") == 6 and "a Windows path: run animad import inside WSL" in out
-    assert (folder / "job.yaml").is_file() and "MISSING" in (folder / "IMPORT.txt").read_text()
+    # no images: a watching daemon must not take the folder, so the job waits as a draft it ignores
+    assert not (folder / "job.yaml").exists() and (folder / "job.draft.yaml").is_file()
+    assert "job.draft.yaml" in out and "MISSING" in (folder / "IMPORT.txt").read_text()
     # never overwrites: a second import into the same folder is refused, the files stay
-    before = (folder / "job.yaml").read_bytes()
+    before = (folder / "job.draft.yaml").read_bytes()
     assert main(["--config", str(daemon_config), "import", str(MAY), "--to", str(folder)]) == 2
-    assert "never overwrites" in capsys.readouterr().err and (folder / "job.yaml").read_bytes() == before
+    assert "never overwrites" in capsys.readouterr().err and (folder / "job.draft.yaml").read_bytes() == before
 
 
 def test_windows_paths_go_through_the_wsl_mount(tmp_path):
@@ -240,7 +256,7 @@ def test_config_file_toml_sectioned_and_the_command_line_wins(tmp_path, daemon):
     assert not job.precision.gradient_checkpointing
     report = (folder / "IMPORT.txt").read_text()
     assert "--network_args loraplus_lr_ratio" in report
-    assert yaml.safe_load((folder / "job.yaml").read_text())["schedule"]["warmup_percent"] == 0.05
+    assert yaml.safe_load(job_file_of(folder).read_text())["schedule"]["warmup_percent"] == 0.05
     assert any("model file not found" in p for p in result.problems)
 
 
@@ -289,6 +305,6 @@ def test_every_option_of_the_trainer_is_mapped_or_has_its_own_reason(tmp_path, d
     result = import_files([bat], folder, daemon, wsl=False)
     generic = [u.flag for u in result.translation.unmapped if u.reason == "animad has no setting for it"]
     assert not generic
-    written = (folder / "job.yaml").read_text() + (folder / "IMPORT.txt").read_text()
+    written = job_file_of(folder).read_text() + (folder / "IMPORT.txt").read_text()
     assert not [name for name in ALL if f"--{name}" not in written]
     job_of(folder)  # and the job.yaml it wrote is valid

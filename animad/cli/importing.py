@@ -10,13 +10,15 @@ from animad.safe_text import safe
 
 def import_arguments(parser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="sd-scripts files in any mix: a dataset TOML, a --config_file TOML, one launch file "
-                             "(.bat, .sh, .ps1); one launch file is one job")
+                        help="sd-scripts files in any mix: a dataset TOML, a --config_file TOML, a GUI preset "
+                             "(kohya_ss .json, SD-Trainer .toml), one launch file (.bat, .cmd, .sh, .ps1); one "
+                             "launch file is one job")
     parser.add_argument("--to", metavar="DIR",
-                        help="the job folder to create, e.g. inbox/NAME: job.yaml and IMPORT.txt go there and each "
-                             "image_dir is copied (never moved) into a subset subfolder and verified. Default: "
-                             "write job.yaml and IMPORT.txt into the current folder and copy nothing, so nothing "
-                             "lands in the inbox before you have read them")
+                        help="the job folder to create, e.g. inbox/NAME: each image_dir is copied (never moved) "
+                             "into a subset subfolder and verified, IMPORT.txt is written, and job.yaml last, only "
+                             "when the folder can train (else the job waits in job.draft.yaml, which the daemon "
+                             "ignores). Default: write job.yaml and IMPORT.txt into the current folder and copy "
+                             "nothing, so nothing lands in the inbox before you have read them")
 
 
 def cmd_import(args) -> int:
@@ -29,6 +31,10 @@ def cmd_import(args) -> int:
     print(f"wrote {safe(result.report_file)} ({unmapped} flags not mapped, each with the reason)")
     for folder, count in result.copied.items():
         print(f"copied {count} files into {safe(result.folder / folder)} (each compared by sha256)")
+    if result.job_file.name != "job.yaml":
+        print(f"job.yaml was NOT written: the folder cannot train yet, so the job waits in "
+              f"{safe(result.job_file.name)}, which the daemon ignores. Fix the problems below, then rename it to "
+              "job.yaml")
     if result.problems:
         print(f"{len(result.problems)} problem(s), also at the top of IMPORT.txt:")
         for problem in result.problems:

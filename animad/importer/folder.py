@@ -25,8 +25,10 @@ from animad.errors import UserError
 from animad.fsutil import write_atomic
 from animad.importer.read import read_sources
 from animad.importer.translate import Translation, translate
+from animad.importer.words import has_unknown, shown
 from animad.importer.write import import_text, job_text
-from animad.intake.dataset import IMAGE_FORMATS
+from animad.intake.check import check_folder, inside_inbox
+from animad.intake.dataset import IMAGE_FORMATS, IMPORT_REPORT, JOB_DRAFT
 
 WINDOWS_DRIVE = re.compile(r"^([A-Za-z]):[\\/]")
 
@@ -113,14 +115,20 @@ def copy_subset(source: Path, target: Path, caption_extension: str) -> tuple[int
 
 def import_files(files: list[Path], to: Path | None, daemon: Daemon, *, wsl: bool | None = None) -> ImportResult:
     """Read the sd-scripts files, write job.yaml and IMPORT.txt into `to` (default: the current folder)
-    and, with `to`, copy each image_dir into its subset folder. Raises UserError for what stops it."""
+    and, with `to`, copy each image_dir into its subset folder.
+
+    Nothing in a config is refused: what cannot be carried over is listed at the top of IMPORT.txt.
+    Into a --to folder (or any folder of the inbox) job.yaml is written last, and only when the folder
+    can train (`animad check` passes on it); otherwise the draft stays job.draft.yaml, which the daemon
+    ignores, and IMPORT.txt says what to do. Raises UserError only for what stops it (a file given that
+    does not exist, a file it would overwrite)."""
     for path in files:
         if not path.is_file():
             raise UserError(f"{path}: no such file; give the sd-scripts launch file (.bat/.sh/.ps1) and/or TOMLs")
     wsl = running_under_wsl() if wsl is None else wsl
     folder = Path(to) if to is not None else Path.cwd()
-    job_file, report_file = folder / "job.yaml", folder / "IMPORT.txt"
-    for existing in (job_file, report_file):
+    job_file, report_file, draft_file = folder / "job.yaml", folder / IMPORT_REPORT, folder / JOB_DRAFT
+    for existing in (job_file, report_file, draft_file):
         if existing.exists():
             raise UserError(f"{existing} exists; animad import never overwrites a file. Move it away, or import "
                             "into another folder (--to inbox/NEW_NAME)")
@@ -145,9 +153,48 @@ def import_files(files: list[Path], to: Path | None, daemon: Daemon, *, wsl: boo
     parse_job(yaml.safe_load(text), job_file, check)
     problems += [f"job.yaml {p.where}: {p.message} ({p.fix})" for p in check.items]
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(report_file, import_text(translation, [p.name for p in files], layout, models).encode())
-    write_atomic(job_file, text.encode())  # last: a watching daemon takes the folder only once it is complete
-    return ImportResult(folder, job_file, report_file, translation, problems, copied)
+    watched = to is not None or inside_inbox(folder, daemon)
+    written = job_file
+    if watched:
+        # A watching daemon takes a folder once it holds job.yaml: check the draft first, as it would.
+        write_atomic(draft_file, text.encode())
+        checked = check_folder(folder, daemon, job_file=draft_file)
+        if not checked.ok:
+            written = draft_file
+            errors = [f"animad check: {p.render_line() if hasattr(p, 'render_line') else _problem_text(p)}"
+                      for p in checked.problems.errors]
+            problems += errors
+            translation.problems = problems
+            translation.notes.insert(0, f"job.yaml was not written: the folder cannot train yet ({len(errors)} "
+                                        f"problem(s) from animad check, above). The job is in {JOB_DRAFT}, which the "
+                                        "daemon ignores: fix what is listed, then rename it to job.yaml")
+    write_atomic(report_file, import_text(translation, [p.name for p in files], layout, models, written.name).encode())
+    if written == job_file:
+        if watched:
+            _rename_new(draft_file, job_file)  # last: the daemon sees the job only once everything is there
+        else:
+            write_atomic(job_file, text.encode())
+    return ImportResult(folder, written, report_file, translation, problems, copied)
+
+
+def _problem_text(problem) -> str:
+    place = f"{problem.file}" + (f" {problem.where}" if problem.where else "")
+    return f"{place}: {problem.message} ({problem.fix})" if problem.fix else f"{place}: {problem.message}"
+
+
+def _rename_new(source: Path, target: Path) -> None:
+    """Rename without ever replacing a file that appeared meanwhile (a hard link fails if it exists)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise UserError(f"{target} appeared while importing; animad import never overwrites a file. The job is in "
+                        f"{source}") from None
+    except OSError:
+        if target.exists():
+            raise UserError(f"{target} appeared while importing; the job is in {source}") from None
+        os.rename(source, target)  # a file system without hard links
+        return
+    source.unlink()
 
 
 def _lay_out(translation: Translation, sources, folder: Path | None, wsl: bool,
@@ -162,6 +209,12 @@ def _lay_out(translation: Translation, sources, folder: Path | None, wsl: bool,
             raise UserError(f"{folder}: subfolder(s) {', '.join(taken)} exist already; animad import copies into "
                             "new folders only. Import into another folder (--to inbox/NEW_NAME)")
     for plan in translation.subsets:
+        if has_unknown(plan.image_dir):
+            problems.append(f"image_dir {shown(plan.image_dir)} is not known here ({plan.origin}): the file builds it "
+                            f"from a value it does not set; copy its images and captions into "
+                            f"{(folder or Path('.')) / plan.folder} by hand")
+            layout.append(f"{plan.folder}/  <- UNKNOWN: {shown(plan.image_dir)}; copy its images and captions here")
+            continue
         source = local_path(plan.image_dir, base, wsl)
         if folder is None:
             layout.append(f"{plan.folder}/  <- copy the images and captions of {plan.image_dir} here "
@@ -172,8 +225,8 @@ def _lay_out(translation: Translation, sources, folder: Path | None, wsl: bool,
                    if WINDOWS_DRIVE.match(plan.image_dir) and not wsl else "")
             problems.append(f"image_dir not found: {plan.image_dir} ({plan.origin}), looked at {source}{why}; "
                             f"copy its images and captions into {folder / plan.folder} by hand")
-            layout.append(f"{plan.folder}/  <- MISSING: {plan.image_dir} was not found, nothing was copied; "
-                          f"{plan.origin}")
+            layout.append(f"{plan.folder}/  <- MISSING: {plan.image_dir} was not found, nothing was copied: copy its "
+                          f"images and captions here; {plan.origin}")
             continue
         count, left = copy_subset(source, folder / plan.folder, str(extension))
         copied[plan.folder] = count
@@ -187,16 +240,18 @@ def _lay_out(translation: Translation, sources, folder: Path | None, wsl: bool,
 
 def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, problems: list[str]) -> list[str]:
     """Model paths become a model set of animad.yaml: the paths then live in one place for every job
-    (the guide's four chained runs share them), and job folders stay portable. A set of animad.yaml
-    with the same three files is used as it is."""
+    (the guide's four chained runs share them), and job folders stay portable.
+
+    In order: a set with the same three files; a set named after the DiT file, as an earlier import
+    suggested; with every file here, a new set to add; else (files not on this machine: a config from
+    a guide, a forum or a friend) the user's own set whose file names match, or the default set, with
+    the paths it replaced shown."""
     models = translation.models
     if not models:
         return []
     base = sources.launch_file.parent if sources.launch_file else Path.cwd()
     wanted = {k: local_path(str(f.value), base, wsl) for k, f in models.items()}
     missing = [k for k in ("dit", "text_encoder", "vae") if k not in wanted]
-    if missing:
-        problems.append(f"the launch file names no {', '.join(missing)} file; the model set uses animad.yaml's")
     for name in daemon.config.models:
         have = daemon.model_set(name) or {}
         if all(have.get(k) and Path(have[k]).expanduser() == p for k, p in wanted.items()):
@@ -205,14 +260,50 @@ def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, pro
     dit = str(models["dit"].value) if "dit" in models else "imported"
     stem = PureWindowsPath(dit).stem if "\\" in dit else Path(dit).stem
     set_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "imported"
-    comment = "add this model set to animad.yaml (IMPORT.txt has it); from " + ", ".join(
-        f"--{f.name}" for f in models.values())
-    translation.set("base_model", set_name, comment)
-    lines = [f"job.yaml names the model set '{set_name}'. Add it to animad.yaml under models: (then every job",
-             "that uses these files can name it):", "", "models:", f"  {set_name}:"]
+    not_here = [k for k, p in wanted.items() if not p.is_file()]
+    if set_name in daemon.config.models:
+        chosen, why = set_name, f"animad.yaml's model set '{set_name}', named after the DiT file as an earlier import " \
+                                "suggested"
+    elif not not_here:
+        if missing:
+            problems.append(f"the launch file names no {', '.join(missing)} file; the model set uses animad.yaml's")
+        comment = "add this model set to animad.yaml (IMPORT.txt has it); from " + ", ".join(
+            f"--{f.name}" for f in models.values())
+        translation.set("base_model", set_name, comment)
+        problems.append(f"job.yaml names the model set '{set_name}' (the launch file's model files, which are here): "
+                        "add it to animad.yaml under models: (IMPORT.txt has the lines)")
+        lines = [f"job.yaml names the model set '{set_name}'. Add it to animad.yaml under models: (then every job",
+                 "that uses these files can name it):", "", "models:", f"  {set_name}:"]
+        lines += [f"    {key}: {path}" for key, path in wanted.items()]
+        return lines
+    else:
+        chosen, why = _own_set(daemon, wanted)
+    lines = []
+    if chosen is None:
+        for key in not_here:
+            problems.append(f"model file not found here: {wanted[key]} (from {models[key].origin}); animad.yaml has no "
+                            "model set to use instead: run animad init and point its model set at your files")
+        return [f"not here: {wanted[k]} (from {models[k].origin})" for k in not_here]
+    have = daemon.model_set(chosen) or {}
+    translation.set("base_model", chosen, why if len(why) < 90 else why[:87] + "...")
+    for key in not_here:
+        problems.append(f"model file not found here: {wanted[key]} (from {models[key].origin}); the job uses "
+                        f"{why}: its {key} is {have.get(key)}")
+    lines.append(f"job.yaml names {why}. The files the launch file named, and what is used instead:")
     for key, path in wanted.items():
-        lines.append(f"    {key}: {path}")
-        if not path.is_file():
-            problems.append(f"model file not found here: {path} (from {models[key].origin}); fix the path in the "
-                            "model set")
+        state = "here" if path.is_file() else "NOT HERE"
+        lines.append(f"  {key}: {path} ({state}) -> {have.get(key)}")
     return lines
+
+
+def _own_set(daemon: Daemon, wanted: dict[str, Path]) -> tuple[str | None, str]:
+    """The user's model set whose file names match the wanted files', else the default set."""
+    names = {k: p.name.lower() for k, p in wanted.items()}
+    for name in daemon.config.models:
+        have = daemon.model_set(name) or {}
+        if all(have.get(k) and Path(have[k]).name.lower() == n for k, n in names.items()):
+            return name, f"your model set '{name}', whose files have the same names"
+    default = daemon.config.default_model
+    if default in daemon.config.models:
+        return default, f"your default model set '{default}'"
+    return None, ""

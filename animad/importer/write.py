@@ -63,12 +63,13 @@ def job_text(entries: list[Entry], header: list[str], order: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def import_text(translation: Translation, file_names: list[str], layout: list[str], models: list[str]) -> str:
+def import_text(translation: Translation, file_names: list[str], layout: list[str], models: list[str],
+                job_name: str = "job.yaml") -> str:
     """IMPORT.txt: problems first, then every flag not mapped grouped by why, the layout, models, chaining."""
     out = [f"animad import of {', '.join(file_names)}", ""]
     mapped = len(translation.entries)
     defaults = sum(1 for e in translation.entries if not any(e.comment.startswith(n) for n in file_names))
-    out.append(f"job.yaml: {mapped} settings; {defaults} of them are not in the files: sd-scripts' own defaults "
+    out.append(f"{job_name}: {mapped} settings; {defaults} of them are not in the files: sd-scripts' own defaults "
                "(or what its flags imply) written out where animad's differ. Each line's comment says where it came "
                "from.")
     out.append("")

@@ -67,11 +67,14 @@ def job_name(folder: Path, config: JobConfig | None) -> str:
     return (config.name if config and config.name else Path(folder).name).strip() or "lora"
 
 
-def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None) -> CheckResult:
-    """Check everything a job needs; work_dir is where its epochs will be written (for the disk check)."""
+def check_folder(folder: Path, daemon: Daemon, *, work_dir: Path | None = None,
+                 job_file: Path | None = None) -> CheckResult:
+    """Check everything a job needs; work_dir is where its epochs will be written (for the disk check).
+    job_file: the job file to read instead of job.yaml (animad import checks its draft before naming it
+    job.yaml, so a watching daemon never takes a folder that cannot train)."""
     folder = Path(folder)
     problems = Problems()
-    job_file = folder / "job.yaml"
+    job_file = job_file or folder / "job.yaml"
     # A job.yaml linked outside the folder is never opened (the scan below reports the link), so
     # nothing from the file it points at can be echoed into the report.
     config = None if links_outside(job_file, folder) else load_job_file(job_file, problems)

@@ -24,7 +24,10 @@ from animad.intake.imagehash import fingerprint
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 FORMAT_EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MAX_PIXELS = 64_000_000  # 8K x 8K; larger files are almost always a mistake or a decompression bomb
-OWN_FILES = {"job.yaml", "ERRORS.txt", "README.md", "README.txt", "WARNINGS.txt"}
+# animad import's report and the job.yaml it drafts when the folder cannot train yet (the daemon takes
+# a folder only once it holds job.yaml): ours, never read as a caption or an image.
+IMPORT_REPORT, JOB_DRAFT = "IMPORT.txt", "job.draft.yaml"
+OWN_FILES = {"job.yaml", "ERRORS.txt", "README.md", "README.txt", "WARNINGS.txt", IMPORT_REPORT, JOB_DRAFT}
 REPEATS_PREFIX = re.compile(r"^(\d+)_(.+)$")
 ROOT_KEY = "."  # how data.subsets names the images directly in the dataset folder (ss_tag_frequency's name too)
 
