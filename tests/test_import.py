@@ -22,7 +22,8 @@ from animad.demo.synthetic import make_dataset, write_daemon_config
 from animad.errors import UserError
 from animad.importer.flags import ALL, BOOL, FLOAT, INT, INT_OR_FLOAT, LIST
 from animad.importer.folder import import_files, local_path, running_under_wsl
-from animad.importer.read import int_or_float, read_sources
+from animad.importer.read import read_sources
+from animad.importer.sources import int_or_float
 from animad.intake.check import check_folder
 
 # The guide's files exactly as it prints them (CRLF and all; a copy of ../shared/fixtures/sd-scripts,

@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path, PureWindowsPath
 
+from animad.importer.integers import evaluate
+from animad.importer.sources import read_text
 from animad.importer.words import Command, Script, beside, has_unknown, unknown
 
 LABEL = re.compile(r"^\s*:(?!:)\s*([^\s:]+)")
@@ -260,12 +262,9 @@ class BatchReader:
                 raise ValueError(match.group(0))
             return f"({int(value)})"
 
-        from animad.importer.shell import _integer  # one integer evaluator for both shells
-        import ast
-
         try:
             text = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", value_of, expression)
-            return str(_integer(ast.parse(text.strip(), mode="eval").body))
+            return str(evaluate(text))
         except (ValueError, SyntaxError, ZeroDivisionError, TypeError):
             return unknown(f"set /a {expression}")
 
@@ -286,8 +285,10 @@ class BatchReader:
         if verdict is True:
             return self.statement(then_part, line, used, raw)
         if verdict is None:
+            flags = list(dict.fromkeys(re.findall(r"--[A-Za-z_]\w*", then_part)))
             self.script.notes.append(f"line {line}: `if` depends on something not known here ({_short(raw)}); "
-                                     f"{'its else branch was read' if else_part else 'its command was not read'}")
+                                     f"{'its else branch was read' if else_part else 'its command was not read'}"
+                                     + (f" (the branch not read has {' '.join(flags)})" if flags else ""))
         if else_part is not None:
             return self.statement(else_part, line, used, raw)
         return None
@@ -346,8 +347,6 @@ class BatchReader:
             path = Path(target.replace("\\", "/"))
             path = path if path.is_absolute() else Path(self.folder) / path
             if path.is_file():
-                from animad.importer.read import read_text
-
                 inner = BatchReader(path, self.script)
                 inner.variables, inner.delayed = self.variables, self.delayed
                 inner.run(logical_statements(read_text(path)))
@@ -483,4 +482,3 @@ def read_batch(text: str, path: Path) -> Script:
     return script
 
 
-__all__ = ["read_batch", "PureWindowsPath"]

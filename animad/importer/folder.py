@@ -24,7 +24,8 @@ from animad.config.problems import Problems
 from animad.errors import UserError
 from animad.fsutil import write_atomic
 from animad.importer.read import read_sources
-from animad.importer.translate import Translation, translate
+from animad.importer.records import Translation
+from animad.importer.translate import translate
 from animad.importer.words import has_unknown, shown
 from animad.importer.write import import_text, job_text
 from animad.intake.check import check_folder, inside_inbox

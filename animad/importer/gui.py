@@ -15,12 +15,16 @@ import re
 from pathlib import Path
 
 from animad.importer.flags import GUI_FIELD, OTHER_MODEL, SAME, SHADOWED
-from animad.importer.read import Flag, Listed, Sources, set_flag
+from animad.anima.facts import LORA_FILE_IDS
+from animad.importer.launch import _set_launch_flag, _split_options
+from animad.importer.prompts import line_to_prompt
+from animad.importer.sources import Flag, Listed, Sources, set_flag
 
 
+ANIMA_LORA = LORA_FILE_IDS["ss_network_module"]  # sd-scripts' Anima LoRA module
 # kohya_ss LoRA_type -> (network module, LyCORIS algo or None)
 KOHYA_TYPES = {
-    "standard": ("networks.lora_anima", None), "anima": ("networks.lora_anima", None),
+    "standard": (ANIMA_LORA, None), "anima": (ANIMA_LORA, None),
     "kohya lokr": ("networks.lokr", None), "kohya loha": ("networks.loha", None),
     "lycoris/lokr": ("lycoris.kohya", "lokr"), "lycoris/loha": ("lycoris.kohya", "loha"),
     "lycoris/locon": ("lycoris.kohya", "locon"), "locon": ("lycoris.kohya", "locon"),
@@ -131,13 +135,13 @@ def _network_args(parts: list[tuple[str, str, object]], path: Path, sources: Sou
 
 
 def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
-    from animad.importer.prompts import line_to_prompt
-
     name = path.name
     fields = dict(data)
     sources.gui["kind"] = "kohya_ss"
     for switch, model in MODEL_SWITCHES.items():
-        value = fields.pop(switch, None)
+        if switch not in fields:
+            continue
+        value = fields.pop(switch)
         if value is True:
             sources.problems.append(f"{name} {switch} = true: a kohya_ss preset for {model}; it was read as Anima's "
                                     "LoRA trainer's settings")
@@ -150,7 +154,7 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
         if module is None:
             sources.problems.append(f"{name} LoRA_type = {lora_type!r}: not a kohya_ss LoRA type animad knows; "
                                     "read as a LoRA")
-            module = "networks.lora_anima"
+            module = ANIMA_LORA
         set_flag(sources, "network_module", module, f"{name} LoRA_type = {lora_type!r}")
     lycoris = algo is not None or str(lora_type).lower() in ("kohya lokr", "kohya loha")
     parts = [("LoRA_type", "algo", algo)] if algo else []
@@ -202,8 +206,6 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
                 sources.listed.append(Listed(key, f"{name} {key} = ''", SAME, "empty"))
     extra = fields.pop("additional_parameters", None)
     if isinstance(extra, str) and extra.strip():
-        from animad.importer.launch import _set_launch_flag, _split_options
-
         words = _args_words(extra)
         for flag_name, values, text, used in _split_options(words, [[] for _ in words]):
             _set_launch_flag(sources, f"{name} additional_parameters", flag_name, values, text, used)
@@ -244,8 +246,6 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
 
 
 def _sd_trainer(data: dict, path: Path, sources: Sources) -> None:
-    from animad.importer.prompts import line_to_prompt
-
     name = path.name
     sources.gui["kind"] = "SD-Trainer"
     fields: dict = {}

@@ -14,17 +14,18 @@ import os
 from pathlib import Path
 
 from animad.importer.flags import SHADOWED
-from animad.importer.read import Flag, Listed, Locate, Sources, convert, load_toml, read_config_toml, read_text
+from animad.importer.batch import read_batch
+from animad.importer.flags import resolve_prefix
+from animad.importer.powershell import read_powershell
+from animad.importer.shell import read_shell
+from animad.importer.sources import (Flag, Listed, Locate, Sources, convert, load_toml, read_config_toml,
+                                     read_text)
 from animad.importer.words import Command, Script, has_unknown, shown
 
 
 
 def read_script(path: Path) -> Script:
     """The launch file's commands, whichever shell it is written for."""
-    from animad.importer.batch import read_batch
-    from animad.importer.powershell import read_powershell
-    from animad.importer.shell import read_shell
-
     text = read_text(path)
     suffix = path.suffix.lower()
     reader = read_batch if suffix in (".bat", ".cmd") else read_powershell if suffix == ".ps1" else read_shell
@@ -122,8 +123,6 @@ def _split_options(words: list[str], sources: list[list[str]]):
 
 def _set_launch_flag(sources: Sources, file: str, name: str | None, values: list[str], text: str,
                      used: list[str]) -> None:
-    from animad.importer.flags import resolve_prefix
-
     if name is None:
         sources.problems.append(f"{file}: '{shown(text)}' is not an option (sd-scripts would refuse it); it was "
                                 "ignored")
@@ -140,7 +139,7 @@ def _set_launch_flag(sources: Sources, file: str, name: str | None, values: list
                                     "(sd-scripts would refuse it); write the full name")
         return
     earlier = sources.flags.pop(full, None) or sources.unresolved.pop(full, None)
-    if earlier is not None:
+    if earlier is not None and not (not any(has_unknown(v) for v in values) and _same(earlier, full, values)):
         sources.listed.append(Listed(f"--{full}", earlier.origin, SHADOWED,
                                      f"given again later ({shown_text}); sd-scripts' argparse keeps the last"))
     if any(has_unknown(v) for v in values):
@@ -152,3 +151,11 @@ def _set_launch_flag(sources: Sources, file: str, name: str | None, values: list
         sources.problems.append(f"{origin}: {error}; it was not imported")
         return
     sources.flags[full] = Flag(full, value, origin)
+
+
+def _same(earlier: Flag, full: str, values: list[str]) -> bool:
+    """The same value given twice (a GUI's rule and its extra parameters): nothing is shadowed."""
+    try:
+        return earlier.value == convert(full, values)
+    except ValueError:
+        return False

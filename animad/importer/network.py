@@ -11,16 +11,19 @@ does, named as a problem.
 from __future__ import annotations
 
 from animad.importer.flags import NO_EQUIVALENT, SAME, SHADOWED, SUPERSEDED
-from animad.importer.read import Flag, Sources, key_values
+from animad.anima.facts import LORA_FILE_IDS
+from animad.importer.records import Unmapped
+from animad.importer.sources import Flag, Sources, key_values
 
 MAX_DIM = 1024  # network.dim's bound in config/job.py
+ANIMA_LORA = LORA_FILE_IDS["ss_network_module"]  # sd-scripts' Anima LoRA module
 # module -> (kind, why it is not exactly that kind, or None)
 MODULES = {
-    "networks.lora_anima": ("lora", None),
+    ANIMA_LORA: ("lora", None),
     "networks.lokr": ("lokr", None), "networks.loha": ("loha", None),
     "networks.lokr_anima": ("lokr", None), "networks.loha_anima": ("loha", None),
-    "networks.lora": ("lora", "networks.lora is sd-scripts' Stable Diffusion LoRA; Anima's is networks.lora_anima, "
-                              "the same kind"),
+    "networks.lora": ("lora", f"networks.lora is sd-scripts' Stable Diffusion LoRA; Anima's is {ANIMA_LORA}, the "
+                              "same kind"),
     "networks.lora_fa": ("lora", "LoRA-FA (a frozen down-projection) is not trained here; the closest is a LoRA "
                                  "with both sides trained"),
     "networks.dylora": ("lora", "DyLoRA (a LoRA trained at many ranks at once) is not trained here; the closest is "
@@ -68,7 +71,7 @@ ARG_REASONS = {
 
 def kind_of(module: Flag | None, args: dict, out) -> str:
     """network.type for the module (and its algo), with a problem where it is only the closest kind."""
-    name = str(module.value).strip() if module else "networks.lora_anima"
+    name = str(module.value).strip() if module else ANIMA_LORA
     if name == "lycoris.kohya":
         algo = str(args.get("algo", "lora")).strip().lower()
         kind, why = LYCORIS.get(algo, ("lora", f"LyCORIS' {algo} is not a kind animad knows; read as a LoRA"))
@@ -84,14 +87,15 @@ def kind_of(module: Flag | None, args: dict, out) -> str:
 
 
 def translate_network(take, sources: Sources, out, job_keys: set[str], comment_of, default_comment) -> None:
-    from animad.importer.translate import Unmapped
-
     module, args_flag = take("network_module"), take("network_args")
     args = key_values(args_flag.value, args_flag.origin, out.problems) if args_flag else {}
     kind = kind_of(module, args, out)
     if "network.type" in job_keys:
-        out.set("network.type", kind, comment_of(module) if module else
-                "sd-scripts' Anima LoRA (networks.lora_anima), without --network_module")
+        comment = comment_of(module) if module else f"sd-scripts' Anima LoRA ({ANIMA_LORA}), without " \
+                                                    "--network_module"
+        if "algo" in args:
+            comment += f"; {sources.arg_origins.get('network_args algo') or 'algo=' + str(args['algo'])}"
+        out.set("network.type", kind, comment)
 
     def arg_comment(key: str) -> str:
         return sources.arg_origins.get(f"network_args {key}") or f"{comment_of(args_flag)} ({key})"

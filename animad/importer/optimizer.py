@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from animad.importer.flags import NO_EQUIVALENT, SAME, SHADOWED
-from animad.importer.read import Flag, key_values
+from animad.importer.records import Unmapped
+from animad.importer.sources import key_values
 
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "bitsandbytes.optim.adamw8bit": "adamw8bit",
               "pagedadamw8bit": "adamw8bit", "prodigy": "prodigy", "prodigyopt.prodigy": "prodigy",
@@ -55,8 +56,6 @@ def closest(written: str) -> tuple[str, bool, str]:
 
 
 def translate_optimizer(take, out, comment_of, default_comment) -> None:
-    from animad.importer.translate import Unmapped
-
     type_flag, use_8bit, args_flag = take("optimizer_type"), take("use_8bit_adam"), take("optimizer_args")
     written = str(type_flag.value) if type_flag and type_flag.value else ""
     if written and use_8bit and use_8bit.value:
@@ -108,10 +107,10 @@ def translate_optimizer(take, out, comment_of, default_comment) -> None:
     if kind == "adafactor" and exact and given.get("relative_step", True):
         out.problems.append("sd-scripts' Adafactor sets its own learning rate unless --optimizer_args "
                             "relative_step=False; animad's Adafactor runs at optimizer.lr, so this run will differ")
-    _learning_rates(take, out, comment_of, default_comment, kind, keep_lr, Unmapped)
+    _learning_rates(take, out, comment_of, default_comment, keep_lr)
 
 
-def _learning_rates(take, out, comment_of, default_comment, kind: str, keep_lr: bool, Unmapped) -> None:
+def _learning_rates(take, out, comment_of, default_comment, keep_lr: bool) -> None:
     learning_rate, unet_lr, te_lr = take("learning_rate"), take("unet_lr"), take("text_encoder_lr")
     lr_flag = unet_lr or learning_rate
     if not keep_lr:
@@ -140,5 +139,3 @@ def _learning_rates(take, out, comment_of, default_comment, kind: str, keep_lr: 
         out.set("optimizer.text_encoder_lr", value, "sd-scripts trains the text encoder at --learning_rate when "
                 "only --unet_lr is given")
 
-
-__all__ = ["Flag"]

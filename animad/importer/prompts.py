@@ -8,7 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from animad.importer.read import Flag, Sources, read_text
+from animad.importer.sources import Flag, Sources, read_text
 
 # sd-scripts' option letters on a prompt line -> the key it stores (and how it types it)
 LINE_OPTIONS = [("w", "width", int), ("h", "height", int), ("d", "seed", int), ("s", "sample_steps", int),

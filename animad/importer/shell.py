@@ -3,9 +3,9 @@
 Launch scripts set variables and pass them on (`DIM=${2:-32}` ... `--network_dim="$DIM"`), do
 arithmetic (`--network_alpha=$((DIM / 2))`), build flags in arrays (`EXTRA=(--seed 42)` ...
 `"${EXTRA[@]}"`), choose with `if`/`case`, and write their dataset TOML with a heredoc. This module
-lexes the whole file (quotes may span lines; heredoc bodies are not commands), parses it into
-commands, and walks them with an environment, so each command's words come out as the shell would
-pass them. What the file cannot tell (an environment variable it never sets, `$1` without a
+lexes and parses the whole file (importer/shell_syntax.py: quotes may span lines; heredoc bodies
+are not commands) and walks the commands with an environment, so each command's words come out as
+the shell would pass them. What the file cannot tell (an environment variable it never sets, `$1` without a
 default, `$(some command)`) stays an unknown marker (importer/words.py).
 
 Where a choice depends on something unknown, the default path is taken: an `if` whose condition
@@ -16,510 +16,19 @@ listed by its number and the lexer starts again on the next line.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import fnmatch
 import os
 import re
 from pathlib import Path, PurePosixPath
 
-from animad.importer.words import Command, Script, has_unknown, unknown, unknowns
+from animad.importer.integers import evaluate
+from animad.importer.shell_syntax import (ASSIGN, NAME, AndOr, Case, For, Function, Group, If, Loop, Parser, Simple,
+                                          _skip_backtick, _skip_balanced, _skip_double, lex)
+from animad.importer.sources import read_text
+from animad.importer.words import Command, Script, has_unknown, unknown
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\+?)=")
-OPERATORS = ("&&", "||", ";;", "<<-", "<<", ">>", ">&", "<&", "&>", ";", "&", "|", "(", ")", ">", "<")
-RESERVED = {"if", "then", "elif", "else", "fi", "for", "in", "do", "done", "while", "until", "case", "esac",
-            "{", "}", "function", "!"}
 MAX_DEPTH = 20  # function calls and sourced files within each other
-
-
-class ShellError(Exception):
-    def __init__(self, line: int, message: str):
-        super().__init__(message)
-        self.line = line
-
-
-# ------------------------------------------------------------------ lexing
-
-@dataclasses.dataclass
-class Token:
-    kind: str  # "word", "op", "nl"
-    text: str
-    line: int
-    heredoc: dict | None = None  # for << and <<-: {"delimiter", "quoted", "body"} (the body filled at the newline)
-
-
-def _skip_balanced(text: str, i: int, line: int, opening: str, closing: str) -> int:
-    """Index just past the `closing` that matches the `opening` at text[i-1], skipping quotes inside."""
-    depth = 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "'":
-            end = text.find("'", i + 1)
-            if end < 0:
-                raise ShellError(line, "a ' quote is not closed")
-            i = end + 1
-            continue
-        if c == '"':
-            i = _skip_double(text, i + 1, line)
-            continue
-        if c == "`":
-            i = _skip_backtick(text, i + 1, line)
-            continue
-        if c == opening:
-            depth += 1
-        elif c == closing:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ShellError(line, f"a '{opening}' is not closed")
-
-
-def _skip_double(text: str, i: int, line: int) -> int:
-    """Index just past the closing " of a double-quoted string whose content starts at i."""
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-        elif c == '"':
-            return i + 1
-        elif c == "$" and text[i + 1:i + 2] in ("(", "{"):
-            i = _skip_balanced(text, i + 2, line, text[i + 1], ")" if text[i + 1] == "(" else "}")
-        elif c == "`":
-            i = _skip_backtick(text, i + 1, line)
-        else:
-            i += 1
-    raise ShellError(line, 'a " quote is not closed')
-
-
-def _skip_backtick(text: str, i: int, line: int) -> int:
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == "`":
-            return i + 1
-        else:
-            i += 1
-    raise ShellError(line, "a ` quote is not closed")
-
-
-def _read_word(text: str, i: int, line: int) -> int:
-    """Index just past the word starting at i (quotes, $(..), ${..}, `..` and NAME=( ... ) kept whole)."""
-    start = i
-    while i < len(text):
-        c = text[i]
-        if c in " \t\n" or c in ";&|<>":
-            break
-        if c in "()":
-            # NAME=( ... ) is an array assignment, part of the word; any other paren ends it.
-            if c == "(" and ASSIGN.match(text[start:i]) and text[start:i].endswith("="):
-                i = _skip_balanced(text, i + 1, line, "(", ")")
-                continue
-            break
-        if c == "\\":
-            i += 2
-        elif c == "'":
-            end = text.find("'", i + 1)
-            if end < 0:
-                raise ShellError(line, "a ' quote is not closed")
-            i = end + 1
-        elif c == '"':
-            i = _skip_double(text, i + 1, line)
-        elif c == "`":
-            i = _skip_backtick(text, i + 1, line)
-        elif c == "$" and text[i + 1:i + 2] in ("(", "{"):
-            i = _skip_balanced(text, i + 2, line, text[i + 1], ")" if text[i + 1] == "(" else "}")
-        else:
-            i += 1
-    return i
-
-
-def lex(text: str, unreadable: list[str]) -> list[Token]:
-    """Tokens of the whole script. An unreadable line (an unclosed quote) is listed and skipped."""
-    tokens: list[Token] = []
-    pending: list[Token] = []  # here-documents whose body starts after the next newline
-    i, line = 0, 1
-    while i < len(text):
-        c = text[i]
-        try:
-            if c in " \t":
-                i += 1
-            elif c == "\\" and text[i + 1:i + 2] == "\n":
-                i, line = i + 2, line + 1
-            elif c == "#":
-                while i < len(text) and text[i] != "\n":
-                    i += 1
-            elif c == "\n":
-                tokens.append(Token("nl", "\n", line))
-                i, line = i + 1, line + 1
-                for doc in pending:
-                    i, line = _read_heredoc(text, i, line, doc.heredoc)
-                pending = []
-            else:
-                op = next((o for o in OPERATORS if text.startswith(o, i)), None)
-                if op is not None:
-                    tokens.append(Token("op", op, line))
-                    i += len(op)
-                    if op in ("<<", "<<-"):
-                        while i < len(text) and text[i] in " \t":
-                            i += 1
-                        end = _read_word(text, i, line)
-                        raw = text[i:end]
-                        tokens[-1].heredoc = {"delimiter": re.sub(r"[\"'\\]", "", raw), "quoted": bool(
-                            re.search(r"[\"'\\]", raw)), "strip_tabs": op == "<<-", "body": "", "line": line}
-                        pending.append(tokens[-1])
-                        i = end
-                    continue
-                end = _read_word(text, i, line)
-                word = text[i:end]
-                tokens.append(Token("word", word, line))
-                line += word.count("\n")
-                i = end
-                # a file descriptor before a redirection (2>&1, 2> log) belongs to the operator
-                if word.isdigit() and text[i:i + 1] in "<>" and text[i:i + 1]:
-                    tokens.pop()
-        except ShellError as error:
-            # Drop what the broken line started and go on after it: the rest of the file still counts.
-            unreadable.append(f"line {error.line}: {error}; the line was not read")
-            while tokens and tokens[-1].kind != "nl":
-                tokens.pop()
-            pending = [doc for doc in pending if doc in tokens]
-            i, line = _line_end(text, error.line), error.line
-    tokens.append(Token("nl", "\n", line))
-    return tokens
-
-
-def _line_end(text: str, line: int) -> int:
-    """Index of the newline that ends `line` (1-based), or the end of the text."""
-    index = -1
-    for _ in range(line):
-        index = text.find("\n", index + 1)
-        if index < 0:
-            return len(text)
-    return index
-
-
-def _read_heredoc(text: str, i: int, line: int, doc: dict) -> tuple[int, int]:
-    body = []
-    while i < len(text):
-        end = text.find("\n", i)
-        end = len(text) if end < 0 else end
-        raw = text[i:end]
-        i, line = end + 1, line + 1
-        check = raw.lstrip("\t") if doc["strip_tabs"] else raw
-        if check == doc["delimiter"]:
-            doc["body"] = "".join(body)
-            return i, line
-        body.append(check + "\n")
-    doc["body"] = "".join(body)  # bash reads to the end of the file, with a warning
-    return min(i, len(text)), line
-
-
-# ------------------------------------------------------------------ parsing
-
-@dataclasses.dataclass
-class Simple:
-    words: list[str]  # raw words (assignments before the command name included)
-    redirects: list[tuple[str, str, dict | None]]  # (operator, raw target, heredoc)
-    line: int
-
-
-@dataclasses.dataclass
-class AndOr:
-    parts: list[tuple[str, object]]  # ("", first), ("&&", next), ("||", next)
-    line: int
-
-
-@dataclasses.dataclass
-class If:
-    clauses: list[tuple[list, list, int]]  # (condition, body, line)
-    otherwise: list | None
-    line: int
-    end: int
-
-
-@dataclasses.dataclass
-class For:
-    name: str
-    items: list[str] | None
-    body: list
-    line: int
-    end: int
-
-
-@dataclasses.dataclass
-class Loop:
-    kind: str
-    condition: list
-    body: list
-    line: int
-    end: int
-
-
-@dataclasses.dataclass
-class Case:
-    word: str
-    items: list[tuple[list[str], list]]
-    line: int
-    end: int
-
-
-@dataclasses.dataclass
-class Group:
-    body: list
-    line: int
-
-
-@dataclasses.dataclass
-class Function:
-    name: str
-    body: list
-    line: int
-
-
-class Parser:
-    def __init__(self, tokens: list[Token], unreadable: list[str]):
-        self.tokens, self.i, self.unreadable = tokens, 0, unreadable
-
-    def peek(self) -> Token:
-        return self.tokens[self.i] if self.i < len(self.tokens) else Token("nl", "\n", self.last_line())
-
-    def last_line(self) -> int:
-        return self.tokens[-1].line if self.tokens else 1
-
-    def take(self) -> Token:
-        token = self.peek()
-        self.i += 1
-        return token
-
-    def is_word(self, *texts: str) -> bool:
-        token = self.peek()
-        return token.kind == "word" and token.text in texts
-
-    def expect_word(self, text: str) -> Token:
-        token = self.take()
-        if token.kind != "word" or token.text != text:
-            raise ShellError(token.line, f"'{text}' expected, found {token.text.strip() or 'the end of the line'!r}")
-        return token
-
-    def skip_newlines(self) -> None:
-        while self.i < len(self.tokens) and (self.peek().kind == "nl" or (
-                self.peek().kind == "op" and self.peek().text == ";")):
-            self.take()
-
-    def program(self) -> list:
-        nodes = []
-        while self.i < len(self.tokens):
-            start = self.i
-            try:
-                self.skip_newlines()
-                if self.i >= len(self.tokens):
-                    break
-                nodes.append(self.and_or())
-                self.separator()
-            except ShellError as error:
-                self.unreadable.append(f"line {error.line}: {error}; the line was not read")
-                self.i = max(self.i, start + 1)
-                while self.i < len(self.tokens) and self.tokens[self.i].kind != "nl":
-                    self.i += 1
-        return nodes
-
-    def separator(self) -> None:
-        token = self.peek()
-        if token.kind == "nl" or (token.kind == "op" and token.text in (";", "&")):
-            self.take()
-        elif not (token.kind == "op" and token.text in (")", ";;")) and not self.is_word(
-                "then", "fi", "else", "elif", "do", "done", "esac", "}"):
-            raise ShellError(token.line, f"unexpected {token.text!r}")
-
-    def body(self, *ends: str) -> list:
-        """Commands up to one of the reserved words in `ends` (not consumed)."""
-        nodes = []
-        while True:
-            self.skip_newlines()
-            token = self.peek()
-            if self.i >= len(self.tokens):
-                raise ShellError(token.line, f"'{ends[0]}' expected before the end of the file")
-            if token.kind == "word" and token.text in ends:
-                return nodes
-            if token.kind == "op" and token.text in (")", ";;") and (")" in ends or ";;" in ends):
-                return nodes
-            nodes.append(self.and_or())
-            self.separator()
-
-    def and_or(self):
-        line = self.peek().line
-        parts = [("", self.pipeline())]
-        while self.peek().kind == "op" and self.peek().text in ("&&", "||"):
-            op = self.take().text
-            while self.i < len(self.tokens) and self.peek().kind == "nl":
-                self.take()
-            parts.append((op, self.pipeline()))
-        return parts[0][1] if len(parts) == 1 else AndOr(parts, line)
-
-    def pipeline(self):
-        if self.is_word("!"):
-            self.take()
-        node = self.command()
-        commands = [node]
-        while self.peek().kind == "op" and self.peek().text == "|":
-            self.take()
-            while self.i < len(self.tokens) and self.peek().kind == "nl":
-                self.take()
-            commands.append(self.command())
-        return commands[0] if len(commands) == 1 else Group(commands, commands[0].line if hasattr(
-            commands[0], "line") else 0)
-
-    def command(self):
-        token = self.peek()
-        if token.kind == "word":
-            if token.text == "if":
-                return self.redirected(self.if_clause())
-            if token.text in ("for", "select"):
-                return self.redirected(self.for_clause())
-            if token.text in ("while", "until"):
-                return self.redirected(self.loop_clause())
-            if token.text == "case":
-                return self.redirected(self.case_clause())
-            if token.text == "{":
-                self.take()
-                body = self.body("}")
-                self.expect_word("}")
-                return self.redirected(Group(body, token.line))
-            if token.text == "function":
-                self.take()
-                name = self.take().text
-                if self.peek().kind == "op" and self.peek().text == "(":
-                    self.take()
-                    self.take()
-                return self.function(name, token.line)
-            nxt = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else None
-            if NAME.fullmatch(token.text) and nxt and nxt.kind == "op" and nxt.text == "(":
-                after = self.tokens[self.i + 2] if self.i + 2 < len(self.tokens) else None
-                if after and after.kind == "op" and after.text == ")":
-                    self.i += 3
-                    return self.function(token.text, token.line)
-        if token.kind == "op" and token.text == "(":
-            self.take()
-            body = self.body(")")
-            closing = self.take()
-            if closing.text != ")":
-                raise ShellError(closing.line, "')' expected")
-            return self.redirected(Group(body, token.line))
-        return self.simple()
-
-    def function(self, name: str, line: int) -> Function:
-        while self.i < len(self.tokens) and self.peek().kind == "nl":
-            self.take()
-        node = self.command()
-        return Function(name, node.body if isinstance(node, Group) else [node], line)
-
-    def redirected(self, node):
-        while self.peek().kind == "op" and self.peek().text in ("<", ">", ">>", "<<", "<<-", ">&", "<&", "&>"):
-            self.take()
-            if self.peek().kind == "word":
-                self.take()
-        return node
-
-    def simple(self) -> Simple:
-        words, redirects, line = [], [], self.peek().line
-        while True:
-            token = self.peek()
-            if token.kind == "word" and not (words == [] and token.text in RESERVED - {"!", "{", "}", "in"}):
-                words.append(self.take().text)
-            elif token.kind == "op" and token.text in ("<", ">", ">>", "<<", "<<-", ">&", "<&", "&>"):
-                op = self.take()
-                target = self.take() if self.peek().kind == "word" else Token("word", "", op.line)
-                redirects.append((op.text, target.text, op.heredoc))
-            else:
-                break
-        if not words and not redirects:
-            raise ShellError(line, f"unexpected {self.peek().text.strip() or 'end of line'!r}")
-        return Simple(words, redirects, line)
-
-    def if_clause(self) -> If:
-        line = self.take().line
-        clauses, otherwise = [], None
-        condition = self.body("then")
-        self.expect_word("then")
-        clauses.append((condition, self.body("elif", "else", "fi"), line))
-        while self.is_word("elif"):
-            clause_line = self.take().line
-            condition = self.body("then")
-            self.expect_word("then")
-            clauses.append((condition, self.body("elif", "else", "fi"), clause_line))
-        if self.is_word("else"):
-            self.take()
-            otherwise = self.body("fi")
-        end = self.expect_word("fi").line
-        return If(clauses, otherwise, line, end)
-
-    def for_clause(self) -> For:
-        line = self.take().line
-        if self.peek().kind == "op" and self.peek().text == "(":  # for (( ... )): arithmetic loop
-            raise ShellError(line, "an arithmetic for loop cannot be read without running it")
-        name = self.take().text
-        items = None
-        while self.i < len(self.tokens) and self.peek().kind == "nl":
-            self.take()
-        if self.is_word("in"):
-            self.take()
-            items = []
-            while self.peek().kind == "word":
-                items.append(self.take().text)
-        self.skip_newlines()
-        self.expect_word("do")
-        body = self.body("done")
-        end = self.expect_word("done").line
-        return For(name, items, body, line, end)
-
-    def loop_clause(self) -> Loop:
-        token = self.take()
-        condition = self.body("do")
-        self.expect_word("do")
-        body = self.body("done")
-        end = self.expect_word("done").line
-        return Loop(token.text, condition, body, token.line, end)
-
-    def case_clause(self) -> Case:
-        line = self.take().line
-        word = self.take().text
-        while self.i < len(self.tokens) and self.peek().kind == "nl":
-            self.take()
-        self.expect_word("in")
-        items = []
-        while True:
-            self.skip_newlines_only()
-            if self.is_word("esac"):
-                break
-            if self.peek().kind == "op" and self.peek().text == "(":
-                self.take()
-            patterns = []
-            while True:
-                token = self.take()
-                if token.kind != "word":
-                    raise ShellError(token.line, "a case pattern expected")
-                patterns.append(token.text)
-                nxt = self.take()
-                if nxt.kind == "op" and nxt.text == ")":
-                    break
-                if not (nxt.kind == "op" and nxt.text == "|"):
-                    raise ShellError(nxt.line, "')' expected after a case pattern")
-            body = self.body("esac", ";;")
-            items.append((patterns, body))
-            if self.peek().kind == "op" and self.peek().text == ";;":
-                self.take()
-        end = self.expect_word("esac").line
-        return Case(word, items, line, end)
-
-    def skip_newlines_only(self) -> None:
-        while self.i < len(self.tokens) and self.peek().kind == "nl":
-            self.take()
-
 
 # ------------------------------------------------------------------ running (without running anything)
 
@@ -536,6 +45,8 @@ class Reader:
         self.folder = str(path.parent)
         self.depth = 0
         self.sources: list[str] = []  # variables expanded into the word being built
+        self.assigned: set[str] = set()  # every name the file assigns anywhere (see variable())
+        self.lines: list[str] = []  # the file's lines, to name the flags of a branch not read
 
     # ---- words
 
@@ -651,6 +162,8 @@ class Reader:
         return "$", i + 1
 
     def variable(self, name: str, env: Env, written: str):
+        if name not in env.variables and name in self.assigned:
+            return ""  # set only on a path not taken (an if branch): unset on the default path
         if name in env.variables:
             self.sources.append(written)
             value = env.variables[name]
@@ -731,6 +244,8 @@ class Reader:
         if not operator:
             if rest:
                 return unknown(written)
+            if value is None and name in self.assigned:
+                return ""  # set only on a path not taken
             return value if value is not None else unknown(written)
         op, word = operator.group(0), rest[operator.end():]
         empty = value is None or (op.startswith(":") and value == "")
@@ -775,7 +290,7 @@ class Reader:
 
         try:
             text = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|\d+)\}?|\b([A-Za-z_][A-Za-z0-9_]*)\b", value_of, text)
-            return str(_integer(ast.parse(text.strip(), mode="eval").body))
+            return str(evaluate(text))
         except (ValueError, SyntaxError, ZeroDivisionError, TypeError, RecursionError):
             return unknown(written)
 
@@ -877,15 +392,24 @@ class Reader:
                 return True
             if verdict is None:
                 # Undecidable from the file: the default path (else, or nothing) is taken.
+                flags = self.flags_in(line, node.end)
                 self.script.notes.append(f"line {line}: `if {self.condition_text(condition)}` depends on a value "
-                                         f"not known here; its branch (lines {line}-{node.end}) was not read")
+                                         f"not known here; its branch (lines {line}-{node.end}"
+                                         f"{': ' + ' '.join(flags) if flags else ''}) was not read")
         if node.otherwise is not None:
             self.run(node.otherwise, env)
         return True
 
     def note_untaken(self, node: If, skip: int, why: str) -> None:
         if node.otherwise is not None or len(node.clauses) > 1:
-            self.script.notes.append(f"lines {node.line}-{node.end}: the if's other branches were not read ({why})")
+            flags = self.flags_in(node.line, node.end)
+            self.script.notes.append(f"lines {node.line}-{node.end}: the if's other branches were not read ({why})"
+                                     + (f"; flags in the whole if: {' '.join(flags)}" if flags else ""))
+
+    def flags_in(self, first: int, last: int) -> list[str]:
+        """The --flags written on lines first..last, so a branch not read still names them."""
+        text = "\n".join(self.lines[first - 1:last])
+        return list(dict.fromkeys(re.findall(r"--[A-Za-z_][A-Za-z0-9_]*", text)))
 
     def condition_text(self, condition: list) -> str:
         first = condition[0] if condition else None
@@ -896,12 +420,14 @@ class Reader:
     def case_node(self, node: Case, env: Env) -> bool:
         words = self.expand(node.word, env, split=False)
         word = words[0] if words else ""
+        flags = self.flags_in(node.line, node.end)
+        named = f"; flags in the whole case: {' '.join(flags)}" if flags else ""
         for patterns, body in node.items:
             expanded = ["".join(self.expand(p, env, split=False)) for p in patterns]
             if has_unknown(word):
                 if "*" in expanded:
                     self.script.notes.append(f"lines {node.line}-{node.end}: case on a value not known here; its "
-                                             "default branch *) was read")
+                                             f"default branch *) was read{named}")
                     self.run(body, env)
                     return True
                 continue
@@ -1044,8 +570,6 @@ class Reader:
             self.script.notes.append(f"line {line}: sources {target or 'a file'}, which was not found here; its "
                                      "settings are not known")
             return None
-        from animad.importer.read import read_text  # the one reader of users' text files
-
         self.depth += 1
         try:
             unreadable: list[str] = []
@@ -1095,31 +619,6 @@ def _glob_regex(pattern: str) -> str:
     return fnmatch.translate(pattern).removesuffix("\\Z").removeprefix("(?s:").removesuffix(")")
 
 
-def _integer(node) -> int:
-    """A small integer expression (+ - * / % ** and parentheses), with C's truncating division."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _integer(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp):
-        left, right = _integer(node.left), _integer(node.right)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.Mult):
-            return left * right
-        if isinstance(node.op, (ast.Div, ast.FloorDiv)):
-            quotient = abs(left) // abs(right)
-            return quotient if (left >= 0) == (right >= 0) else -quotient
-        if isinstance(node.op, ast.Mod):
-            return left - right * (abs(left) // abs(right) * (1 if (left >= 0) == (right >= 0) else -1))
-        if isinstance(node.op, ast.Pow) and 0 <= right <= 64:
-            return left ** right
-    raise ValueError("not an integer expression")
-
-
 def _evaluate_test(words: list[str]) -> bool | None:
     """[ ... ] / [[ ... ]] on known values; file tests and anything with an unknown value: None."""
     if any(w in ("&&", "||", "-a", "-o") for w in words):
@@ -1160,6 +659,32 @@ def _evaluate_test(words: list[str]) -> bool | None:
     return None
 
 
+def _assigned_names(nodes) -> set[str]:
+    names: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, Simple):
+            words = node.words[1:] if node.words[:1] and node.words[0] in ("export", "declare", "local", "readonly",
+                                                                          "typeset") else node.words
+            for word in words:
+                match = ASSIGN.match(word)
+                if match:
+                    names.add(match.group(1))
+                elif not word.startswith("-"):
+                    break
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif dataclasses.is_dataclass(node):
+            for field in dataclasses.fields(node):
+                walk(getattr(node, field.name))
+            if isinstance(node, For):
+                names.add(node.name)
+
+    walk(nodes)
+    return names
+
+
 def read_shell(text: str, path: Path) -> Script:
     """The script's commands, files and what could not be read; see the module's docstring."""
     script = Script()
@@ -1167,9 +692,11 @@ def read_shell(text: str, path: Path) -> Script:
     nodes = Parser(tokens, script.unreadable).program()
     home = os.path.expanduser("~")
     reader = Reader(Path(path).resolve(), script, home if home != "~" else None)
+    reader.assigned = _assigned_names(nodes)
+    reader.lines = text.split("\n")
     reader.run(nodes, Env({}, None, {}))
     script.notes = list(dict.fromkeys(script.notes))
     return script
 
 
-__all__ = ["read_shell", "unknowns"]
+__all__ = ["read_shell"]

@@ -10,7 +10,6 @@ not mapped gets its reason (importer/flags.py) for IMPORT.txt; none is dropped s
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import PureWindowsPath
 from typing import Any
 
@@ -18,8 +17,10 @@ from animad.config.aliases import ALIASES
 from animad.importer.flags import NO_EFFECT, READ, SAME, SHADOWED, SUPERSEDED, reason_unmapped
 from animad.importer.network import translate_network
 from animad.importer.optimizer import translate_optimizer
-from animad.importer.read import DatasetSubset, Flag, Sources, int_or_float
-from animad.importer.words import has_unknown, shown
+from animad.importer.records import (SD_DEFAULT, SubsetPlan, Translation, Unmapped, comment_of,
+                                     default_comment)
+from animad.importer.sources import DatasetSubset, Flag, Sources, int_or_float
+from animad.importer.words import shown
 
 # sd-scripts' defaults for the dataset settings (train_util's argparse defaults, which config_util
 # falls back to) that a faithful job.yaml must state.
@@ -44,59 +45,6 @@ SUBSET_LEVEL = _data_keys("keep_tokens shuffle_caption caption_tag_dropout_rate 
 SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine",
               "cosine_with_restarts": "cosine_with_restarts", "linear": "linear"}
 PRECISIONS = {"no": "fp32", "float": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
-SD_DEFAULT = "sd-scripts' default"
-
-
-@dataclasses.dataclass
-class Entry:
-    key: tuple[str, ...]  # ("network", "dim"), ("data", "subsets", "MayRedBikini", "repeats")
-    value: Any
-    comment: str  # the flag it came from, or why sd-scripts' default is written
-
-
-@dataclasses.dataclass
-class Unmapped:
-    flag: str  # "--min_snr_gamma", "--network_args module_x", "[[datasets.subsets]] is_reg"
-    origin: str
-    kind: str  # NO_EFFECT, NO_EQUIVALENT, SUPERSEDED, SAME, or "not an sd-scripts option"
-    reason: str
-
-
-@dataclasses.dataclass
-class SubsetPlan:
-    folder: str  # the subfolder of the dataset folder
-    image_dir: str  # as the file wrote it
-    origin: str
-
-
-@dataclasses.dataclass
-class Translation:
-    entries: list[Entry] = dataclasses.field(default_factory=list)
-    unmapped: list[Unmapped] = dataclasses.field(default_factory=list)
-    subsets: list[SubsetPlan] = dataclasses.field(default_factory=list)
-    models: dict[str, Flag] = dataclasses.field(default_factory=dict)  # dit/text_encoder/vae as written
-    problems: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    unresolved: set[str] = dataclasses.field(default_factory=set)  # flags given with a value not known here
-
-    def set(self, key: str | tuple, value, comment: str, default_for: str | None = None) -> None:
-        """One job.yaml line. default_for: the flag whose absence this sd-scripts default stands for; it is
-        not written when that flag was given with a value the file does not tell (animad's default stays)."""
-        if default_for is not None and default_for in self.unresolved:
-            return
-        if has_unknown(value) or (isinstance(value, list) and any(has_unknown(v) for v in value)):
-            self.problems.append(f"{shown(comment)}: its value is not known here; not imported")
-            return
-        self.entries.append(Entry(tuple(key.split(".")) if isinstance(key, str) else key, value, comment))
-
-
-def comment_of(flag: Flag) -> str:
-    """The comment for a line: the file and the flag as written, shortened for long values."""
-    return flag.origin if len(flag.origin) <= 90 else flag.origin[:87] + "..."
-
-
-def default_comment(name: str) -> str:
-    return f"{SD_DEFAULT} (--{name} not given)"
 
 
 def translate(sources: Sources, job_keys: set[str]) -> Translation:
@@ -139,7 +87,7 @@ def translate(sources: Sources, job_keys: set[str]) -> Translation:
                                      "(animad.yaml gpus:)"))
     _previews(sources, out, used)
     if training and not sources.subsets and not unread:
-        out.notes.append("no dataset config was read: the data settings are the launch file's and sd-scripts' "
+        out.notes.append("no dataset config was read: the data settings are the files' flags and sd-scripts' "
                          "defaults; put the images in the job folder (or give the dataset TOML too)")
     return out
 

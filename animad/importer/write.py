@@ -7,7 +7,7 @@ import math
 import re
 
 from animad.importer.flags import GUI_FIELD, NO_EFFECT, NO_EQUIVALENT, OTHER_MODEL, READ, SAME, SHADOWED, SUPERSEDED
-from animad.importer.translate import Entry, Translation
+from animad.importer.records import Entry, Translation
 
 KIND_ORDER = (NO_EFFECT, NO_EQUIVALENT, SHADOWED, SUPERSEDED, READ, "not an sd-scripts option", GUI_FIELD,
               OTHER_MODEL, SAME)
