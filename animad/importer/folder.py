@@ -256,8 +256,9 @@ def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, pro
     for name in daemon.config.models:
         have = daemon.model_set(name) or {}
         if all(have.get(k) and Path(have[k]).expanduser() == p for k, p in wanted.items()):
-            translation.set("base_model", name, f"animad.yaml's model set '{name}' has the launch file's model files")
-            return [f"animad.yaml's model set '{name}' holds the same files; job.yaml names it"]
+            translation.set("base_model", name, f"animad.yaml's model set '{name}' has the same model files")
+            return [f"animad.yaml's model set '{name}' holds the same files; job.yaml names it:"] + [
+                f"  {key}: {path} (from {models[key].origin})" for key, path in wanted.items()]
     dit = str(models["dit"].value) if "dit" in models else "imported"
     stem = PureWindowsPath(dit).stem if "\\" in dit else Path(dit).stem
     set_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "imported"
@@ -276,6 +277,7 @@ def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, pro
         lines = [f"job.yaml names the model set '{set_name}'. Add it to animad.yaml under models: (then every job",
                  "that uses these files can name it):", "", "models:", f"  {set_name}:"]
         lines += [f"    {key}: {path}" for key, path in wanted.items()]
+        lines += ["", "(from " + "; ".join(models[key].origin for key in wanted) + ")"]
         return lines
     else:
         chosen, why = _own_set(daemon, wanted)
@@ -293,7 +295,7 @@ def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, pro
     lines.append(f"job.yaml names {why}. The files the launch file named, and what is used instead:")
     for key, path in wanted.items():
         state = "here" if path.is_file() else "NOT HERE"
-        lines.append(f"  {key}: {path} ({state}) -> {have.get(key)}")
+        lines.append(f"  {key}: {path} ({state}) -> {have.get(key)}; from {models[key].origin}")
     return lines
 
 
