@@ -101,3 +101,23 @@ def test_model_files_not_here_use_the_users_set_with_the_same_file_names(tmp_pat
     assert job["base_model"] == "mine"
     assert all("your model set 'mine', whose files have the same names" in p for p in result.problems
                if "model file not found here" in p)
+
+
+def test_a_failure_of_the_importer_on_one_file_is_a_problem_not_a_traceback(tmp_path, daemon_config, monkeypatch,
+                                                                             capsys):
+    # Fault injection: the GUI reader breaks on the preset. The launch file beside it still imports.
+    import animad.importer.read as read
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(read, "read_gui_preset", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    files = [CASES / "kohya-json-lokr" / "anima_lokr_kohya.json", CASES / "sh-heredoc-dataset" / "run_training.sh"]
+    code = main(["--config", str(daemon_config), "import", *map(str, files)])
+    printed = capsys.readouterr()
+    assert code == 1 and "Traceback" not in printed.out + printed.err
+    assert "animad import failed on it (RuntimeError: simulated bug)" in (out / "IMPORT.txt").read_text()
+    assert yaml.safe_load((out / "job.yaml").read_text())["name"] == "hatsune_miku"

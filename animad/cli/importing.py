@@ -45,6 +45,6 @@ def cmd_import(args) -> int:
 
 
 VERBS = [
-    Verb("import", "turn sd-scripts files (dataset TOML, config TOML, .bat/.sh/.ps1) into a job folder",
+    Verb("import", "turn sd-scripts files (dataset TOML, config TOML, GUI preset, .bat/.sh/.ps1) into a job folder",
          import_arguments, cmd_import),
 ]

@@ -41,28 +41,9 @@ def read_sources(files: list[Path], locate: Locate = _as_written) -> Sources:
                         "one job. Import each into its own folder (--to inbox/NAME), and chain them with "
                         "network.init_from (IMPORT.txt says how)")
     for path in (f for f in files if f not in launches):
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            read_gui_preset(_load_json(path, sources), path, sources)
-            continue
-        if suffix != ".toml":
-            sources.problems.append(f"{path.name}: not a .toml, .json, .bat, .cmd, .sh or .ps1 file, so it was not "
-                                    "read; give sd-scripts' dataset TOML, its --config_file TOML, a GUI preset or its "
-                                    "launch file")
-            continue
-        data = load_toml(read_text(path), path.name, sources)
-        if "datasets" in data or "general" in data:
-            if sources.dataset_file is not None:
-                sources.problems.append(f"{path.name}: a second dataset TOML (the first, {sources.dataset_file.name}, "
-                                        "was used); one job trains one dataset config: import the other on its own")
-                continue
-            read_dataset_toml(data, path, sources)
-        elif is_gui_preset(data):
-            read_gui_preset(data, path, sources)
-        else:
-            read_config_toml(data, path, sources)
+        _guarded(path, sources, lambda path=path: _read_other(path, sources))
     if launches:
-        read_launch_file(launches[0], sources, locate)
+        _guarded(launches[0], sources, lambda: read_launch_file(launches[0], sources, locate))
     # Paths inside the files are taken from the launch file's folder (sd-scripts' usual working folder),
     # else from the folder of the first file given.
     base = launches[0].parent if launches else (files[0].parent if files else Path.cwd())
@@ -77,6 +58,42 @@ def read_sources(files: list[Path], locate: Locate = _as_written) -> Sources:
     if prompts and not sources.prompts:  # a GUI preset may hold the prompts themselves
         read_prompts(prompts, locate(str(prompts.value), base), sources)
     return sources
+
+
+def _guarded(path: Path, sources: Sources, read) -> None:
+    """Read one file; a failure of the importer itself on it becomes a problem, never a traceback
+    (the other files are still read and job.yaml is still written)."""
+    try:
+        read()
+    except (UserError, RecursionError, MemoryError) as error:
+        sources.problems.append(f"{path.name}: could not be read ({error}); nothing from it was imported")
+    except Exception as error:  # noqa: BLE001 - a bug of ours must not cost the user the rest of the import
+        sources.problems.append(f"{path.name}: animad import failed on it ({type(error).__name__}: {error}); "
+                                "nothing from it was imported. This is a bug in animad import: please report it "
+                                "with the file")
+
+
+def _read_other(path: Path, sources: Sources) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        read_gui_preset(_load_json(path, sources), path, sources)
+        return
+    if suffix != ".toml":
+        sources.problems.append(f"{path.name}: not a .toml, .json, .bat, .cmd, .sh or .ps1 file, so it was not "
+                                "read; give sd-scripts' dataset TOML, its --config_file TOML, a GUI preset or its "
+                                "launch file")
+        return
+    data = load_toml(read_text(path), path.name, sources)
+    if "datasets" in data or "general" in data:
+        if sources.dataset_file is not None:
+            sources.problems.append(f"{path.name}: a second dataset TOML (the first, {sources.dataset_file.name}, "
+                                    "was used); one job trains one dataset config: import the other on its own")
+            return
+        read_dataset_toml(data, path, sources)
+    elif is_gui_preset(data):
+        read_gui_preset(data, path, sources)
+    else:
+        read_config_toml(data, path, sources)
 
 
 def _dataset_config(sources: Sources, base: Path, locate: Locate) -> None:
