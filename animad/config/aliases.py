@@ -50,7 +50,10 @@ _TABLE: dict[str, tuple[str | None, str]] = {
     "network_train_unet_only": ("network.train_text_encoder", "inverted: sd-scripts trains a text-encoder LoRA "
                                 "unless this flag is given; here train_text_encoder is off unless set true"),
     "scale_weight_norms": ("network.scale_weight_norms", "the same max-norm regularisation of each LoRA module"),
-    "network_module": (None, "animad trains its own Anima LoRA (sd-scripts' key format); there is nothing to set"),
+    "network_module": ("network.type", "lora, lokr or loha: sd-scripts' Anima LoRA is lora; networks.lokr, "
+                       "networks.loha and LyCORIS' algo=lokr|loha are lokr and loha"),
+    "network_args": ("network", "each key=value is its own key of network here (factor, rank_dropout, "
+                     "module_dropout, train_llm_adapter)"),
     # optimizer
     "learning_rate": ("optimizer.lr", "sd-scripts' default is 2e-6; here null means 1.0 for Prodigy, 1e-4 otherwise"),
     "unet_lr": ("optimizer.lr", "the DiT's learning rate; here optimizer.lr is the DiT's"),

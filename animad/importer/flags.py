@@ -109,7 +109,7 @@ _UNMAPPED_GROUPS: list[tuple[str, str, str]] = [
     (SUPERSEDED, "more than one GPU is animad.yaml's gpus: (data parallel)",
      "deepspeed zero_stage offload_optimizer_device offload_optimizer_nvme_path offload_param_device "
      "offload_param_nvme_path zero3_init_flag zero3_save_16bit_model fp16_master_weights_and_gradients"),
-    (SUPERSEDED, "animad trains its own Anima LoRA, in sd-scripts' key format", "network_module"),
+    (SUPERSEDED, "the network kind is network.type here (lora, lokr or loha)", "network_module"),
     (SUPERSEDED, "the previews of the review package replace sample images (previews.prompts adds prompts)",
      "sample_every_n_epochs sample_every_n_steps sample_at_first sample_sampler"),
     (READ, "its prompts are previews.prompts", "sample_prompts"),
