@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,30 +12,7 @@ from animad.demo.synthetic import tiny_job
 from animad.train.floor import floor_reached
 from animad.train.optim import lr_factor
 
-from test_train_engine import prepare, train
-
-
-def run_job(tmp_path, daemon_config, epochs=2, **overrides):
-    job = tiny_job(epochs=epochs, selection={"stop_at_floor": False}, **overrides)
-    paths, daemon = prepare(tmp_path, daemon_config, job)
-    status, _ = train(paths, daemon)
-    assert status == "finished"
-    records = read_epochs_log(paths.epochs_log)
-    assert len(records) == epochs and all(math.isfinite(r["loss"]) and math.isfinite(r["eval_loss"])
-                                          for r in records)
-    return paths, records
-
-
-def optimizer_state_dtypes(state: dict) -> set:
-    """Every tensor dtype in a saved optimizer state (bitsandbytes nests its buffers one level down)."""
-    found, todo = set(), [state["optimizer"]["state"]]
-    while todo:
-        item = todo.pop()
-        if torch.is_tensor(item):
-            found.add(item.dtype)
-        elif isinstance(item, dict):
-            todo.extend(item.values())
-    return found
+from train_helpers import optimizer_state_dtypes, prepare, run_job, train
 
 
 @pytest.mark.parametrize("optimizer", [
