@@ -107,6 +107,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "train/evaluation.py": "",
         "train/loop.py": "from animad.anima import facts\nfrom animad.train.ranks import x\n",
         "train/ranks.py": "import animad.train.loop\nx = 'lora_unet_blocks_0'\n",
+        "train/caches.py": "y = {'qwen': e.qwen}\nfolder = tokenizers / 'qwen3'  # a folder name, fine\n",
         "config/__init__.py": "",
         "config/job.py": "import importlib\nm = importlib.import_module('animad.cli.main')\n"
                          "train_llm_adapter = True  # an option name, not a key\n",
@@ -126,6 +127,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "hidden import: animad/config/job.py:2: importlib.import_module('animad.cli.main')",
     ]  # and cli importing ground and config is fine
     assert anima_mentions(package) == [
+        "animad/train/caches.py:1: a part of the text embedding: y = {'qwen': e.qwen}",
         "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]
 
 
