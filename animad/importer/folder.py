@@ -264,8 +264,8 @@ def _model_set(translation: Translation, daemon: Daemon, sources, wsl: bool, pro
     set_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "imported"
     not_here = [k for k, p in wanted.items() if not p.is_file()]
     if set_name in daemon.config.models:
-        chosen, why = set_name, f"animad.yaml's model set '{set_name}', named after the DiT file as an earlier import " \
-                                "suggested"
+        chosen = set_name
+        why = f"animad.yaml's model set '{set_name}', named after the DiT file as an earlier import suggested"
     elif not not_here:
         if missing:
             problems.append(f"the launch file names no {', '.join(missing)} file; the model set uses animad.yaml's")

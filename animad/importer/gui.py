@@ -137,7 +137,6 @@ def _network_args(parts: list[tuple[str, str, object]], path: Path, sources: Sou
 def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
     name = path.name
     fields = dict(data)
-    sources.gui["kind"] = "kohya_ss"
     for switch, model in MODEL_SWITCHES.items():
         if switch not in fields:
             continue
@@ -147,6 +146,31 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
                                     "LoRA trainer's settings")
         sources.listed.append(Listed(switch, f"{name} {switch} = {_show(value)}", GUI_FIELD,
                                      f"it says whether the preset is for {model}"))
+    _kohya_network(fields, path, sources)
+    _kohya_schedule(fields, name, sources)
+    _kohya_texts(fields, name, sources)
+    for key, value in fields.items():
+        origin = f"{name} {key} = {_show(value)}"
+        flag = key.removeprefix("anima_") if key not in GUI_ONLY else KOHYA_RENAMED.get(key, key)
+        flag = KOHYA_RENAMED.get(flag, flag)
+        if key in GUI_ONLY and GUI_ONLY[key]:
+            sources.listed.append(Listed(key, origin, GUI_FIELD, GUI_ONLY[key]))
+        elif key == "LyCORIS_preset":
+            sources.listed.append(Listed(key, origin, GUI_FIELD, "LyCORIS' module preset; the targets are "
+                                         "network.targets here"))
+        elif key.startswith(OTHER_MODEL_PREFIXES):
+            sources.listed.append(Listed(key, origin, OTHER_MODEL, "a setting for another model's trainer; "
+                                         "anima_train_network.py does not read it"))
+        elif _empty(value) or (value == 0 and flag in ZERO_IS_UNSET) or value is False:
+            sources.listed.append(Listed(key, origin, SAME, "empty, 0 or false: kohya_ss passes nothing for it"))
+        else:
+            set_flag(sources, flag, value, origin if key == flag else f"{origin} (kohya_ss passes it as --{flag})")
+
+
+def _kohya_network(fields: dict, path: Path, sources: Sources) -> None:
+    """LoRA_type -> --network_module (and algo), the LyCORIS fields -> --network_args, and kohya_ss' rule
+    that a text-encoder learning rate of 0 (with a DiT one) means --network_train_unet_only."""
+    name = path.name
     lora_type = fields.pop("LoRA_type", None)
     algo = None
     if lora_type is not None:
@@ -174,11 +198,14 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
             sources.listed.append(Listed(key, origin, GUI_FIELD, f"used only with LyCORIS/LoKr/LoHa types, not "
                                                                 f"{lora_type}"))
     _network_args(parts, path, sources, "")
-    # kohya_ss: the text encoder LoRA is off when its LR is 0 and the DiT's is not
     te_lr, unet_lr = fields.get("text_encoder_lr"), fields.get("unet_lr")
     if _number(te_lr) == 0 and _number(unet_lr) not in (0, None):
         set_flag(sources, "network_train_unet_only", True, f"{name} text_encoder_lr = 0 (kohya_ss then passes "
                                                             "--network_train_unet_only)")
+
+
+def _kohya_schedule(fields: dict, name: str, sources: Sources) -> None:
+    """epoch (unless max_train_epochs is set) and lr_warmup, a percentage (unless lr_warmup_steps is set)."""
     epochs = fields.get("max_train_epochs")
     if _number(epochs) not in (None, 0) and "epoch" in fields:
         value = fields.pop("epoch")
@@ -189,7 +216,8 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
     if _number(steps) not in (None, 0):
         set_flag(sources, "lr_warmup_steps", steps, f"{name} lr_warmup_steps = {_show(steps)}")
         if warmup is not None:
-            sources.listed.append(Listed("lr_warmup", f"{name} lr_warmup = {_show(warmup)}", SHADOWED, "kohya_ss uses lr_warmup_steps when it is set"))
+            sources.listed.append(Listed("lr_warmup", f"{name} lr_warmup = {_show(warmup)}", SHADOWED,
+                                         "kohya_ss uses lr_warmup_steps when it is set"))
     elif _number(warmup) not in (None, 0):
         set_flag(sources, "lr_warmup_steps", f"{_number(warmup)}%", f"{name} lr_warmup = {_show(warmup)} "
                                                                     "(kohya_ss: a percentage of all steps)")
@@ -197,6 +225,10 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
         for key, value in (("lr_warmup", warmup), ("lr_warmup_steps", steps)):
             if value is not None:
                 sources.listed.append(Listed(key, f"{name} {key} = {_show(value)}", SAME, "0: no warmup"))
+
+
+def _kohya_texts(fields: dict, name: str, sources: Sources) -> None:
+    """Fields that hold command-line text: the args lists, additional_parameters, the sample prompts."""
     for key in ("optimizer_args", "lr_scheduler_args"):
         if isinstance(fields.get(key), str):
             value = fields.pop(key)
@@ -210,8 +242,7 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
         for flag_name, values, text, used in _split_options(words, [[] for _ in words]):
             _set_launch_flag(sources, f"{name} additional_parameters", flag_name, values, text, used)
     elif extra is not None:
-        sources.listed.append(Listed("additional_parameters", f"{name} additional_parameters = ''",
-                                     SAME, "empty"))
+        sources.listed.append(Listed("additional_parameters", f"{name} additional_parameters = ''", SAME, "empty"))
     prompts = fields.pop("sample_prompts", None)
     if isinstance(prompts, str) and prompts.strip():
         sources.prompts = [line_to_prompt(line.strip()) for line in prompts.split("\n")
@@ -221,33 +252,12 @@ def _kohya_ss(data: dict, path: Path, sources: Sources) -> None:
         sources.read_as["sample_prompts"] = f"read: {len(sources.prompts)} prompt(s) of the preset are " \
                                             "previews.prompts"
     elif prompts is not None:
-        sources.listed.append(Listed("sample_prompts", f"{name} sample_prompts = ''", SAME, "empty: no sample prompts"))
-    for key, value in fields.items():
-        origin = f"{name} {key} = {_show(value)}"
-        flag = key[len("anima_"):] if key.startswith("anima_") and key not in GUI_ONLY else KOHYA_RENAMED.get(key,
-                                                                                                            key)
-        if key in GUI_ONLY and GUI_ONLY[key]:
-            sources.listed.append(Listed(key, origin, GUI_FIELD, GUI_ONLY[key]))
-        elif key == "LyCORIS_preset":
-            sources.listed.append(Listed(key, origin, GUI_FIELD, "LyCORIS' module preset; the targets are "
-                                         "network.targets here"))
-        elif key.startswith(OTHER_MODEL_PREFIXES):
-            sources.listed.append(Listed(key, origin, OTHER_MODEL, "a setting for another model's trainer; "
-                                         "anima_train_network.py does not read it"))
-        elif _empty(value) or (value == 0 and flag in ZERO_IS_UNSET) or value is False:
-            sources.listed.append(Listed(key, origin, SAME,
-                                         "empty, 0 or false: kohya_ss passes nothing for it"))
-        elif flag == "max_train_epochs" and key == "epoch" and "max_train_epochs" in sources.flags:
-            continue
-        else:
-            if key != flag:
-                sources.gui.setdefault("renamed", []).append(f"{key} -> --{flag}")
-            set_flag(sources, flag, value, origin if key == flag else f"{origin} (kohya_ss passes it as --{flag})")
+        sources.listed.append(Listed("sample_prompts", f"{name} sample_prompts = ''", SAME,
+                                     "empty: no sample prompts"))
 
 
 def _sd_trainer(data: dict, path: Path, sources: Sources) -> None:
     name = path.name
-    sources.gui["kind"] = "SD-Trainer"
     fields: dict = {}
     for key, value in data.items():
         if key == "metadata" and isinstance(value, dict):

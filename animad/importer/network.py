@@ -139,7 +139,8 @@ def translate_network(take, sources: Sources, out, job_keys: set[str], comment_o
             if dropout is None:
                 out.set("network.dropout", float(value), arg_comment(key))
             else:
-                out.unmapped.append(Unmapped(f"--network_args {key}", args_flag.origin, SHADOWED, "--network_dropout is given and is used"))
+                out.unmapped.append(Unmapped(f"--network_args {key}", args_flag.origin, SHADOWED,
+                                             "--network_dropout is given and is used"))
         elif key == "train_llm_adapter":
             out.set("network.train_llm_adapter", str(value).lower() == "true", arg_comment(key))
         elif key in ("factor", "lokr_factor"):

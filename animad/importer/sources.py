@@ -56,7 +56,6 @@ class Sources:
     listed: list[Listed] = dataclasses.field(default_factory=list)  # named, not mapped (shadowed, GUI fields)
     read_as: dict[str, str] = dataclasses.field(default_factory=dict)  # a file flag -> what became of its file
     prompts: list[dict] = dataclasses.field(default_factory=list)  # --sample_prompts, one dict per prompt
-    gui: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a GUI preset says beyond flags
     arg_origins: dict[str, str] = dataclasses.field(default_factory=dict)  # "network_args factor" -> GUI field
     problems: list[str] = dataclasses.field(default_factory=list)  # read but not usable; each says what to do
     notes: list[str] = dataclasses.field(default_factory=list)
