@@ -284,8 +284,11 @@ class BatchReader:
             verdict = not verdict
         if verdict is True:
             return self.statement(then_part, line, used, raw)
+        flags = list(dict.fromkeys(re.findall(r"--[A-Za-z_]\w*", then_part)))
+        if verdict is False and flags:
+            self.script.notes.append(f"line {line}: `if` is false with the file's values ({_short(raw)}); the "
+                                     f"branch not read has {' '.join(flags)}")
         if verdict is None:
-            flags = list(dict.fromkeys(re.findall(r"--[A-Za-z_]\w*", then_part)))
             self.script.notes.append(f"line {line}: `if` depends on something not known here ({_short(raw)}); "
                                      f"{'its else branch was read' if else_part else 'its command was not read'}"
                                      + (f" (the branch not read has {' '.join(flags)})" if flags else ""))

@@ -224,9 +224,14 @@ class PowerShellReader:
             if verdict is True:
                 self.run(statements(body))
                 return
+            flags = list(dict.fromkeys(re.findall(r"--[A-Za-z_]\w*", body)))
+            named = f" ({' '.join(flags)})" if flags else ""
             if verdict is None:
                 self.script.notes.append(f"line {line}: `if ({match.group(1).strip()})` depends on something not "
-                                         "known here; its branch was not read")
+                                         f"known here; its branch{named} was not read")
+            elif flags:
+                self.script.notes.append(f"line {line}: `if ({match.group(1).strip()})` is false with the file's "
+                                         f"values; its branch{named} was not read")
             rest = after.strip()
             if rest.lower().startswith("elseif"):
                 continue

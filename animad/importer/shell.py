@@ -390,12 +390,17 @@ class Reader:
                 self.note_untaken(node, skip=index, why="an earlier condition holds")
                 self.run(body, env)
                 return True
+            end = node.clauses[index + 1][2] - 1 if index + 1 < len(node.clauses) else node.end
+            flags = self.flags_in(line, end)
             if verdict is None:
                 # Undecidable from the file: the default path (else, or nothing) is taken.
-                flags = self.flags_in(line, node.end)
                 self.script.notes.append(f"line {line}: `if {self.condition_text(condition)}` depends on a value "
-                                         f"not known here; its branch (lines {line}-{node.end}"
+                                         f"not known here; its branch (lines {line}-{end}"
                                          f"{': ' + ' '.join(flags) if flags else ''}) was not read")
+            elif flags:
+                self.script.notes.append(f"line {line}: `if {self.condition_text(condition)}` is false with the "
+                                         f"file's values; its branch (lines {line}-{end}: {' '.join(flags)}) was not "
+                                         "read")
         if node.otherwise is not None:
             self.run(node.otherwise, env)
         return True
