@@ -19,6 +19,7 @@ import time
 
 from animad.config.daemon import Daemon
 from animad.config.window import parse_windows
+from animad.daemon.actions import gone_message, job_folder_gone
 from animad.daemon.chain import named_job
 from animad.daemon.freeze import finish_accepting
 from animad.daemon.inbox import Inbox
@@ -28,24 +29,12 @@ from animad.daemon.runner import Runner
 from animad.daemon.states import ACTIVE, Status
 from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError, is_disk_full
-from animad.safe_text import safe
 
 log = logging.getLogger("animad.daemon")
 
 
 def disk_or_database_full(error: BaseException) -> bool:
     return is_disk_full(error) or isinstance(error, sqlite3.OperationalError) and "full" in str(error)
-
-
-def job_folder_gone(row: dict) -> bool:
-    return bool(row["job_dir"]) and not os.path.isdir(row["job_dir"])
-
-
-def gone_message(row: dict) -> str:
-    """What a job whose folder was deleted can still do (`animad retry` and the daemon say the same)."""
-    return (f"its job folder {safe(row['job_dir'])} is gone (deleted while the job waited?), and its dataset "
-            f"and saved state with it. To train it again, drop the dataset folder into the inbox (a new job); "
-            f"`animad cancel {row['id']}` clears this one")
 
 
 class Service:
