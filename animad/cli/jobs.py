@@ -89,6 +89,8 @@ def cmd_status(args) -> int:
     state = f"running (pid {snap.daemon_pid})" if snap.alive else "not running (start it with: animad run)"
     when = f", {'closes' if snap.window_open else 'opens'} {snap.change:%a %H:%M}" if snap.change else ""
     print(f"daemon: {state}; window {'open' if snap.window_open else 'closed'}{when}")
+    if snap.dashboard:
+        print(f"dashboard: {snap.dashboard}")
     if not rows and not inbox:
         print("no jobs yet: drop a folder into", safe(daemon.dir("inbox")))
         return 0
@@ -165,6 +167,17 @@ def cmd_cancel(args) -> int:
 def cmd_retry(args) -> int:
     queue = _queue(daemon_of(args))
     return say(actions.retry(queue, find_job(queue, args.job)))
+
+
+def keep_arguments(parser) -> None:
+    job_argument(parser)
+    parser.add_argument("epoch", type=int, help="the epoch to keep (its number, as in the review)")
+
+
+def cmd_keep(args) -> int:
+    daemon = daemon_of(args)
+    queue = _queue(daemon)
+    return say(actions.keep_epoch(daemon, find_job(queue, args.job), args.epoch))
 
 
 def logs_arguments(parser) -> None:
@@ -251,6 +264,8 @@ VERBS = [
     Verb("resume", "resume a paused job", resume_arguments, cmd_resume),
     Verb("cancel", "cancel a job (its files are kept)", job_argument, cmd_cancel),
     Verb("retry", "queue a failed or cancelled job again", job_argument, cmd_retry),
+    Verb("keep", "keep one epoch of a finished job: copy it as <name>-eNNNN.safetensors into outbox/<name>/kept/ "
+         "and into comfyui_loras if set (never over a file)", keep_arguments, cmd_keep),
     Verb("logs", "print a job's log", logs_arguments, cmd_logs),
     Verb("tensorboard", "start TensorBoard for a job on 127.0.0.1", tensorboard_arguments, cmd_tensorboard),
 ]

@@ -1,4 +1,4 @@
-"""What a person may do to a job: pause, resume, cancel, retry; the rules and the words, in one place.
+"""What a person may do to a job: pause, resume, cancel, retry, keep an epoch; the rules and words, in one place.
 
 `animad pause|resume|cancel|retry` and the dashboard's buttons both call these. Each takes the row
 as the queue has it now, refuses what its status does not allow (UserError, saying why), records the
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import threading
 import time
 from pathlib import Path
 
-from animad.config.daemon import Daemon
+from animad.config.daemon import Daemon, resolve_path
 from animad.config.window import parse_windows
 from animad.daemon.queue import Queue
 from animad.daemon.rebuild import clear_cancelled, mark_cancelled
@@ -21,6 +23,8 @@ from animad.daemon.states import ACTIVE, FINAL, RUNNABLE, Request, Status
 from animad.daemon.status import daemon_alive
 from animad.daemon.window import is_open, local_now, next_open
 from animad.errors import UserError
+from animad.fsutil import file_sha256, fsync_dir
+from animad.layout import JobPaths, safe_name
 from animad.safe_text import safe
 
 
@@ -120,3 +124,82 @@ def retry(queue: Queue, row: dict) -> Done:
     queue.update(row["id"], status=Status.QUEUED, held=0, request=None, error=None, outcome=None, resume_first=1)
     return Done(f"job {row['id']} queued again; it resumes from its last saved state ({row['phase']} phase)")
 
+
+KEPT = "kept"  # outbox/<name>/kept/: the epochs a person chose to keep, under descriptive names
+
+
+def epoch_source(row: dict, epoch: int) -> Path:
+    """The job folder's file of one epoch; UserError naming the epochs that do have files."""
+    if not row.get("job_dir"):
+        raise UserError(f"job {row['id']} never got a job folder; it has no epoch files")
+    folder = JobPaths(Path(row["job_dir"])).epochs_dir
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    except OSError:
+        names = []
+    wanted = [n for n in names if n.endswith(f"-e{epoch:04d}.safetensors")]
+    if not wanted:
+        have = ", ".join(n.removesuffix(".safetensors").rsplit("-e", 1)[-1].lstrip("0") for n in names) or "none"
+        raise UserError(f"job {row['id']}: epoch {epoch} has no file in {safe(folder)} (epochs there: {have}; "
+                        "keep_epochs: shortlist removes the others once the package is written)")
+    return folder / wanted[0]
+
+
+def keep_epoch(daemon: Daemon, row: dict, epoch: int) -> Done:
+    """Copy one epoch's LoRA as `<name>-eNNNN.safetensors` into outbox/<name>/kept/ and comfyui_loras.
+
+    Never over a file: a different file already holding the name gets the copy beside it as
+    `<name>-eNNNN-2.safetensors`; the same bytes already there are left as they are.
+    """
+    if row.get("status") != Status.DONE or not row.get("outbox_dir"):
+        raise UserError(f"job {row['id']} is {row.get('status')}; an epoch is kept from a finished job's review")
+    source = epoch_source(row, epoch)
+    name = f"{safe_name(row['name'])}-e{epoch:04d}"
+    said = [copy_new(source, Path(row["outbox_dir"]) / KEPT, name)]
+    note = None
+    loras = resolve_path(daemon.base, daemon.config.comfyui_loras)
+    if loras is not None:
+        if loras.is_dir():
+            said.append(copy_new(source, loras, name))
+        else:
+            note = (f"comfyui_loras: {safe(loras)} is not a folder, so the epoch was not copied there; point it at "
+                    "ComfyUI's models/loras in animad.yaml")
+    return Done(f"job {row['id']} epoch {epoch}: " + "; ".join(said), note)
+
+
+def copy_new(source: Path, folder: Path, stem: str) -> str:
+    """Copy source into folder as stem.safetensors (or stem-2, -3, ... beside a different file of that name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = file_sha256(source)
+    partial = folder / f".{stem}.partial-{os.getpid()}-{threading.get_ident()}"
+    try:
+        shutil.copyfile(source, partial)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        for n in range(1, 100):
+            target = folder / (f"{stem}.safetensors" if n == 1 else f"{stem}-{n}.safetensors")
+            if target.exists():
+                if target.is_file() and target.stat().st_size == source.stat().st_size and file_sha256(target) == digest:
+                    return f"already kept as {safe(target)}"
+                continue
+            try:
+                os.link(partial, target)  # fails if the name was taken meanwhile: never over a file
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links (some Windows mounts)
+                if target.exists():
+                    continue
+                os.rename(partial, target)
+            fsync_dir(folder)
+            return f"kept as {safe(target)}"
+        raise UserError(f"{safe(folder)}: {stem}.safetensors and 98 numbered copies already exist; nothing was written")
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def kept_epochs(outbox: Path) -> list[str]:
+    """The file names in outbox/<name>/kept/ (what the review has kept so far)."""
+    try:
+        return sorted(n for n in os.listdir(Path(outbox) / KEPT) if n.endswith(".safetensors"))
+    except OSError:
+        return []
