@@ -136,3 +136,15 @@ class Browser:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def require_chromium() -> str:
+    """Chromium's path; skips the test without one, unless ANIMAD_REQUIRE_BROWSER=1 (CI installed it)."""
+    import pytest
+
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("ANIMAD_REQUIRE_BROWSER") == "1":
+            pytest.fail("ANIMAD_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from pathlib import Path
 
 from animad.daemon.actions import kept_epochs
@@ -100,7 +101,7 @@ def review(row: dict) -> dict | None:
         summary = {}
     shortlist = [{"epoch": e.get("epoch"), "kind": e.get("kind"), "file": e.get("file"), "reason": e.get("reason")}
                  for e in summary.get("shortlist") or [] if isinstance(e, dict)]
-    return {"url": f"/review/{outbox.name}/", "shortlist": shortlist, "try_first": try_first(summary),
+    return {"url": f"/review/{urllib.parse.quote(outbox.name, safe='')}/", "shortlist": shortlist, "try_first": try_first(summary),
             "kept": kept_epochs(outbox)}
 
 
