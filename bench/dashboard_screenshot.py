@@ -1,11 +1,12 @@
-"""A screenshot of the dashboard with one job finished, one training and one queued. Prints JSON.
+"""Screenshots of the dashboard with one job finished, one training and one queued. Prints JSON.
 
     python bench/dashboard_screenshot.py [--out bench/results/dashboard.png]
 
 A real `animad run` on a tiny model set (CPU): three jobs are dropped into its inbox one after the
 other; the first trains 4 epochs and gets its review package, the second trains, the third waits.
 Once the second job's curve has a few points, headless Chromium (Debian's chromium, driven over the
-DevTools pipe by tests/browser_cdp.py) opens the dashboard and takes a full-page screenshot.
+DevTools pipe by tests/browser_cdp.py) opens the dashboard and takes a full-page screenshot, then
+clicks the finished job and takes a second one of its review (`<out>-review.png`).
 """
 
 from __future__ import annotations
@@ -93,13 +94,19 @@ def main() -> None:
             browser.screenshot(args.out)
             shown = browser.js("[...document.querySelectorAll('#queue tbody tr')].map(r => "
                                "[r.children[1].textContent, r.children[2].textContent])")
+            # The finished job picked by hand: its review, the shortlist on its curve and "keep this epoch".
+            browser.click("#job-1 td.name")
+            browser.wait_for("!document.getElementById('review').hidden", what="the review of the finished job")
+            review_shot = args.out.with_name(args.out.stem + "-review.png")
+            browser.screenshot(review_shot)
         finally:
             if browser is not None:
                 browser.close()
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=300)
     print(json.dumps({"screenshot": str(args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out),
-                      "jobs_shown": shown, "bytes": os.path.getsize(args.out)}, indent=2))
+                      "review_screenshot": str(review_shot.name), "jobs_shown": shown,
+                      "bytes": os.path.getsize(args.out)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ class DashboardConfig:
     bind: str = option("127.0.0.1", "The address it listens on. 127.0.0.1: only this machine can open it. 0.0.0.0 "
                                     "lets a phone on your network in; then every page asks for the token in "
                                     "<state>/dashboard.token, and the names it is reached by go under hosts.")
-    hosts: list[str] = option([], "More names the page may be opened by (the Host header), besides 127.0.0.1, "
-                                  "localhost and this machine's name: any other is refused, against DNS rebinding. "
-                                  "Empty: only those.", example=["192.168.1.20", "mybox.local"])
+    hosts: list[str] = option([], "More names the page may be opened by (the Host header), besides 127.0.0.1 and "
+                                  "localhost (and, with bind 0.0.0.0, this machine's name): any other is refused, "
+                                  "against DNS rebinding. Empty: only those.", example=["192.168.1.20", "mybox.local"])
 
 
 @dataclasses.dataclass
@@ -102,9 +102,9 @@ class DaemonConfig:
                                        "machine that sleeps at night would lose the night's training.")
     dashboard: DashboardConfig = section(DashboardConfig, "The dashboard `animad run` serves: the queue, live curves, "
                                                           "the review packages and the job actions, in a browser.")
-    comfyui_loras: str | None = option(None, "ComfyUI's models/loras folder: the dashboard's 'keep this epoch' copies "
-                                             "the epoch there too (never over a file). null: only into "
-                                             "outbox/<name>/kept/.", example="~/ComfyUI/models/loras")
+    comfyui_loras: str | None = option(None, "ComfyUI's models/loras folder: 'keep this epoch' (the dashboard, or "
+                                             "animad keep JOB EPOCH) copies the epoch there too, never over a file. "
+                                             "null: only into outbox/<name>/kept/.", example="~/ComfyUI/models/loras")
     tensorboard_port: int = option(6006, "Port for 'animad tensorboard JOB' (always bound to 127.0.0.1). 6006, "
                                          "TensorBoard's own default.", min=1024, max=65535)
 
