@@ -232,3 +232,33 @@ def test_port_zero_turns_it_off_and_a_taken_port_does_not_stop_the_daemon(tmp_pa
         assert "dashboard:" not in status
     finally:
         daemon.stop()
+
+
+def test_animad_keep_is_the_same_action(served):
+    result = subprocess.run([sys.executable, "-m", "animad", "--config", str(served.config), "keep", "cat", "1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (served.package / "kept" / "cat-e0001.safetensors").is_file()
+    assert (served.loras / "cat-e0001.safetensors").is_file()  # no file of that name there before: the plain name
+    refused = subprocess.run([sys.executable, "-m", "animad", "--config", str(served.config), "keep", "later", "1"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "an epoch is kept from a finished job's review" in refused.stderr
+
+
+def test_a_request_the_loop_never_reached_is_withdrawn_not_run_late():
+    import threading
+
+    from animad.daemon.dashboard.mailbox import Busy, Mailbox
+
+    mailbox, ran = Mailbox(threading.Event()), []
+    with pytest.raises(Busy):
+        mailbox.ask(lambda queue: ran.append(queue), timeout=0.01)  # no loop is serving it
+    mailbox.serve("the loop's queue")
+    assert ran == []  # withdrawn: the person was told nothing was done, so nothing is
+    answer = {}
+    asking = threading.Thread(target=lambda: answer.update(value=mailbox.ask(lambda queue: f"done with {queue}")))
+    asking.start()
+    while not answer:
+        mailbox.serve("the loop's queue")
+        asking.join(0.01)
+    assert answer["value"] == "done with the loop's queue"
