@@ -247,7 +247,14 @@ def main() -> None:
         tmp = Path(tmp)
         models = tiny_models(tmp / "models")
         if args.dashboard:
-            result["dashboard"] = dashboard_cost(tmp, models, args.dashboard, args.blocks)
+            # The job children write their log lines to the daemon's stdout: to stderr here, so stdout is the JSON.
+            stdout = os.dup(1)
+            os.dup2(2, 1)
+            try:
+                result["dashboard"] = dashboard_cost(tmp, models, args.dashboard, args.blocks)
+            finally:
+                os.dup2(stdout, 1)
+                os.close(stdout)
         if args.only_dashboard:
             print(json.dumps(result, indent=2))
             return
