@@ -191,7 +191,8 @@ function showReview(job) {
   const select = document.getElementById("keep-epoch");
   const want = job.epoch_files.map(String);
   if ([...select.options].map((o) => o.value).join() !== want.join()) {
-    const keep = select.value || (first ? String(first.epoch) : "");
+    const pick = first || review.shortlist[0];  // the review's own suggestion, until a person picks
+    const keep = select.value || (pick ? String(pick.epoch) : "");
     select.replaceChildren(...want.map((e) => { const o = el("option", e); o.value = e; return o; }));
     if (want.includes(keep)) select.value = keep;
   }
