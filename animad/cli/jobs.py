@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from animad.cli.common import Verb, daemon_of
+from animad.cli.common import Verb, daemon_of, schema_option
+from animad.config.daemon import DaemonConfig
 from animad.daemon import actions
 from animad.daemon.actions import find_job
 from animad.daemon.inbox import describe_folder
@@ -216,8 +217,7 @@ def cmd_logs(args) -> int:
 
 def tensorboard_arguments(parser) -> None:
     job_argument(parser)
-    parser.add_argument("--port", type=int,
-                        help="port on 127.0.0.1 (default: animad.yaml's tensorboard_port, 6006, TensorBoard's own)")
+    schema_option(parser, "--port", DaemonConfig, "tensorboard_port", type=int, config_value=True)
 
 
 def _stop_group(child: subprocess.Popen, grace: float = 10.0) -> None:

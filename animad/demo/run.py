@@ -31,7 +31,7 @@ DEMO_DESCRIPTION = ("This is animad's demo: a tiny model with random weights, tr
                     "LoRA worth using. Train on the real Anima model files for real previews.")
 
 
-def run_demo(root: Path, epochs: int = 12) -> int:
+def run_demo(root: Path, epochs: int) -> int:
     """Run the demo in root (kept afterwards); returns 0 once the review package is written."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -52,8 +52,7 @@ def run_demo(root: Path, epochs: int = 12) -> int:
         shutil.rmtree(staging)
     print("2/4 generating a small dataset (12 images with tag captions) ...")
     make_dataset(staging, count=12, size=(64, 64), trigger="@demo",
-                 job=tiny_job(epochs=epochs, selection={"patience": 4}, data={"repeats": 2},
-                              description=DEMO_DESCRIPTION))
+                 job=tiny_job(epochs=epochs, data={"repeats": 2}, description=DEMO_DESCRIPTION))
     print("3/4 starting the daemon and dropping the folder into the inbox ...")
     log_file = open(root / "daemon.log", "a")
     daemon = subprocess.Popen([sys.executable, "-m", "animad", "--config", str(config), "run"], stdout=log_file,
