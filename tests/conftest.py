@@ -38,7 +38,8 @@ def daemon_config(tmp_path, tiny_models) -> Path:
     """An animad.yaml in tmp_path whose default model set is the tiny set (cache shared per test dir)."""
     from animad.demo.synthetic import write_daemon_config
 
-    return write_daemon_config(tmp_path / "animad.yaml", tiny_models)
+    # The dashboard off (port 0): many daemons start in one test run; the dashboard's tests turn it on.
+    return write_daemon_config(tmp_path / "animad.yaml", tiny_models, dashboard={"port": 0})
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ from animad.anima.tiny import make_tiny_model_set
 from animad.config.daemon import load_daemon_config
 from animad.daemon.progress import describe_progress
 from animad.daemon.queue import Queue, queue_path
+from animad.daemon.status import dashboard_url
 from animad.daemon.states import FINAL, Status
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
@@ -83,8 +84,12 @@ def run_demo(root: Path, epochs: int) -> int:
 def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: float = 900) -> dict:
     queue = Queue(queue_path(load_daemon_config(config)))
     deadline = time.monotonic() + timeout
-    last = ""
+    last, told = "", False
     while time.monotonic() < deadline:
+        url = None if told else dashboard_url(load_daemon_config(config))
+        if url:
+            print(f"     watch it in a browser: {url}", flush=True)
+            told = True
         if daemon.poll() is not None:
             raise UserError(f"the daemon exited early (code {daemon.returncode}); see its log")
         rows = [r for r in queue.all() if r["name"] == name]
