@@ -162,8 +162,7 @@ def import_files(files: list[Path], to: Path | None, daemon: Daemon, *, wsl: boo
         checked = check_folder(folder, daemon, job_file=draft_file)
         if not checked.ok:
             written = draft_file
-            errors = [f"animad check: {p.render_line() if hasattr(p, 'render_line') else _problem_text(p)}"
-                      for p in checked.problems.errors]
+            errors = [f"animad check: {_problem_text(p)}" for p in checked.problems.errors]
             problems += errors
             translation.problems = problems
             translation.notes.insert(0, f"job.yaml was not written: the folder cannot train yet ({len(errors)} "
