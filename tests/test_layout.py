@@ -33,6 +33,13 @@ ANIMA_FACTS = [
 ]
 
 
+# What only the network kinds (animad/train/networks/, and the shape arithmetic in animad/network_shapes.py)
+# may say: a kind's tensor keys. The rest of animad asks a kind (train/networks/kind.py), so a new kind
+# is one module there, and none of its names leak into the loop, the checkpoints or the previews.
+KIND_HOMES = ("train/networks/", "network_shapes.py")
+KIND_FACTS = [(r"\blora_(down|up)\b|\blora_[AB]\b|\blokr_[wt]\d|\bhada_[wt]\d", "a network kind's tensor key")]
+
+
 def layout_problems(package: Path) -> list[str]:
     graph = read_graph(package)
     problems = [f"module circle: {'; '.join(map(str, c))}" for c in module_circles(graph)]
@@ -47,11 +54,12 @@ def layout_problems(package: Path) -> list[str]:
 def anima_mentions(package: Path) -> list[str]:
     found = []
     for path in sorted(package.rglob("*.py")):
-        if path.relative_to(package).parts[0] == "anima":
-            continue
+        relative = path.relative_to(package).as_posix()
+        facts = [] if relative.startswith("anima/") else list(ANIMA_FACTS)
+        facts += [] if relative.startswith(KIND_HOMES) else KIND_FACTS
         for number, line in enumerate(path.read_text().splitlines(), 1):
             found += [f"{path.relative_to(package.parent)}:{number}: {what}: {line.strip()}"
-                      for pattern, what in ANIMA_FACTS if re.search(pattern, line)]
+                      for pattern, what in facts if re.search(pattern, line)]
     return found
 
 
@@ -66,7 +74,7 @@ def test_every_package_has_a_layer():
     assert not unplaced, f"packages without a layer in tests/import_graph.py LAYERS: {sorted(unplaced)}"
 
 
-def test_only_the_anima_package_knows_anima():
+def test_only_the_anima_package_knows_anima_and_only_the_network_kinds_know_their_keys():
     found = anima_mentions(PACKAGE)
     assert not found, "\n".join(found)
 
@@ -84,6 +92,8 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "train/evaluation.py": "",
         "train/loop.py": "from animad.anima import facts\nfrom animad.train.ranks import x\n",
         "train/ranks.py": "import animad.train.loop\nx = 'lora_unet_blocks_0'\n",
+        "train/networks/lokr.py": "parts = ('lokr_w1', 'lokr_w2')\n",  # a kind's own keys: fine here
+        "select/previews.py": "key = name + '.hada_w1_a'\n",
         "config/__init__.py": "",
         "config/job.py": "import importlib\nm = importlib.import_module('animad.cli.main')\n"
                          "train_llm_adapter = True  # an option name, not a key\n",
@@ -103,4 +113,5 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "hidden import: animad/config/job.py:2: importlib.import_module('animad.cli.main')",
     ]  # and cli importing ground and config is fine
     assert anima_mentions(package) == [
+        "animad/select/previews.py:1: a network kind's tensor key: key = name + '.hada_w1_a'",
         "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]

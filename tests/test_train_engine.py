@@ -17,7 +17,7 @@ from animad.demo.synthetic import make_dataset, tiny_job
 from animad.anima.files import ModelFiles
 from animad.anima.lora_names import UNET, linears, read_lora_file
 from animad.anima.pipeline import Anima
-from animad.train.lora import network_from_state
+from animad.train.networks.network import network_from_state
 from animad.intake.check import check_folder
 
 
