@@ -287,3 +287,34 @@ def test_build_parts_applies_a_plan_that_changes_nothing_it_computes(tiny_models
     assert not saving.text_encoder_offload.resident  # ... and went back after the encode
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+@pytest.mark.parametrize("kind,dim", [("lokr", 100000), ("loha", 4)])
+def test_lokr_and_loha_save_no_activation_of_their_own(kind, dim):
+    """The memory model counts no rank-sized tensor per token for LoKr and LoHa (train/networks/: their
+    autograd functions keep only the input a LoRA keeps too and recompute their products in the
+    backward). Measured against autograd on a tiny block in fp32, as for LoRA above."""
+    from animad.config.job import NetworkConfig
+    from animad.train.networks import kind_named
+
+    torch.manual_seed(0)
+    block = Block(SMALL).requires_grad_(False)
+    config = NetworkConfig(type=kind, dim=dim)
+    modules = []
+    for name, linear in block.named_modules():
+        if isinstance(linear, torch.nn.Linear) and "adaln" not in name:
+            module = kind_named(kind).new_module(linear, config, dim, None)
+            for p in module.parameters():
+                torch.nn.init.normal_(p)
+            module.attach()
+            modules.append(module)
+    tokens, text_tokens, batch = 24, 10, 2
+    x = torch.randn(batch, tokens, SMALL.dim, requires_grad=True)
+    context = torch.randn(batch, text_tokens, SMALL.context_dim)
+    t_emb, adaln = torch.randn(batch, SMALL.dim), torch.randn(batch, 3 * SMALL.dim)
+    rope = rope_3d(SMALL, 4, tokens // 4, "cpu")
+    params = list(block.parameters()) + [p for m in modules for p in m.parameters()]
+    measured, out = saved_bytes(lambda: block(x, context, t_emb, adaln, rope), params + [context, *rope])
+    out.sum().backward()
+    assert all(p.grad is not None for m in modules for p in m.parameters())
+    assert measured == memory.block_activations(SMALL, 0, mixed="fp32").full(tokens, text_tokens, batch)

@@ -66,7 +66,7 @@ class MemoryEstimate:
             return f"{value / GB:.2f} GB"
         return [f"model weights on the GPU: {gb(self.weights)}",
                 f"text encoder on the GPU: {gb(self.text_encoder)}",
-                f"LoRA weights, gradients and optimizer state: {gb(self.lora_and_optimizer)}",
+                f"network (LoRA/LoKr/LoHa) weights, gradients and optimizer state: {gb(self.lora_and_optimizer)}",
                 f"activations kept for the backward pass: {gb(self.activations)}",
                 f"CUDA context and allocator slack: {gb(self.runtime)}",
                 f"total: {gb(self.total)}"]

@@ -59,7 +59,8 @@ class Network(nn.Module):
         return self.group_parameters(TEXT_ENCODER)
 
     def apply_max_norm(self, limit: float) -> torch.Tensor:
-        """network.scale_weight_norms after a step: the kind's rule (the job check refuses it for a kind without one)."""
+        """network.scale_weight_norms after a step: the kind's rule (the job check refuses the option for a
+        kind without one)."""
         return self.kind.max_norm(list(self.loras.values()), limit)
 
 

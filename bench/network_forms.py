@@ -1,0 +1,107 @@
+"""Step time of each network kind on one full-width Anima block, on this machine's CPU, both forms of
+issue 24 item 4: LoKr as the Kronecker bypass (x reshaped, two small matmuls) or merged into the
+frozen weight (one matmul, a full-size weight gradient); LoHa merged (one matmul, the delta recomputed
+in the backward) or as a bypass (x @ delta^T beside the base matmul).
+
+    python bench/network_forms.py [--tokens 1024] [--repeats 3] [--dtypes fp32,bf16]
+
+A block of the released DiT's width (dim 2048, MLP 8192, context 1024) runs forward and backward at
+batch 1 with `tokens` image tokens and 512 text tokens, gradients into the network only (the base
+frozen, as in training). bf16 is bf16 weights under CPU autocast, the network in fp32, as the loop
+runs it. Prints one JSON object: median seconds per forward+backward for each (dtype, kind, form),
+and each against LoRA at the same dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from animad.anima.dit import ANIMA_2B, Block, rope_3d  # noqa: E402
+from animad.config.job import NetworkConfig  # noqa: E402
+from animad.train.networks import kind_named, loha, lokr  # noqa: E402
+
+SETTINGS = [  # (label, kind, dim, factor, module with FORM, form)
+    ("lora dim 16", "lora", 16, -1, None, None),
+    ("lokr dim 16 bypass", "lokr", 16, -1, lokr, "bypass"),
+    ("lokr dim 16 merged", "lokr", 16, -1, lokr, "merged"),
+    ("lokr full bypass", "lokr", 100000, -1, lokr, "bypass"),
+    ("lokr full merged", "lokr", 100000, -1, lokr, "merged"),
+    ("loha dim 16 merged", "loha", 16, -1, loha, "merged"),
+    ("loha dim 16 bypass", "loha", 16, -1, loha, "bypass"),
+]
+
+
+def block_step(dtype: str, kind: str, dim: int, factor: int, tokens: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    c = ANIMA_2B
+    weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    block = Block(c).to(weight_dtype).requires_grad_(False)
+    config = NetworkConfig(type=kind, dim=dim, factor=factor)
+    modules = []
+    for name, linear in block.named_modules():
+        if isinstance(linear, torch.nn.Linear) and "adaln" not in name:
+            module = kind_named(kind).new_module(linear, config, dim, None)
+            for p in module.parameters():  # non-zero, so nothing is skipped as a no-op
+                torch.nn.init.normal_(p, std=0.01)
+            module.attach()
+            modules.append(module)
+    side = int(tokens ** 0.5)
+    x = torch.randn(1, side * side, c.dim, dtype=weight_dtype, requires_grad=True)
+    context = torch.randn(1, 512, c.context_dim, dtype=weight_dtype)
+    t_emb, adaln = torch.randn(1, c.dim, dtype=weight_dtype), torch.randn(1, 3 * c.dim, dtype=weight_dtype)
+    rope = rope_3d(c, side, side, "cpu")
+    params = [p for m in modules for p in m.parameters()]
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = block(x, context, t_emb, adaln, rope)
+        grads = torch.autograd.grad(out.float().square().mean(), params)
+        return grads
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    for module in modules:
+        module.detach()
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1024, help="image tokens (1024 = a 512x512 image)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = {"tokens": args.tokens, "threads": torch.get_num_threads(), "seconds": {}, "vs_lora": {}}
+    for dtype in args.dtypes.split(","):
+        seconds = {}
+        for label, kind, dim, factor, module, form in SETTINGS:
+            before = module.FORM if module else None
+            if module:
+                module.FORM = form
+            try:
+                seconds[label] = round(block_step(dtype, kind, dim, factor, args.tokens, args.repeats), 4)
+            finally:
+                if module:
+                    module.FORM = before
+            print(f"{dtype} {label}: {seconds[label]:.3f} s", file=sys.stderr, flush=True)
+        result["seconds"][dtype] = seconds
+        result["vs_lora"][dtype] = {k: round(v / seconds["lora dim 16"], 3) for k, v in seconds.items()}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
