@@ -9,7 +9,8 @@ A block of the released DiT's width (dim 2048, MLP 8192, context 1024) runs forw
 batch 1 with `tokens` image tokens and 512 text tokens, gradients into the network only (the base
 frozen, as in training). bf16 is bf16 weights under CPU autocast, the network in fp32, as the loop
 runs it. Prints one JSON object: median seconds per forward+backward for each (dtype, kind, form),
-and each against LoRA at the same dim.
+and each against LoRA at the same dim. The settings run interleaved, one step each per round, so a
+busy machine slows them alike.
 """
 
 from __future__ import annotations
@@ -40,42 +41,47 @@ SETTINGS = [  # (label, kind, dim, factor, module with FORM, form)
 ]
 
 
-def block_step(dtype: str, kind: str, dim: int, factor: int, tokens: int, repeats: int) -> float:
+def build(dtype: str, tokens: int):
+    """A full-width block in the run's weight dtype, frozen, with its inputs (batch 1)."""
     torch.manual_seed(0)
     c = ANIMA_2B
     weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     block = Block(c).to(weight_dtype).requires_grad_(False)
+    side = int(tokens ** 0.5)
+    inputs = (torch.randn(1, side * side, c.dim, dtype=weight_dtype, requires_grad=True),
+              torch.randn(1, 512, c.context_dim, dtype=weight_dtype), torch.randn(1, c.dim, dtype=weight_dtype),
+              torch.randn(1, 3 * c.dim, dtype=weight_dtype), rope_3d(c, side, side, "cpu"))
+    return block, inputs
+
+
+def network_on(block, kind: str, dim: int, factor: int) -> list:
+    """The kind's modules on the block's 10 attention/MLP linears, non-zero (so nothing is a no-op), detached."""
     config = NetworkConfig(type=kind, dim=dim, factor=factor)
     modules = []
     for name, linear in block.named_modules():
         if isinstance(linear, torch.nn.Linear) and "adaln" not in name:
             module = kind_named(kind).new_module(linear, config, dim, None)
-            for p in module.parameters():  # non-zero, so nothing is skipped as a no-op
+            for p in module.parameters():
                 torch.nn.init.normal_(p, std=0.01)
-            module.attach()
             modules.append(module)
-    side = int(tokens ** 0.5)
-    x = torch.randn(1, side * side, c.dim, dtype=weight_dtype, requires_grad=True)
-    context = torch.randn(1, 512, c.context_dim, dtype=weight_dtype)
-    t_emb, adaln = torch.randn(1, c.dim, dtype=weight_dtype), torch.randn(1, 3 * c.dim, dtype=weight_dtype)
-    rope = rope_3d(c, side, side, "cpu")
+    return modules
+
+
+def step(block, inputs, modules, dtype: str, form_module, form) -> float:
+    """One forward and backward with `modules` attached, gradients into the network only; seconds."""
+    if form_module:
+        form_module.FORM = form
+    for module in modules:
+        module.attach()
     params = [p for m in modules for p in m.parameters()]
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = block(x, context, t_emb, adaln, rope)
-        grads = torch.autograd.grad(out.float().square().mean(), params)
-        return grads
-
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        out = block(*inputs)
+    torch.autograd.grad(out.float().square().mean(), params)
+    seconds = time.perf_counter() - t0
     for module in modules:
         module.detach()
-    return statistics.median(times)
+    return seconds
 
 
 def main() -> None:
@@ -84,20 +90,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = {"tokens": args.tokens, "threads": torch.get_num_threads(), "seconds": {}, "vs_lora": {}}
     for dtype in args.dtypes.split(","):
-        seconds = {}
-        for label, kind, dim, factor, module, form in SETTINGS:
-            before = module.FORM if module else None
-            if module:
+        block, inputs = build(dtype, args.tokens)
+        networks = {label: (network_on(block, kind, dim, factor), module, form)
+                    for label, kind, dim, factor, module, form in SETTINGS}
+        times = {label: [] for label in networks}
+        defaults = {m: m.FORM for m in (lokr, loha)}
+        try:
+            for round_ in range(args.repeats + 1):  # round 0 warms up; settings interleaved in each round
+                for label, (modules, form_module, form) in networks.items():
+                    seconds = step(block, inputs, modules, dtype, form_module, form)
+                    if round_:
+                        times[label].append(seconds)
+        finally:
+            for module, form in defaults.items():
                 module.FORM = form
-            try:
-                seconds[label] = round(block_step(dtype, kind, dim, factor, args.tokens, args.repeats), 4)
-            finally:
-                if module:
-                    module.FORM = before
-            print(f"{dtype} {label}: {seconds[label]:.3f} s", file=sys.stderr, flush=True)
+        seconds = {label: round(statistics.median(values), 4) for label, values in times.items()}
+        print(dtype, seconds, file=sys.stderr, flush=True)
         result["seconds"][dtype] = seconds
         result["vs_lora"][dtype] = {k: round(v / seconds["lora dim 16"], 3) for k, v in seconds.items()}
     print(json.dumps(result, indent=1))

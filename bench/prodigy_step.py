@@ -6,7 +6,8 @@ on the parameter tensors of a full-size Anima network (the shapes of its 280 wra
 lora: rank 16, 560 tensors, 22.9M values. lokr-full: factor -1 with full matrices (dim 100000, the
 way sd-scripts configs ask for "full"), 560 tensors, 1.6M values; lokr-full-8: the same at factor 8,
 27.5M values. Random gradients; the median of `steps` steps after
-one warm-up step (the first step allocates the state). Prints one JSON object with seconds per step.
+one warm-up step (the first step allocates the state), the two optimizers' steps interleaved so a busy
+machine slows both alike. Prints one JSON object with seconds per step.
 """
 
 from __future__ import annotations
@@ -43,21 +44,25 @@ def parameters(kind: str, dim: int, factor: int) -> list[torch.Tensor]:
     return params
 
 
-def step_time(optimizer_class, params, steps: int, **options) -> float:
+def make(optimizer_class, params):
     with contextlib.redirect_stdout(io.StringIO()):  # prodigyopt prints its settings
-        optimizer = optimizer_class(params, lr=1.0, betas=(0.9, 0.99), weight_decay=0.1, use_bias_correction=True,
-                                    safeguard_warmup=True, **options)
-    generator = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=generator) * 1e-3 for p in params]
-    times = []
+        return optimizer_class(params, lr=1.0, betas=(0.9, 0.99), weight_decay=0.1, use_bias_correction=True,
+                               safeguard_warmup=True)
+
+
+def step_times(optimizers: dict, grads: list[torch.Tensor], steps: int) -> dict:
+    """Median seconds per step of each optimizer, their steps interleaved (a busy machine slows each
+    alike); one untimed step first, which makes the state."""
+    times = {name: [] for name in optimizers}
     for index in range(steps + 1):
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        t0 = time.perf_counter()
-        optimizer.step()
-        if index:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, (optimizer, params) in optimizers.items():
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            t0 = time.perf_counter()
+            optimizer.step()
+            if index:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -70,11 +75,14 @@ def main() -> None:
     out = {"threads": torch.get_num_threads(), "seconds_per_step": {}}
     for name in args.kinds.split(","):
         kind, dim, factor = SETTINGS[name]
-        params = parameters(kind, dim, factor)
-        entry = {"tensors": len(params), "values": sum(p.numel() for p in params)}
-        entry["animad"] = round(step_time(Prodigy, params, args.steps), 4)
-        entry["prodigyopt"] = round(step_time(Reference, parameters(kind, dim, factor), args.steps), 4)
-        entry["ratio"] = round(entry["animad"] / entry["prodigyopt"], 3)
+        ours, theirs = parameters(kind, dim, factor), parameters(kind, dim, factor)
+        generator = torch.Generator().manual_seed(1)
+        grads = [torch.randn(p.shape, generator=generator) * 1e-3 for p in ours]
+        seconds = step_times({"animad": (make(Prodigy, ours), ours), "prodigyopt": (make(Reference, theirs), theirs)},
+                             grads, args.steps)
+        entry = {"tensors": len(ours), "values": sum(p.numel() for p in ours),
+                 **{k: round(v, 4) for k, v in seconds.items()}}
+        entry["ratio"] = round(seconds["animad"] / seconds["prodigyopt"], 3)
         out["seconds_per_step"][name] = entry
         print(name, entry, file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))

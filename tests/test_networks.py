@@ -251,3 +251,27 @@ def test_a_kind_trains_continues_and_is_previewed_end_to_end(tmp_path, daemon_co
     assert baseline and trained_rows
     base_pixels = Image.open(baseline[0]).tobytes()
     assert any(Image.open(p).tobytes() != base_pixels for p in trained_rows)
+
+
+def test_the_kind_and_factor_are_part_of_the_run_fingerprint():
+    """A resume state belongs to one kind and factor (they shape the tensors); a LoRA's fingerprint is
+    what it was before kinds existed, so runs in progress still resume."""
+    import hashlib
+    import types
+
+    from animad.train.loop import run_fingerprint
+
+    dataset = types.SimpleNamespace(samples_per_epoch=lambda: 3, items=[])
+
+    def fingerprint(**network):
+        return run_fingerprint(JobConfig(network=NetworkConfig(**network)), dataset, "hash")
+
+    net, config = NetworkConfig(), JobConfig()
+    before = [  # the list run_fingerprint hashed before network.type existed
+        "hash", config.seed, net.dim, net.alpha, net.targets, net.blocks, net.include, net.exclude,
+        net.train_llm_adapter, net.train_text_encoder, net.text_encoder_dim, config.optimizer.type,
+        config.data.batch_size, config.data.grad_accum, 3, []]
+    assert fingerprint() == hashlib.sha256(repr(before).encode()).hexdigest()
+    kinds = {fingerprint(type="lora"), fingerprint(type="lokr"), fingerprint(type="loha"),
+             fingerprint(type="lokr", factor=4)}
+    assert len(kinds) == 4
