@@ -41,16 +41,17 @@ SETTINGS = [  # (label, kind, dim, factor, module with FORM, form)
 ]
 
 
-def build(dtype: str, tokens: int):
+def build(dtype: str, tokens: int, device: str):
     """A full-width block in the run's weight dtype, frozen, with its inputs (batch 1)."""
     torch.manual_seed(0)
     c = ANIMA_2B
     weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    block = Block(c).to(weight_dtype).requires_grad_(False)
+    block = Block(c).to(device, weight_dtype).requires_grad_(False)
     side = int(tokens ** 0.5)
-    inputs = (torch.randn(1, side * side, c.dim, dtype=weight_dtype, requires_grad=True),
-              torch.randn(1, 512, c.context_dim, dtype=weight_dtype), torch.randn(1, c.dim, dtype=weight_dtype),
-              torch.randn(1, 3 * c.dim, dtype=weight_dtype), rope_3d(c, side, side, "cpu"))
+    options = dict(dtype=weight_dtype, device=device)
+    inputs = (torch.randn(1, side * side, c.dim, requires_grad=True, **options),
+              torch.randn(1, 512, c.context_dim, **options), torch.randn(1, c.dim, **options),
+              torch.randn(1, 3 * c.dim, **options), rope_3d(c, side, side, device))
     return block, inputs
 
 
@@ -60,7 +61,7 @@ def network_on(block, kind: str, dim: int, factor: int) -> list:
     modules = []
     for name, linear in block.named_modules():
         if isinstance(linear, torch.nn.Linear) and "adaln" not in name:
-            module = kind_named(kind).new_module(linear, config, dim, None)
+            module = kind_named(kind).new_module(linear, config, dim, None).to(linear.weight.device)
             for p in module.parameters():
                 torch.nn.init.normal_(p, std=0.01)
             modules.append(module)
@@ -74,10 +75,13 @@ def step(block, inputs, modules, dtype: str, form_module, form) -> float:
     for module in modules:
         module.attach()
     params = [p for m in modules for p in m.parameters()]
+    device = inputs[0].device
     t0 = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
         out = block(*inputs)
     torch.autograd.grad(out.float().square().mean(), params)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     for module in modules:
         module.detach()
@@ -89,10 +93,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024, help="image tokens (1024 = a 512x512 image)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu_check.sh)")
     args = parser.parse_args()
-    result = {"tokens": args.tokens, "threads": torch.get_num_threads(), "seconds": {}, "vs_lora": {}}
+    result = {"device": args.device, "tokens": args.tokens, "threads": torch.get_num_threads(), "seconds": {}, "vs_lora": {}}
     for dtype in args.dtypes.split(","):
-        block, inputs = build(dtype, args.tokens)
+        block, inputs = build(dtype, args.tokens, args.device)
         networks = {label: (network_on(block, kind, dim, factor), module, form)
                     for label, kind, dim, factor, module, form in SETTINGS}
         times = {label: [] for label in networks}
@@ -110,7 +115,7 @@ def main() -> None:
         print(dtype, seconds, file=sys.stderr, flush=True)
         result["seconds"][dtype] = seconds
         result["vs_lora"][dtype] = {k: round(v / seconds["lora dim 16"], 3) for k, v in seconds.items()}
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
