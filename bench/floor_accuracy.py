@@ -27,15 +27,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from animad.select.shortlist import analyze_curve  # noqa: E402
-from animad.train.floor import floor_confirmed  # noqa: E402
+from animad.train.floor import DEFAULT_SELECTION, floor_confirmed  # noqa: E402
 from curve_families import FALLING, FAMILIES, knee_then_tail, make_curve, still_falling  # noqa: E402
 
 SEED_BASE = 1000  # tests use seeds below this, so the bench measures curves the tests were not tuned on
+PATIENCE = DEFAULT_SELECTION.patience  # the job default: the claims its help text makes are measured here
 
 
 def measure_family(family: str, count: int) -> dict:
     """Given a curve family, return the floor-epoch errors over `count` random curves."""
-    patience = 3 if family == "short" else 15
+    patience = 3 if family == "short" else PATIENCE
     errors, missed = [], 0
     for seed in range(SEED_BASE, SEED_BASE + count):
         epochs, losses, onset, _ = make_curve(family, seed)
@@ -55,7 +56,7 @@ def measure_family(family: str, count: int) -> dict:
 def stop_epoch(epochs, losses, first: int = 20) -> int | None:
     """Given a curve, return the epoch after which stop-at-floor would end the run (None: it runs to the end)."""
     for end in range(first, len(epochs) + 1):
-        if floor_confirmed(epochs[:end], losses[:end], patience=15):
+        if floor_confirmed(epochs[:end], losses[:end], patience=PATIENCE):
             return int(epochs[end - 1])
     return None
 
@@ -65,7 +66,7 @@ def measure_false_floors(kind: str, count: int) -> dict:
     whole = online = 0
     for seed in range(SEED_BASE, SEED_BASE + count):
         epochs, losses = still_falling(seed, kind=kind)
-        whole += analyze_curve(epochs, losses, patience=15).status == "floor"
+        whole += analyze_curve(epochs, losses, patience=PATIENCE).status == "floor"
         online += stop_epoch(epochs, losses) is not None
     return {"false_floor_rate": whole / count, "false_early_stop_rate": online / count}
 
@@ -87,7 +88,7 @@ def measure_shortlists(count: int) -> dict:
     """Return the shortlist sizes per family, and the knee error and descent picks on knee-then-tail curves."""
     sizes = {}
     for family in FAMILIES:
-        patience = 3 if family == "short" else 15
+        patience = 3 if family == "short" else PATIENCE
         counts = [len(analyze_curve(*make_curve(family, seed)[:2], patience=patience).shortlist)
                   for seed in range(SEED_BASE, SEED_BASE + count)]
         sizes[family] = round(float(np.mean(counts)), 2)
@@ -100,7 +101,7 @@ def measure_shortlists(count: int) -> dict:
         knee_errors, counts, on_descent = [], [], 0
         for seed in range(SEED_BASE, SEED_BASE + count):
             epochs, losses, knee = knee_then_tail(seed, length)
-            analysis = analyze_curve(epochs, losses, patience=4 if length == 12 else 15)
+            analysis = analyze_curve(epochs, losses, patience=4 if length == 12 else PATIENCE)
             knee_errors.append(analysis.knee_epoch - knee)
             counts.append(len(analysis.shortlist))
             on_descent += sum(e < knee for e in analysis.shortlist)
@@ -118,7 +119,7 @@ def measure_speed(repeats: int = 50) -> dict:
     for name, call in (("analyze_curve", analyze_curve), ("floor_confirmed", floor_confirmed)):
         start = time.perf_counter()
         for _ in range(repeats):
-            call(epochs, losses, patience=15)
+            call(epochs, losses, patience=PATIENCE)
         timings[f"{name}_ms_per_500_epochs"] = round((time.perf_counter() - start) / repeats * 1000, 2)
     return timings
 

@@ -38,7 +38,8 @@ def daemon_config(tmp_path, tiny_models) -> Path:
     """An animad.yaml in tmp_path whose default model set is the tiny set (cache shared per test dir)."""
     from animad.demo.synthetic import write_daemon_config
 
-    return write_daemon_config(tmp_path / "animad.yaml", tiny_models)
+    # The dashboard off (port 0): many daemons start in one test run; the dashboard's tests turn it on.
+    return write_daemon_config(tmp_path / "animad.yaml", tiny_models, dashboard={"port": 0})
 
 
 @pytest.fixture()
@@ -51,3 +52,19 @@ def setup(daemon_config):
     inbox = daemon.dir("inbox")
     inbox.mkdir(parents=True, exist_ok=True)
     return daemon, Queue(queue_path(daemon)), inbox
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_models):
+    """One 6-epoch run shared by a module's checks (save precision fp32 for exact comparisons):
+    (job paths, daemon config, status, progress reports, the tiny model set)."""
+    from animad.demo.synthetic import tiny_job, write_daemon_config
+
+    from train_helpers import prepare, train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    config = write_daemon_config(tmp / "animad.yaml", tiny_models)
+    job = tiny_job(epochs=6, precision={"save": "fp32"}, selection={"stop_at_floor": False})
+    paths, daemon = prepare(tmp, config, job)
+    status, progress = train(paths, daemon)
+    return paths, daemon, status, progress, tiny_models

@@ -18,7 +18,7 @@ from animad.train.checkpoint import rank_and_alpha, save_lora, sshs_hashes
 from animad.train.floor import floor_reached
 from animad.train.optim import Cooldown, build_scheduler, follow_cooldown, lr_factor
 
-from test_train_engine import prepare, train
+from train_helpers import prepare, train
 
 LR = 1e-7  # so small the eval curve is flat (the floor is confirmed within a few epochs), yet not 0
 MAX_EPOCHS = 30

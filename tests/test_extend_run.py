@@ -19,7 +19,7 @@ from animad.demo.synthetic import make_dataset, tiny_job
 from animad.layout import JobPaths, read_epochs_log
 from animad.train.loop import Progress, reopen_finished
 
-from test_train_engine import prepare, train
+from train_helpers import prepare, train
 
 
 def set_limit(folder, **schedule) -> None:

@@ -209,6 +209,27 @@ def test_every_option_of_floor_and_select_has_help():
             if isinstance(action, argparse._HelpAction):
                 continue
             assert action.help and len(action.help) > 12, (name, action.dest)
-    text = verbs["floor"].format_help()
+    text = " ".join(verbs["floor"].format_help().split())  # whatever the terminal's width
     assert "--patience" in text and "epochs after a candidate floor" in text and "default 15" in text
     assert "Wall time,Step,Value" in text
+
+
+def test_floor_and_select_flags_take_their_defaults_and_help_from_job_yaml():
+    # One statement of each default: the flags read config/job.py's options, so a changed default
+    # changes `animad floor` and its help too.
+    import argparse
+
+    from animad.cli.main import build_parser
+    from animad.config.job import JobConfig
+
+    job, parser = JobConfig(), build_parser()
+    args = parser.parse_args(["floor", "curve.csv"])
+    assert (args.patience, args.size, args.min_epoch) == (
+        job.selection.patience, job.selection.shortlist_size, job.selection.min_epoch)
+    parsed = parser.parse_args(["select", "job"])
+    assert parsed.steps is None and parsed.size is None  # the job's own previews settings apply
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    help_text = " ".join(verbs["select"].format_help().split())
+    assert f"{job.previews.steps}, as ComfyUI's official Anima template" in help_text
+    assert f"{job.previews.width} unless it sets them" in help_text
+

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from animad.layout import read_epochs_log
 from animad.demo.synthetic import make_dataset, tiny_job
 
-from test_train_options import optimizer_state_dtypes, run_job
+from train_helpers import optimizer_state_dtypes, run_job
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -98,7 +98,7 @@ def test_inductor_compiles_the_blocks_without_breaks_or_fallback(tmp_path, daemo
     from animad.intake.jobfiles import write_job_files
     from animad.layout import JobPaths
 
-    from test_train_engine import train
+    from train_helpers import train
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from step_counts import two_bucket_dataset

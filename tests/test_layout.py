@@ -7,12 +7,14 @@ demo < cli; each may import only the layers below it.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 from import_graph import LAYERS, layer_of, module_circles, package_circles, read_graph, upward_imports
 
 PACKAGE = Path(__file__).resolve().parent.parent / "animad"
+TESTS = Path(__file__).resolve().parent
 
 # What only animad/anima/ may say: Anima's key names, LoRA names, file ids, tokens and shapes. Each
 # pattern names the fact, not a word users see (the `train_llm_adapter` option, ComfyUI's
@@ -30,6 +32,7 @@ ANIMA_FACTS = [
     (r"\b(Qwen3Model|Qwen3Config|AnimaTextConditioner|AutoencoderKLQwenImage)\b", "a model class"),
     (r"\b512\b[^\n]{0,30}\b(rows?|context|pad)|\b(rows?|context|pad)\w*\b[^\n]{0,30}\b512\b", "the 512-row context"),
     (r"\b16\s*,\s*\w+\s*//\s*8|//\s*8\s*,\s*\w+\s*//\s*8", "the latent shape"),
+    (r"[\"'](qwen|t5_ids)[\"']|\.(qwen|t5_ids)\b", "a part of the text embedding"),
 ]
 
 
@@ -60,6 +63,26 @@ def anima_mentions(package: Path) -> list[str]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             found += [f"{path.relative_to(package.parent)}:{number}: {what}: {line.strip()}"
                       for pattern, what in facts if re.search(pattern, line)]
+    return found
+
+
+def imports_of_test_modules(tests: Path) -> list[str]:
+    """Every place a module in tests/ imports a test module (inside functions too): shared helpers live in
+    helper modules (conftest.py, train_helpers.py, ...), so running or renaming one test file moves no other."""
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                    "__import__", "import_module") and node.args and isinstance(node.args[0], ast.Constant):
+                names = [str(node.args[0].value)]
+            else:
+                continue
+            found += [f"{path.relative_to(tests.parent)}:{node.lineno}: imports {name}"
+                      for name in names if name.split(".")[0].startswith("test_")]
     return found
 
 
@@ -94,6 +117,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "train/ranks.py": "import animad.train.loop\nx = 'lora_unet_blocks_0'\n",
         "train/networks/lokr.py": "parts = ('lokr_w1', 'lokr_w2')\n",  # a kind's own keys: fine here
         "select/previews.py": "key = name + '.hada_w1_a'\n",
+        "train/caches.py": "y = {'qwen': e.qwen}\nfolder = tokenizers / 'qwen3'  # a folder name, fine\n",
         "config/__init__.py": "",
         "config/job.py": "import importlib\nm = importlib.import_module('animad.cli.main')\n"
                          "train_llm_adapter = True  # an option name, not a key\n",
@@ -114,4 +138,27 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
     ]  # and cli importing ground and config is fine
     assert anima_mentions(package) == [
         "animad/select/previews.py:1: a network kind's tensor key: key = name + '.hada_w1_a'",
+        "animad/train/caches.py:1: a part of the text embedding: y = {'qwen': e.qwen}",
         "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]
+
+
+def test_no_test_module_imports_another():
+    found = imports_of_test_modules(TESTS)
+    assert not found, "move what is shared into a helper module:\n" + "\n".join(found)
+
+
+def test_the_test_import_rule_catches_what_it_forbids(tmp_path):
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "train_helpers.py").write_text("import test_engine\n")
+    (tests / "test_a.py").write_text("from train_helpers import prepare\nimport test_layout_rules\n")
+    (tests / "test_b.py").write_text("def f():\n    from test_a import x\n\n"
+                                     "def g():\n    return importlib.import_module('test_a')\n")
+    (tests / "test_c.py").write_text("from animad.train import loop\nfrom curve_families import make_curve\n"
+                                     "from . import helpers\n")
+    assert imports_of_test_modules(tests) == [
+        "tests/test_a.py:2: imports test_layout_rules",
+        "tests/test_b.py:2: imports test_a",
+        "tests/test_b.py:5: imports test_a",
+        "tests/train_helpers.py:1: imports test_engine",
+    ]

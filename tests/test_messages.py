@@ -145,7 +145,7 @@ def test_an_unwritable_outbox_gives_one_line_naming_the_folder(tmp_path):
 
     from animad.errors import UserError
     from animad.select.package import write_review_package
-    from test_package import build_review
+    from package_helpers import build_review
 
     review, _, _ = build_review(tmp_path)
     blocked = tmp_path / "outbox-is-a-file"

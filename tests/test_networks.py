@@ -217,7 +217,7 @@ def test_a_kind_trains_continues_and_is_previewed_end_to_end(tmp_path, daemon_co
     from animad.config.daemon import load_daemon_config
     from animad.demo.synthetic import tiny_job
     from animad.select.run import select_job
-    from test_train_engine import prepare, train
+    from train_helpers import prepare, train
 
     network = {"type": kind, "dim": 2}
     first, daemon = prepare(tmp_path / "a", daemon_config, tiny_job(epochs=2, network=network,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from test_package import EVIL, build_review, preview_colour
-
 from animad.select.package import write_review_package
 from animad.select.sheet import BACKGROUND
+
+from package_helpers import EVIL, build_review, preview_colour
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

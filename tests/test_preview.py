@@ -12,8 +12,6 @@ from animad.config.job import load_resolved
 from animad.select.previews import render_previews
 from animad.intake.models import job_model_files
 
-from test_train_engine import trained  # noqa: F401 - the shared 6-epoch run (module fixture)
-
 SETTINGS = {"steps": 6, "cfg": 4.0, "flow_shift": 3.0, "sampler": "euler", "width": 64, "height": 48,
             "negative_prompt": "lowres", "strengths": [1.0]}
 PROMPTS = ["@demo, red, circle", "@demo, blue, square, outdoors"]
@@ -31,7 +29,7 @@ def changed(a, b) -> float:
     return float((np.abs(pixels(a) - pixels(b)).max(axis=2) > 0).mean())
 
 
-def render(trained, out, epochs, seeds=SEEDS):  # noqa: F811
+def render(trained, out, epochs, seeds=SEEDS):
     paths, daemon = trained[0], trained[1]
     config = load_resolved(paths.resolved)
     files = job_model_files(paths, config, daemon)
@@ -39,7 +37,7 @@ def render(trained, out, epochs, seeds=SEEDS):  # noqa: F811
     return render_previews(config, files, epoch_files, out, PROMPTS, seeds, SETTINGS)
 
 
-def test_same_seed_same_images_and_epochs_differ(trained, tmp_path):  # noqa: F811
+def test_same_seed_same_images_and_epochs_differ(trained, tmp_path):
     first = render(trained, tmp_path / "first", [1, 6])
     second = render(trained, tmp_path / "second", [1, 6])
     assert sorted(first) == [(row, p) for row in ("baseline", "e0001", "e0006") for p in (0, 1)]
@@ -54,7 +52,7 @@ def test_same_seed_same_images_and_epochs_differ(trained, tmp_path):  # noqa: F8
     assert changed(first[("e0006", 0)], first[("e0006", 1)]) > 0.05  # prompts/seeds matter too
 
 
-def test_switching_epochs_by_patching_equals_a_fresh_load(trained, tmp_path):  # noqa: F811
+def test_switching_epochs_by_patching_equals_a_fresh_load(trained, tmp_path):
     # Epoch 6 rendered after epoch 1 was patched in must equal epoch 6 rendered on its own: the swap
     # leaves nothing of the previous epoch behind, and the baseline row really is the bare model.
     both = render(trained, tmp_path / "both", [1, 6])
@@ -65,7 +63,7 @@ def test_switching_epochs_by_patching_equals_a_fresh_load(trained, tmp_path):  #
         assert np.array_equal(pixels(both[("baseline", prompt)]), pixels(no_lora[("baseline", prompt)]))
 
 
-def test_a_different_seed_gives_a_different_image(trained, tmp_path):  # noqa: F811
+def test_a_different_seed_gives_a_different_image(trained, tmp_path):
     a = render(trained, tmp_path / "a", [6])
     b = render(trained, tmp_path / "b", [6], seeds=[70, 80])
     assert changed(a[("e0006", 0)], b[("e0006", 0)]) > 0.05

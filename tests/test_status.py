@@ -86,7 +86,8 @@ def test_status_lists_settling_rejected_and_accepting_folders(config):
     by_name = {Path(e["folder"]).name: e for e in data["inbox"]}
     assert by_name["broken"]["state"] == "rejected" and by_name["broken"]["report"] == str(broken / "ERRORS.txt")
     assert by_name["fresh"]["state"] == "settling" and 500 < by_name["fresh"]["seconds_left"] <= 600
-    assert by_name["halfway"] == {"folder": str(halfway), "state": "accepting", "job": job_id}
+    assert by_name["halfway"] == {"folder": str(halfway), "state": "accepting", "job": job_id,
+                                  "shown": f"being accepted as job {job_id} (frozen into its job folder)"}
 
 
 def test_removing_the_image_the_report_names_gets_the_folder_checked_again_and_accepted(config, caplog):

@@ -70,3 +70,31 @@ def test_long_prompt_is_never_truncated(stack):
     with torch.no_grad():
         context = adapter_context(adapter, [long_emb], "cpu")
     assert context.shape[1] == 700
+
+
+def test_the_text_cache_keeps_its_keys_on_disk_and_reads_entries_written_before(stack, tmp_path):
+    # Users' caches hold one safetensors file per caption with the parts named "qwen" and "t5_ids": a
+    # new entry is written with those names, and an entry written before is read back without the encoder.
+    from safetensors.torch import load_file, save_file
+
+    from animad.train.caches import TensorCache, cache_texts, text_key
+
+    encoder, _ = stack
+    cache = TensorCache(tmp_path / "cache")
+    fresh = cache_texts(["@demo, red"], lambda: encoder, "te", "tok", cache)
+    stored = load_file(str(cache.path(text_key("@demo, red", "te", "tok"))))
+    assert set(stored) == {"qwen", "t5_ids"}
+    assert stored["qwen"].dtype == torch.float32 and stored["t5_ids"].dtype == torch.int64
+    torch.testing.assert_close(stored["qwen"], fresh["@demo, red"].qwen, atol=0, rtol=0)
+
+    old = {"qwen": torch.randn(3, 32), "t5_ids": torch.tensor([5, 6, 1])}  # as main wrote them
+    for caption in ("blue", ""):
+        cache.path(text_key(caption, "te", "tok")).parent.mkdir(parents=True, exist_ok=True)
+        save_file(old, str(cache.path(text_key(caption, "te", "tok"))))
+
+    def no_encoder():
+        raise AssertionError("every caption was cached: the encoder must not be loaded")
+
+    loaded = cache_texts(["blue"], no_encoder, "te", "tok", cache)
+    assert set(loaded) == {"blue", ""}
+    assert torch.equal(loaded["blue"].qwen, old["qwen"]) and torch.equal(loaded["blue"].t5_ids, old["t5_ids"])

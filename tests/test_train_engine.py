@@ -5,53 +5,16 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import torch
 from safetensors import safe_open
 
-from animad.config.daemon import load_daemon_config
-from animad.layout import JobPaths, read_epochs_log
+from animad.layout import read_epochs_log
 from animad.anima import load as model_load
 from animad.anima.dit import ANIMA_2B, AnimaDiT
-from animad.demo.synthetic import make_dataset, tiny_job
 from animad.anima.files import ModelFiles
 from animad.anima.lora_names import UNET, linears, read_lora_file
 from animad.anima.pipeline import Anima
 from animad.train.networks.network import network_from_state
-from animad.intake.check import check_folder
-
-
-def prepare(tmp_path, daemon_config, job: dict, name="ds", **dataset_kwargs) -> tuple[JobPaths, object]:
-    from animad.intake.jobfiles import write_job_files
-
-    folder = make_dataset(tmp_path / name, job=job, **dataset_kwargs)
-    daemon = load_daemon_config(daemon_config)
-    result = check_folder(folder, daemon)
-    assert result.ok, result.report()
-    paths = JobPaths(tmp_path / "runs" / name)
-    write_job_files(paths, result, dataset_dir=folder)
-    return paths, daemon
-
-
-def train(paths, daemon, stop=lambda: False):
-    from animad.train.run import train_job
-
-    progress = []
-    status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=progress.append)
-    return status, progress
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_models):
-    """One 6-epoch run shared by the checks below (save precision fp32 for exact comparisons)."""
-    from animad.demo.synthetic import write_daemon_config
-
-    tmp = tmp_path_factory.mktemp("trained")
-    config = write_daemon_config(tmp / "animad.yaml", tiny_models)
-    job = tiny_job(epochs=6, precision={"save": "fp32"}, selection={"stop_at_floor": False})
-    paths, daemon = prepare(tmp, config, job)
-    status, progress = train(paths, daemon)
-    return paths, daemon, status, progress, tiny_models
 
 
 def test_stable_eval_loss_falls_and_epochs_are_numbered(trained):

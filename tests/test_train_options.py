@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,30 +12,7 @@ from animad.demo.synthetic import tiny_job
 from animad.train.floor import floor_reached
 from animad.train.optim import lr_factor
 
-from test_train_engine import prepare, train
-
-
-def run_job(tmp_path, daemon_config, epochs=2, **overrides):
-    job = tiny_job(epochs=epochs, selection={"stop_at_floor": False}, **overrides)
-    paths, daemon = prepare(tmp_path, daemon_config, job)
-    status, _ = train(paths, daemon)
-    assert status == "finished"
-    records = read_epochs_log(paths.epochs_log)
-    assert len(records) == epochs and all(math.isfinite(r["loss"]) and math.isfinite(r["eval_loss"])
-                                          for r in records)
-    return paths, records
-
-
-def optimizer_state_dtypes(state: dict) -> set:
-    """Every tensor dtype in a saved optimizer state (bitsandbytes nests its buffers one level down)."""
-    found, todo = set(), [state["optimizer"]["state"]]
-    while todo:
-        item = todo.pop()
-        if torch.is_tensor(item):
-            found.add(item.dtype)
-        elif isinstance(item, dict):
-            todo.extend(item.values())
-    return found
+from train_helpers import optimizer_state_dtypes, prepare, run_job, train
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -107,10 +82,42 @@ def test_continue_from_an_existing_lora(tmp_path, daemon_config):
         assert (new - old).abs().max() < old.abs().max()  # continued from it, not from zero
 
 
-def test_compile_path_wraps_blocks(tmp_path, daemon_config, monkeypatch):
-    # Inductor is the GPU path (checked by the benchmark); eager exercises our wiring on the CPU.
-    monkeypatch.setenv("ANIMAD_COMPILE_BACKEND", "eager")
-    run_job(tmp_path, daemon_config, epochs=1, precision={"compile": True, "mixed": "fp32"})
+COMPILED = {"graphs": [], "runs": 0}  # what the recording backend below was given, and how often it ran
+
+
+def recording_backend(graph, example_inputs):
+    """A torch.compile backend that runs the graph as eager does and records it and each run of it."""
+    COMPILED["graphs"].append(graph)
+
+    def run(*args):
+        COMPILED["runs"] += 1
+        return graph.forward(*args)
+    return run
+
+
+def test_compile_path_wraps_blocks(tmp_path, daemon_config, tiny_models, monkeypatch):
+    # Inductor is the GPU path (tests/test_gpu.py, bench/step_counts.py); on the CPU a backend that runs
+    # eagerly and records its graphs proves the loop compiles the blocks and that the step runs through them.
+    import torch._dynamo
+
+    from animad.anima.load import load_dit
+
+    if "animad_recording" not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(recording_backend, "animad_recording")
+    monkeypatch.setenv("ANIMAD_COMPILE_BACKEND", "animad_recording")
+    monkeypatch.setitem(COMPILED, "graphs", [])
+    monkeypatch.setitem(COMPILED, "runs", 0)
+    torch._dynamo.reset()  # graphs compiled by earlier tests must not be reused without reaching the backend
+    try:
+        _, records = run_job(tmp_path, daemon_config, epochs=1, precision={"compile": True, "mixed": "fp32"})
+    finally:
+        torch._dynamo.reset()
+    assert COMPILED["graphs"], "torch.compile was never given a graph: the blocks were not compiled"
+    for graph in COMPILED["graphs"]:  # each graph is a DiT block: its attention and MLP weights are inputs
+        inputs = " ".join(node.name for node in graph.graph.nodes if node.op == "placeholder")
+        assert "self_attn" in inputs and "cross_attn" in inputs and "mlp" in inputs, inputs
+    depth = len(load_dit(tiny_models["dit"])[0].blocks)
+    assert COMPILED["runs"] >= depth * records[-1]["step"]  # every block of every step ran compiled
 
 
 def test_flash_attention_request_falls_back_on_cpu(tmp_path, daemon_config, caplog):
@@ -118,17 +125,40 @@ def test_flash_attention_request_falls_back_on_cpu(tmp_path, daemon_config, capl
     assert "flash needs a CUDA GPU" in caplog.text
 
 
-def test_alpha_mask_trains(tmp_path, daemon_config):
+def test_alpha_mask_trains_only_the_opaque_part(tmp_path, daemon_config, monkeypatch):
+    # Every image's right half is transparent. The loss must take nothing from there: its gradient with
+    # respect to the model's prediction is exactly zero on the right half of the latents, and not on the left.
     from PIL import Image
+
+    from animad.anima.dit import AnimaDiT
 
     job = tiny_job(epochs=1, selection={"stop_at_floor": False}, data={"alpha_mask": True})
     paths, daemon = prepare(tmp_path, daemon_config, job)
     for image in paths.dataset.glob("*.png"):
         rgba = Image.open(image).convert("RGBA")
-        rgba.putalpha(Image.new("L", rgba.size, 255).crop((0, 0, rgba.width, rgba.height)))
+        assert rgba.width % 16 == 0  # the half boundary falls between latent pixels (8 image pixels each)
+        alpha = Image.new("L", rgba.size, 0)
+        alpha.paste(255, (0, 0, rgba.width // 2, rgba.height))
+        rgba.putalpha(alpha)
         rgba.save(image)
+    gradients = []
+    forward = AnimaDiT.forward
+
+    def observed(self, *args, **kwargs):  # the real forward; the gradient of its training output is kept
+        out = forward(self, *args, **kwargs)
+        if out.requires_grad:
+            out.register_hook(lambda grad: gradients.append(grad.detach().clone()))
+        return out
+
+    monkeypatch.setattr(AnimaDiT, "forward", observed)
     status, _ = train(paths, daemon)
     assert status == "finished"
+    steps = read_epochs_log(paths.epochs_log)[-1]["step"]
+    assert len(gradients) >= steps
+    for grad in gradients:  # (batch, 16, h, w) latents
+        half = grad.shape[-1] // 2
+        assert torch.count_nonzero(grad[..., half:]) == 0  # the transparent half adds nothing to the loss
+        assert all(torch.count_nonzero(g[..., :half]) > 0 for g in grad)  # each sample's opaque half does
 
 
 def test_schedules_shape():

@@ -78,6 +78,17 @@ class TextEmbedding:
     qwen: torch.Tensor  # (Lq, Dq) Qwen3 final-norm hidden states of the real tokens
     t5_ids: torch.Tensor  # (Lt,) int64, ending with </s>
 
+    # To everything outside anima/ an embedding is opaque: a cache stores these named tensors and gives
+    # them back. The names are the keys in the text cache's files on users' disks: renaming one orphans
+    # every cached caption.
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The parts on the host, the hidden states in fp32."""
+        return {"qwen": self.qwen.float().cpu(), "t5_ids": self.t5_ids.cpu()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TextEmbedding:
+        return cls(tensors["qwen"], tensors["t5_ids"])
+
 
 class TextEncoder:
     """Tokenizers plus the Qwen3 model. Call encode() under torch.no_grad() unless training its LoRA."""

@@ -11,15 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from animad.cli.common import Verb, daemon_of
-from animad.config.window import parse_windows
-from animad.daemon.inbox import describe_folder, inbox_view
-from animad.daemon.progress import first_line, progress_figures
-from animad.daemon.queue import Queue, pid_alive, queue_path
-from animad.daemon.rebuild import clear_cancelled, mark_cancelled
-from animad.daemon.service import Service, gone_message, job_folder_gone
-from animad.daemon.states import ACTIVE, FINAL, RUNNABLE, Request, Status
-from animad.daemon.window import is_open, local_now, next_close, next_open
+from animad.cli.common import Verb, daemon_of, schema_option
+from animad.config.daemon import DaemonConfig
+from animad.daemon import actions
+from animad.daemon.actions import find_job
+from animad.daemon.inbox import describe_folder
+from animad.daemon.progress import first_line
+from animad.daemon.queue import Queue, queue_path
+from animad.daemon.service import Service
+from animad.daemon.states import FINAL, Status
+from animad.daemon.status import status_word, take_snapshot
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
@@ -31,22 +32,12 @@ def _queue(daemon) -> Queue:
     return Queue(queue_path(daemon))
 
 
-def _job(queue: Queue, key: str) -> dict:
-    rows = queue.find(key)
-    if not rows:
-        raise UserError(f"no job '{safe(key)}'; see 'animad status'")
-    if len(rows) > 1:
-        ids = ", ".join(str(r["id"]) for r in rows)
-        raise UserError(f"several jobs are named '{safe(key)}' (ids {ids}); give the id")
-    return rows[0]
-
-
 def locate_job(args):
     """For `animad select JOB`: (JobPaths, outbox dir) of a queued job, or None."""
     try:
         daemon = daemon_of(args)
         queue = _queue(daemon)
-        row = _job(queue, args.job)
+        row = find_job(queue, args.job)
     except UserError:
         return None
     return JobPaths(Path(row["job_dir"])), Path(row["outbox_dir"])
@@ -91,38 +82,21 @@ def status_arguments(parser) -> None:
 
 def cmd_status(args) -> int:
     daemon = daemon_of(args)
-    queue = _queue(daemon)
-    rows = queue.all()
-    pid_file = daemon.dir("state") / "daemon.pid"
-    daemon_pid = int(pid_file.read_text()) if pid_file.is_file() and pid_file.read_text().strip().isdigit() else None
-    alive = pid_alive(daemon_pid)
-    windows = parse_windows(daemon.config.windows)
-    now = local_now()
-    open_now = is_open(now, windows)
-    change = next_close(now, windows) if open_now else next_open(now, windows)
-    clock = time.time()
-    # A row says running only while its process lives: one that exited (a full disk can keep the
-    # daemon from recording it) shows that, never its last rate and ETA.
-    shown = {r["id"]: progress_figures(r, clock, pid_alive(r["pid"]) if r["status"] in ACTIVE and r["pid"] else None)
-             for r in rows}
-    many_slots = len(daemon.slot_devices()) > 1
-    for row in rows:  # with parallel_jobs each running job says which GPU it has (--json: shown.gpu too)
-        shown[row["id"]]["gpu"] = where_it_runs(row, shown[row["id"]]) if many_slots else None
-    inbox = inbox_view(daemon, rows, alive, clock)
+    snap = take_snapshot(daemon, _queue(daemon))
     if args.json:
-        jobs = [{**r, "shown": shown[r["id"]]} for r in rows]
-        print(json.dumps({"daemon": {"running": alive, "pid": daemon_pid if alive else None},
-                          "window": {"open": open_now, "next_change": change.isoformat() if change else None},
-                          "jobs": jobs, "inbox": inbox}, indent=2, default=str))
+        print(json.dumps(snap.as_json(), indent=2, default=str))
         return 0
-    state = f"running (pid {daemon_pid})" if alive else "not running (start it with: animad run)"
-    when = f", {'closes' if open_now else 'opens'} {change:%a %H:%M}" if change else ""
-    print(f"daemon: {state}; window {'open' if open_now else 'closed'}{when}")
+    rows, inbox = snap.rows, snap.inbox
+    state = f"running (pid {snap.daemon_pid})" if snap.alive else "not running (start it with: animad run)"
+    when = f", {'closes' if snap.window_open else 'opens'} {snap.change:%a %H:%M}" if snap.change else ""
+    print(f"daemon: {state}; window {'open' if snap.window_open else 'closed'}{when}")
+    if snap.dashboard:
+        print(f"dashboard: {snap.dashboard}")
     if not rows and not inbox:
         print("no jobs yet: drop a folder into", safe(daemon.dir("inbox")))
         return 0
     if rows:
-        print_jobs(rows, shown, gpu_column=many_slots)
+        print_jobs(rows, snap.shown, gpu_column=snap.many_slots)
     if inbox:
         print(f"\ninbox ({safe(daemon.dir('inbox'))}):")
         for entry in inbox:
@@ -133,19 +107,6 @@ def cmd_status(args) -> int:
         if row["job_dir"]:
             print(f"    once fixed: animad retry {row['id']}    (log: animad logs {row['id']})")
     return 0
-
-
-def status_word(row: dict, shown: dict) -> str:
-    if shown["phase"] == "exited":
-        return "exited"  # the row still says running; its process is gone (the line beside it says so)
-    return row["status"] + (" (held)" if row["held"] and row["status"] in RUNNABLE else "")
-
-
-def where_it_runs(row: dict, shown: dict) -> str | None:
-    """"gpu 1" for a job running in a parallel_jobs slot (the GPU its child was pinned to); None otherwise."""
-    if row["status"] not in ACTIVE or shown["phase"] == "exited" or row.get("slot") is None:
-        return None
-    return f"gpu {row['gpu']}" if row.get("gpu") is not None else f"slot {row['slot']}"
 
 
 def print_jobs(rows: list[dict], shown: dict, gpu_column: bool = False) -> None:
@@ -170,18 +131,16 @@ def job_argument(parser) -> None:
     parser.add_argument("job", help="job id or name")
 
 
+def say(done: actions.Done) -> int:
+    if done.note:
+        print(f"note: {done.note}", file=sys.stderr)
+    print(done.message)
+    return 0
+
+
 def cmd_pause(args) -> int:
     queue = _queue(daemon_of(args))
-    row = _job(queue, args.job)
-    if row["status"] in FINAL:
-        raise UserError(f"job {row['id']} is {row['status']}; nothing to pause")
-    if row["status"] in ACTIVE:
-        queue.update(row["id"], held=1, request=Request.PAUSE)
-        print(f"job {row['id']} will save its state at the next step and pause")
-    else:
-        queue.update(row["id"], held=1)
-        print(f"job {row['id']} is held; 'animad resume {row['id']}' lets it run again")
-    return 0
+    return say(actions.pause(queue, find_job(queue, args.job)))
 
 
 def resume_arguments(parser) -> None:
@@ -192,72 +151,34 @@ def resume_arguments(parser) -> None:
 def cmd_resume(args) -> int:
     daemon = daemon_of(args)
     queue = _queue(daemon)
-    rows = [_job(queue, args.job)] if args.job else [r for r in queue.by_status(*RUNNABLE) if r["held"]
-                                                      or r["status"] == Status.PAUSED]
+    rows = [find_job(queue, args.job)] if args.job else actions.paused_jobs(queue)
     if not rows:
         print("no paused jobs")
         return 0
     for row in rows:
-        if row["status"] not in RUNNABLE:
-            raise UserError(f"job {row['id']} is {row['status']}; only paused or queued jobs can be resumed")
-        queue.update(row["id"], held=0, request=None, run_now=1 if args.now else row["run_now"])
-        print(f"job {row['id']} ({safe(row['name'])}) {when_it_resumes(daemon, queue, row, args.now)}")
+        say(actions.resume(daemon, queue, row, args.now))
     return 0
-
-
-def when_it_resumes(daemon, queue: Queue, row: dict, now: bool) -> str:
-    """The truth about when a released job starts: now (within a tick), after the running job, or in the window."""
-    pid_file = daemon.dir("state") / "daemon.pid"
-    text = pid_file.read_text().strip() if pid_file.is_file() else ""
-    if not pid_alive(int(text) if text.isdigit() else None):
-        return "is released; it starts once the daemon runs (animad run)"
-    windows = parse_windows(daemon.config.windows)
-    if not (now or row["run_now"] or is_open(local_now(), windows)):
-        opens = next_open(local_now(), windows)
-        at = f" (opens {opens:%a %H:%M})" if opens else ""
-        return f"resumes in the next window{at}; 'animad resume {row['id']} --now' starts it now"
-    running = [r for r in queue.by_status(*ACTIVE) if r["id"] != row["id"]]
-    if running and len(running) >= len(daemon.slot_devices()):  # every slot taken
-        return f"is released; it starts when job {running[0]['id']} ({safe(running[0]['name'])}) is done"
-    return "restarts now (the daemon starts it within a few seconds)"
 
 
 def cmd_cancel(args) -> int:
     queue = _queue(daemon_of(args))
-    row = _job(queue, args.job)
-    if row["status"] in (Status.DONE, Status.CANCELLED):
-        raise UserError(f"job {row['id']} is already {row['status']}")
-    # Recorded in the job folder too: a queue rebuilt from the job folders keeps it cancelled.
-    try:
-        mark_cancelled(row)
-    except OSError as error:
-        print(f"note: could not record the cancel in its job folder ({safe(error)}); a queue rebuilt from the "
-              "job folders would queue it again", file=sys.stderr)
-    if row["status"] in ACTIVE:
-        queue.update(row["id"], request=Request.CANCEL)
-        print(f"job {row['id']} will stop at the next step; its files are kept in {safe(row['job_dir'])}")
-    else:
-        queue.update(row["id"], status=Status.CANCELLED, finished=time.time())
-        print(f"job {row['id']} cancelled; its files are kept in {safe(row['job_dir'])}")
-    return 0
+    return say(actions.cancel(queue, find_job(queue, args.job)))
 
 
 def cmd_retry(args) -> int:
     queue = _queue(daemon_of(args))
-    row = _job(queue, args.job)
-    if row["status"] not in (Status.FAILED, Status.CANCELLED):
-        raise UserError(f"job {row['id']} is {row['status']}; only failed or cancelled jobs can be retried")
-    if not row["job_dir"]:
-        raise UserError(f"job {row['id']} never got a job folder; drop the dataset folder into the inbox again")
-    if job_folder_gone(row):
-        raise UserError(f"job {row['id']} cannot be retried: {gone_message(row)}")
-    if not (Path(row["job_dir"]) / "job.resolved.yaml").is_file():
-        raise UserError(f"job {row['id']}: {safe(row['job_dir'])} has no job.resolved.yaml (its acceptance never "
-                        "finished); drop the dataset folder into the inbox again")
-    clear_cancelled(Path(row["job_dir"]))
-    queue.update(row["id"], status=Status.QUEUED, held=0, request=None, error=None, outcome=None, resume_first=1)
-    print(f"job {row['id']} queued again; it resumes from its last saved state ({row['phase']} phase)")
-    return 0
+    return say(actions.retry(queue, find_job(queue, args.job)))
+
+
+def keep_arguments(parser) -> None:
+    job_argument(parser)
+    parser.add_argument("epoch", type=int, help="the epoch to keep (its number, as in the review)")
+
+
+def cmd_keep(args) -> int:
+    daemon = daemon_of(args)
+    queue = _queue(daemon)
+    return say(actions.keep_epoch(daemon, find_job(queue, args.job), args.epoch))
 
 
 def logs_arguments(parser) -> None:
@@ -269,7 +190,7 @@ def logs_arguments(parser) -> None:
 
 def cmd_logs(args) -> int:
     queue = _queue(daemon_of(args))
-    row = _job(queue, args.job)
+    row = find_job(queue, args.job)
     log = Path(row["job_dir"] or "") / "train.log"
     if not log.is_file():
         raise UserError(f"job {row['id']} has no log yet ({safe(log)})")
@@ -296,8 +217,7 @@ def cmd_logs(args) -> int:
 
 def tensorboard_arguments(parser) -> None:
     job_argument(parser)
-    parser.add_argument("--port", type=int,
-                        help="port on 127.0.0.1 (default: animad.yaml's tensorboard_port, 6006, TensorBoard's own)")
+    schema_option(parser, "--port", DaemonConfig, "tensorboard_port", type=int, config_value=True)
 
 
 def _stop_group(child: subprocess.Popen, grace: float = 10.0) -> None:
@@ -317,7 +237,7 @@ def _stop_group(child: subprocess.Popen, grace: float = 10.0) -> None:
 
 def cmd_tensorboard(args) -> int:
     daemon = daemon_of(args)
-    row = _job(_queue(daemon), args.job)
+    row = find_job(_queue(daemon), args.job)
     logdir = Path(row["job_dir"]) / "tb"
     port = args.port or daemon.config.tensorboard_port
     print(f"TensorBoard for job {row['id']} at http://127.0.0.1:{port}/ (Ctrl-C stops it)", flush=True)
@@ -344,6 +264,8 @@ VERBS = [
     Verb("resume", "resume a paused job", resume_arguments, cmd_resume),
     Verb("cancel", "cancel a job (its files are kept)", job_argument, cmd_cancel),
     Verb("retry", "queue a failed or cancelled job again", job_argument, cmd_retry),
+    Verb("keep", "keep one epoch of a finished job: copy it as <name>-eNNNN.safetensors into outbox/<name>/kept/ "
+         "and into comfyui_loras if set (never over a file)", keep_arguments, cmd_keep),
     Verb("logs", "print a job's log", logs_arguments, cmd_logs),
     Verb("tensorboard", "start TensorBoard for a job on 127.0.0.1", tensorboard_arguments, cmd_tensorboard),
 ]

@@ -17,7 +17,7 @@ from animad.errors import UserError, is_disk_full
 from animad.safe_text import safe
 
 VERBS = {verb.name: verb for module in (jobs, local, review, demo, job, importing) for verb in module.VERBS}
-ORDER = ("run", "check", "status", "pause", "resume", "cancel", "retry", "logs", "tensorboard", "train", "select",
+ORDER = ("run", "check", "status", "pause", "resume", "cancel", "retry", "keep", "logs", "tensorboard", "train", "select",
          "floor", "demo", "init", "import", "make-tiny", "job")
 
 

@@ -7,8 +7,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from animad.cli.common import Verb, daemon_of
+from animad.cli.common import Verb, daemon_of, schema_option
 from animad.cli.jobs import locate_job
+from animad.config.job import JobConfig, PreviewConfig
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
@@ -22,16 +23,10 @@ def floor_arguments(parser) -> None:
                                       "its epoch curves), an epochs.jsonl, or a TensorBoard log folder")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (for scripts) instead of the readable summary")
-    parser.add_argument("--patience", type=int, default=15,
-                        help="epochs after a candidate floor before it counts as confirmed (default 15, the job "
-                             "default: users confirm a floor 10-20 epochs later, and bench/floor_accuracy.py "
-                             "measures no early stop on still-falling curves with it)")
-    parser.add_argument("--size", type=int, default=4,
-                        help="how many epochs to shortlist (default 4, the job default: the lowest plus a few "
-                             "earlier dips, as users pick by hand)")
-    parser.add_argument("--min-epoch", type=int, default=1,
-                        help="never pick or confirm a floor before this epoch (default 1: the curve decides; raise "
-                             "it to skip a warmup you know is noisy)")
+    schema_option(parser, "--patience", JobConfig, "selection.patience", type=int)
+    schema_option(parser, "--size", JobConfig, "selection.shortlist_size", type=int)
+    schema_option(parser, "--min-epoch", JobConfig, "selection.min_epoch", type=int,
+                  more="Raise it to skip a warmup you know is noisy.")
     parser.add_argument("--tag", help="TensorBoard scalar tag to read (default: eval/loss, the stable eval curve, "
                                       "else loss/epoch_average); for a log folder or event file only")
 
@@ -98,10 +93,11 @@ def select_arguments(parser) -> None:
     parser.add_argument("--seed", action="append", type=int,
                         help="preview seed (repeatable): one per --prompt; when starting over (no --epoch, "
                              "--strength or --prompt), one per prompt of the job")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: the job's previews.steps, 30 as "
-                                                  "ComfyUI's Anima template; another value renders every image again)")
-    parser.add_argument("--size", type=int, help="preview width and height (default: the job's previews.width and "
-                                                 "height, 1024 as trained; another value renders every image again)")
+    schema_option(parser, "--steps", JobConfig, "previews.steps", type=int, config_value=True,
+                  more="Another value renders every image again.")
+    parser.add_argument("--size", type=int, help=f"preview width and height (default: the job's previews.width and "
+                                                 f"height, {PreviewConfig.width} unless it sets them; another value "
+                                                 f"renders every image again)")
     parser.add_argument("--no-previews", action="store_true",
                         help="only the floor analysis and the package, no images (fast, and needs no model files)")
 

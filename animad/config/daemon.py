@@ -7,6 +7,7 @@ Relative paths are resolved against the folder that holds animad.yaml. The confi
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 
@@ -36,6 +37,18 @@ class ModelSet:
                                    "set names its own files.")
     vae: str = option("", "qwen_image_vae.safetensors (ComfyUI models/vae/). Empty here: each set names its own "
                           "files.")
+
+
+@dataclasses.dataclass
+class DashboardConfig:
+    port: int = option(8677, "The port `animad run` serves the dashboard on. 8677: beside ai-toolkit's 8675, free on "
+                             "most machines. 0 turns the dashboard off.", min=0, max=65535)
+    bind: str = option("127.0.0.1", "The address it listens on. 127.0.0.1: only this machine can open it. 0.0.0.0 "
+                                    "lets a phone on your network in; then every page asks for the token in "
+                                    "<state>/dashboard.token, and the names it is reached by go under hosts.")
+    hosts: list[str] = option([], "More names the page may be opened by (the Host header), besides 127.0.0.1 and "
+                                  "localhost (and, with bind 0.0.0.0, this machine's name): any other is refused, "
+                                  "against DNS rebinding. Empty: only those.", example=["192.168.1.20", "mybox.local"])
 
 
 @dataclasses.dataclass
@@ -87,6 +100,11 @@ class DaemonConfig:
                               choices=("all", "shortlist"))
     inhibit_sleep: bool = option(True, "Hold a systemd-inhibit sleep lock while a job trains (if available). On: a "
                                        "machine that sleeps at night would lose the night's training.")
+    dashboard: DashboardConfig = section(DashboardConfig, "The dashboard `animad run` serves: the queue, live curves, "
+                                                          "the review packages and the job actions, in a browser.")
+    comfyui_loras: str | None = option(None, "ComfyUI's models/loras folder: 'keep this epoch' (the dashboard, or "
+                                             "animad keep JOB EPOCH) copies the epoch there too, never over a file. "
+                                             "null: only into outbox/<name>/kept/.", example="~/ComfyUI/models/loras")
     tensorboard_port: int = option(6006, "Port for 'animad tensorboard JOB' (always bound to 127.0.0.1). 6006, "
                                          "TensorBoard's own default.", min=1024, max=65535)
 
@@ -181,6 +199,11 @@ def check_daemon_logic(config: DaemonConfig, path, problems: Problems) -> None:
     except ValueError as error:
         problems.error(path, "windows", str(error), "use e.g. '22:00-07:00', 'mon-fri 22:00-07:00' or 'always'")
     check_gpus(config, path, problems)
+    try:
+        ipaddress.ip_address(config.dashboard.bind)
+    except ValueError:
+        problems.error(path, "dashboard.bind", f"'{config.dashboard.bind}' is not an IP address",
+                       "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, token on every page)")
     if config.default_model not in config.models:
         problems.error(path, "default_model", f"'{config.default_model}' is not a model set under 'models'",
                        f"use one of: {', '.join(config.models) or '(none defined)'}")

@@ -13,7 +13,7 @@ import re
 import typing
 from pathlib import Path
 
-from animad.anima.comfyui import NEGATIVE_PROMPT
+from animad.anima.comfyui import CFG, HEIGHT, NEGATIVE_PROMPT, SAMPLER, SCHEDULER, SHIFT, STEPS, WIDTH
 from animad.anima.facts import LORA_TARGET_GROUPS, SIDE_MULTIPLE
 from animad.config.problems import ConfigError, Problems
 from animad.config.schema import option, parse, section, template, to_dict
@@ -305,16 +305,17 @@ class PreviewConfig:
                                                    "workflow gives; empty means the empty prompt.")
     seeds: list[int] = option([], "One fixed seed per prompt. Empty: 1000, 1001, ..., the same for every epoch so "
                                   "the rows compare.", min=0)
-    steps: int = option(30, "Sampler steps. 30, as ComfyUI's official Anima template.", min=1, max=200)
-    cfg: float = option(4.0, "Classifier-free guidance scale. 4.0, as ComfyUI's official Anima template.", min=0)
-    flow_shift: float = option(3.0, "Flow shift of the sampling schedule. 3.0, Anima's shift in ComfyUI (another "
-                                    "value adds a ModelSamplingAuraFlow node to the preview's graph).", min=0.01)
-    sampler: str = option("euler", "Sampler. euler (the only one), with the simple schedule, as ComfyUI's official "
-                                   "Anima template.", choices=("euler",))
-    width: int = option(1024, "Preview width (a multiple of 16). 1024, the template's and the training size.",
+    steps: int = option(STEPS, f"Sampler steps. {STEPS}, as ComfyUI's official Anima template.", min=1, max=200)
+    cfg: float = option(CFG, f"Classifier-free guidance scale. {CFG}, as ComfyUI's official Anima template.", min=0)
+    flow_shift: float = option(SHIFT, f"Flow shift of the sampling schedule. {SHIFT}, Anima's shift in ComfyUI "
+                                      "(another value adds a ModelSamplingAuraFlow node to the preview's graph).",
+                               min=0.01)
+    sampler: str = option(SAMPLER, f"Sampler. {SAMPLER} (the only one), with the {SCHEDULER} schedule, as ComfyUI's "
+                                   "official Anima template.", choices=(SAMPLER,))
+    width: int = option(WIDTH, f"Preview width (a multiple of 16). {WIDTH}, the template's and the training size.",
                         min=64, max=2048)
-    height: int = option(1024, "Preview height (a multiple of 16). 1024, the template's and the training size.",
-                         min=64, max=2048)
+    height: int = option(HEIGHT, f"Preview height (a multiple of 16). {HEIGHT}, the template's and the training "
+                                 "size.", min=64, max=2048)
     strengths: list[float] = option([], "LoRA strengths to render for every pick. Empty: 1.0 (the LoRA as trained) "
                                         "for every pick and also 0.8 for the lowest-loss epoch, as the guide advises "
                                         "trying a softer strength.", min=0)

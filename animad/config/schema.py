@@ -202,6 +202,25 @@ def parse(cls, data: dict | None, file, problems: Problems, prefix: str = ""):
     return cls(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    """One option as declared: its dotted key, default and help (what a command-line flag reuses)."""
+
+    key: str  # e.g. "selection.patience"
+    default: Any
+    help: str
+
+
+def option_info(cls, key: str) -> OptionInfo:
+    """The option at a dotted key of a config class (`option_info(JobConfig, "selection.patience")`)."""
+    *sections, name = key.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = field.default if field.default is not _MISSING else field.default_factory()
+    return OptionInfo(key, default, field.metadata["help"])
+
+
 def to_dict(instance) -> dict:
     """The resolved config as a plain mapping (for job.resolved.yaml and LoRA metadata)."""
     return dataclasses.asdict(instance)

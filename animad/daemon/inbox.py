@@ -324,7 +324,13 @@ def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: floa
 
 def describe_folder(entry: dict) -> str:
     """One line of the inbox list in `animad status` (the folder name is the user's: escaped)."""
-    name, state = safe(Path(entry["folder"]).name), entry["state"]
+    name = safe(Path(entry["folder"]).name)
+    return f"  {name[:20]:<20} {folder_words(entry)}"
+
+
+def folder_words(entry: dict) -> str:
+    """Where an inbox folder stands, in words (`animad status` and the dashboard)."""
+    state = entry["state"]
     again = " (changed since it was rejected)" if entry.get("changed_since_rejected") else ""
     if state == "incomplete":
         words = "no job.yaml yet: taken once it has one (an empty job.yaml is fine)"
@@ -343,7 +349,7 @@ def describe_folder(entry: dict) -> str:
         words = f"rejected: {safe(entry['problem'])}  (report: {safe(entry['report'])})"
     else:
         words = safe(state)
-    return f"  {name[:20]:<20} {words}"
+    return words
 
 
 class Inbox:

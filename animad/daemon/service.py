@@ -19,7 +19,10 @@ import time
 
 from animad.config.daemon import Daemon
 from animad.config.window import parse_windows
+from animad.daemon.actions import gone_message, job_folder_gone
 from animad.daemon.chain import named_job
+from animad.daemon.dashboard.mailbox import Mailbox
+from animad.daemon.dashboard.server import start_dashboard
 from animad.daemon.freeze import finish_accepting
 from animad.daemon.inbox import Inbox
 from animad.daemon.queue import Queue, pid_alive, queue_path
@@ -28,24 +31,12 @@ from animad.daemon.runner import Runner
 from animad.daemon.states import ACTIVE, Status
 from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError, is_disk_full
-from animad.safe_text import safe
 
 log = logging.getLogger("animad.daemon")
 
 
 def disk_or_database_full(error: BaseException) -> bool:
     return is_disk_full(error) or isinstance(error, sqlite3.OperationalError) and "full" in str(error)
-
-
-def job_folder_gone(row: dict) -> bool:
-    return bool(row["job_dir"]) and not os.path.isdir(row["job_dir"])
-
-
-def gone_message(row: dict) -> str:
-    """What a job whose folder was deleted can still do (`animad retry` and the daemon say the same)."""
-    return (f"its job folder {safe(row['job_dir'])} is gone (deleted while the job waited?), and its dataset "
-            f"and saved state with it. To train it again, drop the dataset folder into the inbox (a new job); "
-            f"`animad cancel {row['id']}` clears this one")
 
 
 class Service:
@@ -62,6 +53,8 @@ class Service:
         self.window_open: bool | None = None  # as of the last tick; None before the first
         self.last_error: tuple[str, float] = ("", 0.0)
         self.lock_handle = None
+        self.mailbox = Mailbox(self.wake)  # the dashboard's job actions, carried out by tick()
+        self.dashboard = None
 
     # -- set-up and tear-down --------------------------------------------------------------------
 
@@ -92,10 +85,14 @@ class Service:
             if pid_alive(row["pid"]):  # recover() left only the rows whose process still runs
                 self.runner.adopt(row)
         self.inbox.start()
+        self.dashboard = start_dashboard(self.daemon, self.mailbox)
         log.info("animad daemon started: inbox %s, windows %s", self.inbox.folder,
                  ", ".join(self.daemon.config.windows))
 
     def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
+            self.dashboard = None
         self.inbox.stop()
         self.runner.inhibitor.release()
         (self.daemon.dir("state") / "daemon.pid").unlink(missing_ok=True)
@@ -129,6 +126,7 @@ class Service:
         return 0
 
     def tick(self, now: dt.datetime) -> None:
+        self.mailbox.serve(self.queue)  # the dashboard's pause/resume/cancel/retry, as the CLI's would be
         window_open = is_open(now, self.windows)
         if window_open != self.window_open:
             self.window_open = window_open

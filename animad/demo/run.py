@@ -18,6 +18,7 @@ from animad.anima.tiny import make_tiny_model_set
 from animad.config.daemon import load_daemon_config
 from animad.daemon.progress import describe_progress
 from animad.daemon.queue import Queue, queue_path
+from animad.daemon.status import dashboard_url
 from animad.daemon.states import FINAL, Status
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
@@ -30,7 +31,7 @@ DEMO_DESCRIPTION = ("This is animad's demo: a tiny model with random weights, tr
                     "LoRA worth using. Train on the real Anima model files for real previews.")
 
 
-def run_demo(root: Path, epochs: int = 12) -> int:
+def run_demo(root: Path, epochs: int) -> int:
     """Run the demo in root (kept afterwards); returns 0 once the review package is written."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -51,8 +52,7 @@ def run_demo(root: Path, epochs: int = 12) -> int:
         shutil.rmtree(staging)
     print("2/4 generating a small dataset (12 images with tag captions) ...")
     make_dataset(staging, count=12, size=(64, 64), trigger="@demo",
-                 job=tiny_job(epochs=epochs, selection={"patience": 4}, data={"repeats": 2},
-                              description=DEMO_DESCRIPTION))
+                 job=tiny_job(epochs=epochs, data={"repeats": 2}, description=DEMO_DESCRIPTION))
     print("3/4 starting the daemon and dropping the folder into the inbox ...")
     log_file = open(root / "daemon.log", "a")
     daemon = subprocess.Popen([sys.executable, "-m", "animad", "--config", str(config), "run"], stdout=log_file,
@@ -84,8 +84,12 @@ def run_demo(root: Path, epochs: int = 12) -> int:
 def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: float = 900) -> dict:
     queue = Queue(queue_path(load_daemon_config(config)))
     deadline = time.monotonic() + timeout
-    last = ""
+    last, told = "", False
     while time.monotonic() < deadline:
+        url = None if told else dashboard_url(load_daemon_config(config))
+        if url:
+            print(f"     watch it in a browser: {url}", flush=True)
+            told = True
         if daemon.poll() is not None:
             raise UserError(f"the daemon exited early (code {daemon.returncode}); see its log")
         rows = [r for r in queue.all() if r["name"] == name]

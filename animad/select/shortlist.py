@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from animad.train.floor import MIN_POINTS, RELATIVE_MARGIN, Floor, decide_floor, level_width, sort_curve
+from animad.train.floor import (DEFAULT_SELECTION, MIN_POINTS, RELATIVE_MARGIN, Floor, decide_floor, level_width,
+                                sort_curve)
 
 BAND_SIGMAS = 2.0  # a dip this close to the lowest loss is "as good, within noise"
 KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
@@ -246,7 +247,8 @@ def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: in
     return text
 
 
-def analyze_curve(epochs, losses, *, patience: int = 15, shortlist_size: int = 4, min_epoch: int = 1,
+def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
+                  shortlist_size: int = DEFAULT_SELECTION.shortlist_size, min_epoch: int = DEFAULT_SELECTION.min_epoch,
                   cooldown_epochs=frozenset()) -> FloorAnalysis:
     """Given a per-epoch loss curve, return the floor analysis, the shortlist and a message.
 

@@ -142,7 +142,7 @@ def cache_texts(captions: list[str], encoder_loader, te_hash: str, tokenizer_has
     for caption in unique:
         found = cache.get(text_key(caption, te_hash, tokenizer_hash))
         if found is not None:
-            out[caption] = TextEmbedding(found["qwen"], found["t5_ids"])
+            out[caption] = TextEmbedding.from_tensors(found)
         else:
             missing.append(caption)
     if missing:
@@ -151,8 +151,8 @@ def cache_texts(captions: list[str], encoder_loader, te_hash: str, tokenizer_has
             for start in range(0, len(missing), batch_size):
                 chunk = missing[start:start + batch_size]
                 for caption, emb in zip(chunk, encoder.encode(chunk)):
-                    emb = TextEmbedding(emb.qwen.float().cpu(), emb.t5_ids.cpu())
-                    cache.put(text_key(caption, te_hash, tokenizer_hash), {"qwen": emb.qwen, "t5_ids": emb.t5_ids})
-                    out[caption] = emb
+                    tensors = emb.to_tensors()
+                    cache.put(text_key(caption, te_hash, tokenizer_hash), tensors)
+                    out[caption] = TextEmbedding.from_tensors(tensors)
     return out
 

@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from animad.config.job import SelectionConfig
+
 SPIKE_SIGMAS = 6.0  # an epoch this far above its local median (and half as far above its neighbours) is a spike
 LEVEL_ERRORS = 2.0  # margin = sigma + this many standard errors of the smoothed level
 TREND_ERRORS = 1.0  # the trailing trend may fall by the margin plus this many standard errors of its fall
@@ -32,6 +34,7 @@ RELATIVE_MARGIN = 1e-4  # as in ReduceLROnPlateau's default threshold: progress 
 MIN_POINTS = 5  # with fewer usable epochs a floor cannot be told from noise
 NOISE_POINTS = 8  # the noise is read from the later half of the curve, but from at least this many epochs
 CURVE_SOURCES = {"eval_loss": "eval", "loss": "epoch_average"}  # epochs.jsonl key -> what that curve is
+DEFAULT_SELECTION = SelectionConfig()  # job.yaml's defaults, for callers without a job (animad floor, benches)
 
 
 @dataclasses.dataclass
@@ -196,7 +199,8 @@ def measure_drop(epochs: np.ndarray, losses: np.ndarray) -> float:
     return -float(np.median(slopes)) * float(epochs[-1] - epochs[0])
 
 
-def decide_floor(epochs, losses, *, patience: int = 15, min_epoch: int = 1) -> Floor:
+def decide_floor(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
+                 min_epoch: int = DEFAULT_SELECTION.min_epoch) -> Floor:
     """Given a per-epoch curve, return the floor decision alone (no shortlist, no wording)."""
     epochs, losses, ignored = clean_curve(epochs, losses)
     count = len(losses)
@@ -225,7 +229,8 @@ def decide_floor(epochs, losses, *, patience: int = 15, min_epoch: int = 1) -> F
                  drop, ignored)
 
 
-def floor_confirmed(epochs, losses, *, patience: int = 15, min_epoch: int = 1) -> bool:
+def floor_confirmed(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
+                    min_epoch: int = DEFAULT_SELECTION.min_epoch) -> bool:
     """Given the curve so far, return True once its floor is confirmed (what stop-at-floor asks after each epoch)."""
     return decide_floor(epochs, losses, patience=patience, min_epoch=min_epoch).status == "floor"
 
