@@ -52,9 +52,9 @@ class NetworkConfig:
                                "(the default) is the guides' kind and the one their settings are tuned for: ~46 MB a "
                                "file at dim 16. lokr (w1 kron w2 per layer) is the kind Anima users ask for most for "
                                "styles, and small: 1.9 MB at dim 16, 3.2 MB with full matrices (dim 100000) at factor "
-                               "-1, 55 MB full at factor 8; its step costs about what a lora's does. loha ((w1a w1b) "
-                               "* (w2a w2b) per layer) reaches rank dim^2 with 2x a lora's values (92 MB at dim 16) "
-                               "and a slower step (bench/network_forms.py). Sizes are bf16 files on the full DiT, "
+                               "-1, 55 MB full at factor 8; its step costs 1.0-1.4x a lora's. loha ((w1a w1b) * (w2a "
+                               "w2b) per layer) reaches rank dim^2 with 2x a lora's values (92 MB at dim 16) and "
+                               "a step of 1.1-1.6x a lora's (both measured on the CPU: bench/network_forms.py). Sizes are bf16 files on the full DiT, "
                                "computed from its shapes (bench/network_sizes.py). lokr and loha take no "
                                "network.dropout or scale_weight_norms (sd-scripts has neither for them).",
                          choices=("lora", "lokr", "loha"))
