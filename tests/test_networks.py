@@ -275,3 +275,23 @@ def test_the_kind_and_factor_are_part_of_the_run_fingerprint():
     kinds = {fingerprint(type="lora"), fingerprint(type="lokr"), fingerprint(type="loha"),
              fingerprint(type="lokr", factor=4)}
     assert len(kinds) == 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_under_bf16_autocast_each_kind_matches_its_delta_and_keeps_fp32_gradients(kind):
+    """How the loop runs a GPU job (bf16 weights, autocast, the network in fp32), on the CPU."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(48, 32, bias=False).to(torch.bfloat16).requires_grad_(False)
+    module = kind_named(kind).new_module(base, NetworkConfig(type=kind, dim=4), 4, 2.0)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    module.attach()
+    x = torch.randn(2, 6, 48, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = base(x)
+    y.float().square().mean().backward()
+    reference = x.float() @ (base.weight.float() + module.delta().detach()).t()
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in module.parameters())

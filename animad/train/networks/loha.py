@@ -117,7 +117,10 @@ class LoHaModule(NetworkModule):
             if keep is not None:
                 delta = delta * keep.unsqueeze(1).to(delta.dtype)
             return out + F.linear(x.to(dtype), delta.to(dtype)).to(out.dtype)
+        # The delta in the matmuls' dtype, as LoRA and LoKr compute theirs under autocast: it is rounded
+        # to that dtype anyway when it joins the weight, and bf16 GEMMs are the fast ones.
+        factors = [f.to(dtype) for f in self.factors()]
         with torch.autocast(x.device.type, enabled=False):
-            y = HadamardLinear.apply(x.to(dtype), base.weight, base.bias, *self.factors(), scale, keep)
+            y = HadamardLinear.apply(x.to(dtype), base.weight, base.bias, *factors, scale, keep)
         # The base linear's own output dtype: under autocast its matmul gives the autocast dtype.
         return y
