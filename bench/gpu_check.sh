@@ -8,7 +8,9 @@
 #    VAE cache and preview speed (~3 min);
 # 2. the same step compiled as the loop compiles it (inductor), batch 4 with the defaults (~2 min,
 #    most of it compiling);
-# 3. python -m pytest -q tests/test_gpu.py (~3 min).
+# 3. python -m pytest -q tests/test_gpu.py (~3 min);
+# 4. each network kind's forms on one full-width block in bf16 at 4096 tokens (a 1024^2 image):
+#    bench/network_forms.py, LoKr bypass vs merged, LoHa merged vs bypass, against LoRA (~1 min).
 # Each part has its own time limit, so one that hangs still leaves the others' results. Written
 # without a GPU at hand: it has not been run on one yet. A dry run of the whole script on a CPU:
 #     BENCH_EXTRA="--device cpu --tiny" bash bench/gpu_check.sh
@@ -25,6 +27,9 @@ timeout 150 "$PY" bench/train_bench.py --full --compile --plans 4:on:auto --step
 echo $? > "$OUT/compiled.rc"
 timeout 200 "$PY" -m pytest -q -rs tests/test_gpu.py > "$OUT/pytest.txt" 2>&1
 echo $? > "$OUT/pytest.rc"
+timeout 120 "$PY" bench/network_forms.py --device "${FORMS_DEVICE:-cuda}" --dtypes bf16 --tokens 4096 --repeats 5 \
+    > "$OUT/forms.json" 2> "$OUT/forms.err"
+echo $? > "$OUT/forms.rc"
 "$PY" - "$OUT" <<'PYEOF'
 import json, pathlib, sys
 
@@ -40,7 +45,7 @@ def part(name):
 
 pytest = (out / "pytest.txt").read_text()
 print(json.dumps({"gpu": (out / "gpu.txt").read_text().strip(), "eager": part("eager"),
-                  "compiled": part("compiled"),
+                  "compiled": part("compiled"), "network_forms": part("forms"),
                   "pytest_rc": int((out / "pytest.rc").read_text()),
                   "pytest_tail": pytest.strip().splitlines()[-12:]}, indent=1))
 PYEOF

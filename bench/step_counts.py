@@ -231,7 +231,8 @@ def train_counted(workdir: Path, models: dict, job: dict) -> tuple[OpCounter, di
                      "fallback_messages": fallbacks.hits[:3], "unique_graphs": dynamo["stats"]["unique_graphs"]}
 
 
-def step_counts(workdir: Path, models: dict | None = None, optimizer: str | None = None) -> dict:
+def step_counts(workdir: Path, models: dict | None = None, optimizer: str | None = None,
+                network: str | None = None) -> dict:
     """The counts of the production step on the tiny model: two buckets, eval each epoch, compile on.
 
     Syncs and graphs are counted with compile on, as the loop compiles (with the counting
@@ -243,8 +244,9 @@ def step_counts(workdir: Path, models: dict | None = None, optimizer: str | None
     workdir = Path(workdir)
     if models is None:
         models = make_tiny_model_set(workdir / "models", seed=0)
-    compiled, counts = train_counted(workdir / "compiled", models, counting_job(optimizer, compile_on=True))
-    eager, _ = train_counted(workdir / "eager", models, counting_job(optimizer, compile_on=False))
+    kind = {"network": {"type": network}} if network else {}  # network.type: lora (default), lokr or loha
+    compiled, counts = train_counted(workdir / "compiled", models, counting_job(optimizer, compile_on=True, **kind))
+    eager, _ = train_counted(workdir / "eager", models, counting_job(optimizer, compile_on=False, **kind))
     calls = counts["calls"]
     steps, micro = calls["step"], calls["micro_batch"]
 
@@ -257,7 +259,7 @@ def step_counts(workdir: Path, models: dict | None = None, optimizer: str | None
     from animad.config.job import JobConfig
 
     return {
-        "optimizer": optimizer or JobConfig().optimizer.type,
+        "optimizer": optimizer or JobConfig().optimizer.type, "network": network or JobConfig().network.type,
         "optimizer_steps": steps, "micro_batches": micro, "eval_calls": calls.get("eval", 0),
         "syncs_per_micro_batch": per_micro_batch(compiled),
         "syncs_per_optimizer_step": per_step(compiled),

@@ -329,6 +329,8 @@ def main() -> None:
                              "tiny model (CPU; one JSON line)")
     parser.add_argument("--optimizer", default=None, help="with --counts: count with this optimizer instead of "
                                                           "the default")
+    parser.add_argument("--network", default=None, choices=("lora", "lokr", "loha"),
+                        help="with --counts: count with this network.type instead of the default")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (compiling happens here)")
     parser.add_argument("--compile", action="store_true", help="--full: the loop's torch.compile of each block")
@@ -344,7 +346,7 @@ def main() -> None:
         from step_counts import step_counts
 
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(step_counts(Path(tmp), optimizer=args.optimizer)))
+            print(json.dumps(step_counts(Path(tmp), optimizer=args.optimizer, network=args.network)))
         return
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

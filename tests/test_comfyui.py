@@ -20,7 +20,7 @@ from animad.anima.files import ModelFiles
 from animad.anima.pipeline import Anima
 from animad.config.job import JobConfig, NetworkConfig
 from animad.select.previews import Row, render_previews
-from animad.train.lora import build_network
+from animad.train.networks.network import build_network
 
 SETTINGS = {"steps": 4, "cfg": 4.0, "flow_shift": 3.0, "sampler": "euler", "width": 32, "height": 48,
             "negative_prompt": comfyui.NEGATIVE_PROMPT, "strengths": [1.0]}

@@ -278,3 +278,19 @@ def test_the_daemon_writes_the_report_at_intake_and_its_warnings_into_errors_txt
     errors = (folder / "ERRORS.txt").read_text()
     assert "netwrok: unknown key" in errors and "WARNING copy.png: the same file as img000.png" in errors
     assert "the daemon checks it again by itself" in errors
+
+
+def test_vram_estimate_counts_the_network_kind(tmp_path):
+    """animad check's estimate asks the memory model about the job's own network: a LoKr's few values
+    need far less than a rank-16 LoRA's, a full-matrix LoKr at factor 4 far more."""
+    picture(0, size=(1024, 1024)).save(tmp_path / "a.png")
+
+    def network_part(network: dict) -> float:
+        config = parse_job({"precision": {"vram": "off"}, "network": network}, "job.yaml", Problems())
+        _, report, _ = report_of(tmp_path, config)
+        part = next(p for p in report.summary["VRAM by part"].split("; ") if p.startswith("network"))
+        return float(re.search(r"([\d.]+) GB", part).group(1))
+
+    lora, lokr = network_part({}), network_part({"type": "lokr", "dim": 16})
+    full_lokr = network_part({"type": "lokr", "dim": 100000, "factor": 4})
+    assert lokr < lora / 10 and full_lokr > 4 * lora, (lora, lokr, full_lokr)

@@ -36,6 +36,13 @@ ANIMA_FACTS = [
 ]
 
 
+# What only the network kinds (animad/train/networks/, and the shape arithmetic in animad/network_shapes.py)
+# may say: a kind's tensor keys. The rest of animad asks a kind (train/networks/kind.py), so a new kind
+# is one module there, and none of its names leak into the loop, the checkpoints or the previews.
+KIND_HOMES = ("train/networks/", "network_shapes.py")
+KIND_FACTS = [(r"\blora_(down|up)\b|\blora_[AB]\b|\blokr_[wt]\d|\bhada_[wt]\d", "a network kind's tensor key")]
+
+
 def layout_problems(package: Path) -> list[str]:
     graph = read_graph(package)
     problems = [f"module circle: {'; '.join(map(str, c))}" for c in module_circles(graph)]
@@ -50,11 +57,12 @@ def layout_problems(package: Path) -> list[str]:
 def anima_mentions(package: Path) -> list[str]:
     found = []
     for path in sorted(package.rglob("*.py")):
-        if path.relative_to(package).parts[0] == "anima":
-            continue
+        relative = path.relative_to(package).as_posix()
+        facts = [] if relative.startswith("anima/") else list(ANIMA_FACTS)
+        facts += [] if relative.startswith(KIND_HOMES) else KIND_FACTS
         for number, line in enumerate(path.read_text().splitlines(), 1):
             found += [f"{path.relative_to(package.parent)}:{number}: {what}: {line.strip()}"
-                      for pattern, what in ANIMA_FACTS if re.search(pattern, line)]
+                      for pattern, what in facts if re.search(pattern, line)]
     return found
 
 
@@ -99,7 +107,7 @@ def test_the_importer_is_a_side_room():
     assert any(layer_of(m) == "importer" for m in graph.modules)  # the rule judges a package that exists
 
 
-def test_only_the_anima_package_knows_anima():
+def test_only_the_anima_package_knows_anima_and_only_the_network_kinds_know_their_keys():
     found = anima_mentions(PACKAGE)
     assert not found, "\n".join(found)
 
@@ -117,6 +125,8 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "train/evaluation.py": "",
         "train/loop.py": "from animad.anima import facts\nfrom animad.train.ranks import x\n",
         "train/ranks.py": "import animad.train.loop\nx = 'lora_unet_blocks_0'\n",
+        "train/networks/lokr.py": "parts = ('lokr_w1', 'lokr_w2')\n",  # a kind's own keys: fine here
+        "select/previews.py": "key = name + '.hada_w1_a'\n",
         "train/caches.py": "y = {'qwen': e.qwen}\nfolder = tokenizers / 'qwen3'  # a folder name, fine\n",
         "config/__init__.py": "",
         "config/job.py": "import importlib\nm = importlib.import_module('animad.cli.main')\n"
@@ -137,6 +147,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "hidden import: animad/config/job.py:2: importlib.import_module('animad.cli.main')",
     ]  # and cli importing ground and config is fine
     assert anima_mentions(package) == [
+        "animad/select/previews.py:1: a network kind's tensor key: key = name + '.hada_w1_a'",
         "animad/train/caches.py:1: a part of the text embedding: y = {'qwen': e.qwen}",
         "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]
 

@@ -12,7 +12,7 @@ import torch
 from animad.anima import memory
 from animad.anima.blockswap import swap_blocks
 from animad.anima.dit import ANIMA_2B, AnimaDiT, Block, DiTConfig, rope_3d
-from animad.train.lora import LoRAModule
+from animad.train.networks.lora import LoRAModule
 
 SMALL = DiTConfig(dim=64, depth=4, head_dim=32, context_dim=48, adaln_lora_dim=16, mlp_ratio=4)
 
@@ -49,11 +49,11 @@ def saved_bytes(run, exclude: list[torch.Tensor]) -> int:
 def test_parameter_counts_match_the_modules_and_the_released_file():
     assert memory.dit_parameters(ANIMA_2B) + memory.ADAPTER_PARAMETERS == 2_091_068_928  # docs/anima_arch.md 1.4
     assert memory.block_parameters(ANIMA_2B) == 69_206_528
-    assert memory.lora_parameters(ANIMA_2B, 16) == 16 * 1_433_600  # docs/anima_arch.md 6.1
+    assert memory.network_parameters(ANIMA_2B, 16) == 16 * 1_433_600  # docs/anima_arch.md 6.1
     model = AnimaDiT(SMALL)
     assert memory.dit_parameters(SMALL) == sum(p.numel() for p in model.parameters())
     loras = with_lora(model, 4)
-    assert memory.lora_parameters(SMALL, 4) == sum(p.numel() for lora in loras for p in lora.parameters())
+    assert memory.network_parameters(SMALL, 4) == sum(p.numel() for lora in loras for p in lora.parameters())
 
 
 @pytest.mark.parametrize("tokens,text_tokens,batch,rank", [(24, 10, 2, 4), (40, 7, 1, 8)])
@@ -193,7 +193,7 @@ def card(gib: float) -> int:
 
 
 def test_the_picker_fits_the_defaults_on_8_12_24_and_80_gb_cards():
-    from animad.train import vram
+    from animad.config import vram
 
     plans = {gib: vram.pick(card(gib), **DEFAULTS) for gib in (8, 12, 24, 80)}
     assert all(plan.fits for plan in plans.values())
@@ -213,7 +213,7 @@ def test_the_picker_fits_the_defaults_on_8_12_24_and_80_gb_cards():
 
 
 def test_the_picker_takes_the_cheapest_plan_that_fits():
-    from animad.train import vram
+    from animad.config import vram
 
     ladder = list(vram.candidates(28, True))
     previous = -1
@@ -230,7 +230,7 @@ def test_the_picker_takes_the_cheapest_plan_that_fits():
 
 
 def test_the_picker_keeps_a_training_text_encoder_and_says_when_nothing_fits():
-    from animad.train import vram
+    from animad.config import vram
 
     trains = vram.pick(card(8), **DEFAULTS, text_encoder_trains=True)
     assert trains.text_encoder_on_gpu and trains.swapped_blocks > 0
@@ -246,8 +246,9 @@ def test_build_parts_applies_a_plan_that_changes_nothing_it_computes(tiny_models
     memory between encodes give the same embeddings, velocity and LoRA gradients as the plain model."""
     from animad.anima.files import ModelFiles
     from animad.anima.pipeline import Anima
-    from animad.train import loop, vram
-    from animad.train.lora import build_network
+    from animad.config import vram
+    from animad.train import loop
+    from animad.train.networks.network import build_network
     from animad.train.precision import Precision
     from animad.config.job import JobConfig
 
@@ -286,3 +287,34 @@ def test_build_parts_applies_a_plan_that_changes_nothing_it_computes(tiny_models
     assert not saving.text_encoder_offload.resident  # ... and went back after the encode
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+@pytest.mark.parametrize("kind,dim", [("lokr", 100000), ("loha", 4)])
+def test_lokr_and_loha_save_no_activation_of_their_own(kind, dim):
+    """The memory model counts no rank-sized tensor per token for LoKr and LoHa (train/networks/: their
+    autograd functions keep only the input a LoRA keeps too and recompute their products in the
+    backward). Measured against autograd on a tiny block in fp32, as for LoRA above."""
+    from animad.config.job import NetworkConfig
+    from animad.train.networks import kind_named
+
+    torch.manual_seed(0)
+    block = Block(SMALL).requires_grad_(False)
+    config = NetworkConfig(type=kind, dim=dim)
+    modules = []
+    for name, linear in block.named_modules():
+        if isinstance(linear, torch.nn.Linear) and "adaln" not in name:
+            module = kind_named(kind).new_module(linear, config, dim, None)
+            for p in module.parameters():
+                torch.nn.init.normal_(p)
+            module.attach()
+            modules.append(module)
+    tokens, text_tokens, batch = 24, 10, 2
+    x = torch.randn(batch, tokens, SMALL.dim, requires_grad=True)
+    context = torch.randn(batch, text_tokens, SMALL.context_dim)
+    t_emb, adaln = torch.randn(batch, SMALL.dim), torch.randn(batch, 3 * SMALL.dim)
+    rope = rope_3d(SMALL, 4, tokens // 4, "cpu")
+    params = list(block.parameters()) + [p for m in modules for p in m.parameters()]
+    measured, out = saved_bytes(lambda: block(x, context, t_emb, adaln, rope), params + [context, *rope])
+    out.sum().backward()
+    assert all(p.grad is not None for m in modules for p in m.parameters())
+    assert measured == memory.block_activations(SMALL, 0, mixed="fp32").full(tokens, text_tokens, batch)

@@ -56,10 +56,17 @@ def wait_for_mid_epoch_state(out, epoch, process, timeout=HANG_SECONDS):
     raise AssertionError(f"no mid-epoch state in epoch {epoch} within {timeout}s")
 
 
+# Each network kind with its random parts on: dropout (a LoRA's only), rank_dropout, module_dropout.
+NETWORKS = {"lora": {"dim": 4, "dropout": 0.1, "rank_dropout": 0.1},
+            "lokr": {"type": "lokr", "dim": 2, "rank_dropout": 0.1, "module_dropout": 0.1},
+            "loha": {"type": "loha", "dim": 2, "rank_dropout": 0.1, "module_dropout": 0.1}}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_twice_then_resume_matches_uninterrupted(tmp_path, daemon_config):
+@pytest.mark.parametrize("kind", list(NETWORKS))
+def test_sigkill_mid_epoch_twice_then_resume_matches_uninterrupted(tmp_path, daemon_config, kind):
     job = tiny_job(epochs=EPOCHS, precision={"save": "fp32"}, selection={"stop_at_floor": False},
-                   data={"batch_size": 1, "repeats": 4}, network={"dim": 4, "dropout": 0.1, "rank_dropout": 0.1},
+                   data={"batch_size": 1, "repeats": 4}, network=NETWORKS[kind],
                    schedule={"max_epochs": EPOCHS, "state_every_minutes": 0.002})
     dataset = make_dataset(tmp_path / "ds", job=job)
 

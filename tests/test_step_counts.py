@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from step_counts import OpCounter, step_counts  # noqa: E402
 
-from animad.train.maxnorm import apply_max_norm  # noqa: E402
+from animad.train.networks.lora_maxnorm import apply_max_norm  # noqa: E402
 
 @pytest.fixture(scope="module")
 def counts(tmp_path_factory, tiny_models):
@@ -67,7 +67,7 @@ def naive_max_norm(up, down, scale, limit):
 
 
 def test_max_norm_matches_the_per_module_formula():
-    from animad.train.lora import LoRAModule
+    from animad.train.networks.lora import LoRAModule
 
     torch.manual_seed(0)
     modules = [LoRAModule(torch.nn.Linear(16, 12), 4, 2.0), LoRAModule(torch.nn.Linear(16, 12), 4, 4.0),

@@ -14,7 +14,7 @@ from animad.anima.dit import ANIMA_2B, AnimaDiT
 from animad.anima.files import ModelFiles
 from animad.anima.lora_names import UNET, linears, read_lora_file
 from animad.anima.pipeline import Anima
-from animad.train.lora import network_from_state
+from animad.train.networks.network import network_from_state
 
 
 def test_stable_eval_loss_falls_and_epochs_are_numbered(trained):

@@ -15,10 +15,13 @@ SIDE_MULTIPLE = VAE_SCALE * PATCH
 # The DiT linears a LoRA can target, by group (sd-scripts' and the guides' choice: all three).
 LORA_TARGET_GROUPS = ("self_attn", "cross_attn", "mlp")
 
-# What a LoRA file says it is for: sd-scripts' network module for Anima and the ModelSpec ids that
-# LoRA inspectors and UIs read to tell which base model a LoRA belongs to.
+# sd-scripts' network module that loads each network kind for Anima (ss_network_module): its Anima
+# LoRA module, and the generic LoKr/LoHa modules, which find Anima's blocks themselves.
+NETWORK_MODULES = {"lora": "networks.lora_anima", "lokr": "networks.lokr", "loha": "networks.loha"}
+
+# What a network file says it is for: the ModelSpec ids that LoRA inspectors and UIs read to tell
+# which base model it belongs to (sd-scripts writes ".../lora" for every network module).
 LORA_FILE_IDS = {
-    "ss_network_module": "networks.lora_anima",
     "ss_base_model_version": "anima",  # what sd-scripts' Anima trainer writes (its load_target_model's version)
     "modelspec.architecture": "anima-preview/lora",
     "modelspec.implementation": "https://huggingface.co/circlestone-labs/Anima",

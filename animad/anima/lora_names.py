@@ -1,11 +1,12 @@
-"""Anima's LoRA module names, the way sd-scripts writes them and ComfyUI loads them.
+"""Anima's network module names, the way sd-scripts writes them and ComfyUI loads them.
 
-A LoRA file names each wrapped linear by its place in the checkpoint, dots turned into underscores,
-under one prefix per rank group: `lora_unet_` for the DiT and its LLM adapter
-(`lora_unet_blocks_0_self_attn_q_proj`, `lora_unet_llm_adapter_blocks_0_mlp_0`) and `lora_te_` for
-the Qwen3 text encoder (`lora_te_layers_0_mlp_gate_proj`). Each module then has `.lora_down.weight`,
-`.lora_up.weight` and `.alpha`. ComfyUI/PEFT files use the checkpoint names themselves
-(`diffusion_model.blocks.0.mlp.layer1.lora_A.weight`); read_lora_file turns them into ours.
+A network file (LoRA, LoKr or LoHa) names each wrapped linear by its place in the checkpoint, dots
+turned into underscores, under one prefix per rank group: `lora_unet_` for the DiT and its LLM
+adapter (`lora_unet_blocks_0_self_attn_q_proj`, `lora_unet_llm_adapter_blocks_0_mlp_0`) and
+`lora_te_` for the Qwen3 text encoder (`lora_te_layers_0_mlp_gate_proj`). Each module then has its
+kind's tensors (train/networks/) and `.alpha`. ComfyUI/PEFT files use the checkpoint names themselves
+(`diffusion_model.blocks.0.mlp.layer1.<tensor>`); read_lora_file turns the module part into ours
+and leaves the tensor's part for the kind to read.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ ADAPTER_PATTERN = r"llm_adapter\.blocks\.\d+\.(self_attn|cross_attn)\.(q_proj|k_
                   r"llm_adapter\.blocks\.\d+\.mlp\.[02]"
 TEXT_ENCODER_PATTERN = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 
-# ComfyUI/PEFT keys: <checkpoint prefix>.<module>.<part>; the prefix says the group.
-FOREIGN_KEY = re.compile(r"(diffusion_model|text_encoders\.qwen3_06b\.transformer\.model)\.(.+)\."
-                         r"(lora_A|lora_B|lora_down|lora_up|alpha)(\.weight)?$")
-FOREIGN_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora_down": "lora_down.weight",
-                 "lora_up": "lora_up.weight", "alpha": "alpha"}
+# ComfyUI/PEFT keys: <checkpoint prefix>.<module>.<part>; the prefix says the group. A part is one
+# name, or a name and `.weight` (the module path is the shortest that leaves such a part).
+FOREIGN_KEY = re.compile(r"(diffusion_model|text_encoders\.qwen3_06b\.transformer\.model)\.(.+?)\."
+                         r"(\w+(\.weight)?)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +106,13 @@ def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
         if not match:
             raise ValueError(f"{path}: unrecognised LoRA key {key}")
         group = UNET if match.group(1) == "diffusion_model" else TEXT_ENCODER
-        out[f"{lora_name(PREFIXES[group], match.group(2))}.{FOREIGN_PARTS[match.group(3)]}"] = value.float()
+        out[f"{lora_name(PREFIXES[group], match.group(2))}.{match.group(3)}"] = value.float()
     return out
 
 
-def lora_parameter_count(dit_file: Path, network) -> int:
-    """Parameters of the DiT LoRA the network config asks for, from the file's header (no weights read)."""
+def target_shapes(dit_file: Path, network) -> list[tuple[int, int]]:
+    """(out, in) of each DiT linear the network config picks, from the file's header (no weights read)."""
     _, shapes, _, _, _ = dit_layout(dit_file)
     linear = {k[: -len(".weight")]: shape for k, (_, shape) in shapes.items()
               if k.endswith(".weight") and len(shape) == 2}
-    return sum(network.dim * (linear[n][0] + linear[n][1]) for n in select_targets(list(linear), network))
+    return [(linear[n][0], linear[n][1]) for n in select_targets(list(linear), network)]

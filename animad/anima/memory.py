@@ -24,7 +24,7 @@ autocast's op lists, not measured here (no GPU), and the backward working set an
 fragmentation are estimates: treat the activation figure as +-25%, the fixed parts (weights, LoRA and
 optimizer state) as exact to within 2%, the CUDA context as 0.4-0.8 GB depending on the driver.
 
-`pick` (at the end) is precision.vram: auto's ladder of savings over this model; train/vram.py
+precision.vram: auto's ladder of savings over this model is config/vram.py's `pick`; train/vram.py
 applies it to a job on a device, and the dataset report shows what it would choose.
 """
 
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+from animad import network_shapes
 
 GB = 1e9
 
@@ -64,7 +66,7 @@ class MemoryEstimate:
             return f"{value / GB:.2f} GB"
         return [f"model weights on the GPU: {gb(self.weights)}",
                 f"text encoder on the GPU: {gb(self.text_encoder)}",
-                f"LoRA weights, gradients and optimizer state: {gb(self.lora_and_optimizer)}",
+                f"network (LoRA/LoKr/LoHa) weights, gradients and optimizer state: {gb(self.lora_and_optimizer)}",
                 f"activations kept for the backward pass: {gb(self.activations)}",
                 f"CUDA context and allocator slack: {gb(self.runtime)}",
                 f"total: {gb(self.total)}"]
@@ -91,11 +93,17 @@ def dit_parameters(c) -> int:
     return c.depth * block_parameters(c) + patch_in + timestep + final
 
 
-def lora_parameters(c, rank: int) -> int:
-    """LoRA on the 10 attention/MLP linears of every block: rank x (in + out) each."""
+def block_linear_shapes(c) -> list[tuple[int, int]]:
+    """(out, in) of the 10 attention/MLP linears of a block, the ones a network wraps."""
     d, ctx, hidden = c.dim, c.context_dim, c.dim * c.mlp_ratio
-    per_block = 4 * 2 * d + (2 * d + 2 * (ctx + d) + 2 * d) + 2 * (d + hidden)
-    return c.depth * rank * per_block
+    return [(d, d)] * 4 + [(d, d), (d, ctx), (d, ctx), (d, d)] + [(hidden, d), (d, hidden)]
+
+
+def network_parameters(c, rank: int, kind: str = "lora", factor: int = -1) -> int:
+    """The network of network.type `kind` on the 10 attention/MLP linears of every block (LoRA: rank x
+    (in + out) each; the others by network_shapes' rules)."""
+    return c.depth * sum(network_shapes.parameter_count(kind, out, inp, rank, factor)
+                         for out, inp in block_linear_shapes(c))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,15 +143,22 @@ def checkpointed_blocks(depth: int, checkpoint_every: int) -> int:
     return 0 if checkpoint_every <= 0 else math.ceil(depth / checkpoint_every)
 
 
-def activation_bytes(c, tokens: int, batch: int, *, checkpoint_every: int, rank: int, mixed: str = "bf16") -> int:
-    blocks = block_activations(c, rank, mixed)
+def activation_bytes(c, tokens: int, batch: int, *, checkpoint_every: int, rank: int, mixed: str = "bf16",
+                     kind: str = "lora", factor: int = -1) -> int:
+    # Only LoRA saves a rank-sized intermediate per token; LoKr and LoHa (train/networks/) save nothing
+    # beyond the input the base linear keeps, and recompute their small products in the backward.
+    blocks = block_activations(c, rank if kind == "lora" else 0, mixed)
     full = blocks.full(tokens, TEXT_TOKENS, batch)
     checkpointed = checkpointed_blocks(c.depth, checkpoint_every)
     kept = (c.depth - checkpointed) * full + checkpointed * batch * tokens * blocks.input_per_token
     recompute = full if checkpointed else 0  # one checkpointed block is fully alive again in its backward
     e = 4 if mixed == "fp32" else 2
     backward = batch * tokens * 32 * c.dim
-    lora_casts = 0 if mixed == "fp32" else lora_parameters(c, rank) * e
+    # Under autocast LoRA and LoKr keep bf16 casts of their weights for the backward; LoHa keeps its
+    # fp32 factors and, in the backward, a few out x in fp32 products of one linear at a time.
+    lora_casts = 0 if mixed == "fp32" or kind == "loha" else network_parameters(c, rank, kind, factor) * e
+    if kind == "loha":
+        backward += 4 * 4 * max(out * inp for out, inp in block_linear_shapes(c))
     outside = batch * tokens * (4 * c.dim + e * c.dim + 4 * c.latent_channels * c.patch * c.patch * 3)
     return kept + recompute + backward + lora_casts + outside
 
@@ -155,11 +170,12 @@ def tokens_for(width: int, height: int, c) -> int:
 
 def training_memory(width: int, height: int, batch: int, *, checkpoint_every: int, rank: int, optimizer: str,
                     text_encoder_on_gpu: bool, swapped_blocks: int = 0, config=None,
-                    weight_bytes: int = 2) -> MemoryEstimate:
+                    weight_bytes: int = 2, kind: str = "lora", factor: int = -1) -> MemoryEstimate:
     """GPU memory for one training step at this bucket size and micro-batch (see the module docstring).
 
     swapped_blocks DiT blocks live in pinned CPU memory; two of them are on the GPU at a time (the one
-    computing and the one being prefetched). optimizer is the job's optimizer.type."""
+    computing and the one being prefetched). optimizer is the job's optimizer.type; kind, rank and factor
+    the job's network.type, dim and factor."""
     c = config or default_config()
     swapped = min(max(swapped_blocks, 0), c.depth)
     resident_blocks = c.depth - swapped + min(swapped, 2)
@@ -167,88 +183,8 @@ def training_memory(width: int, height: int, batch: int, *, checkpoint_every: in
                + ADAPTER_PARAMETERS) * weight_bytes
     text_encoder = QWEN3_PARAMETERS * weight_bytes if text_encoder_on_gpu else 0
     per_parameter = 8 + OPTIMIZER_STATE_BYTES.get(optimizer, 16)
-    lora = lora_parameters(c, rank) * per_parameter
+    lora = network_parameters(c, rank, kind, factor) * per_parameter
     activations = activation_bytes(c, tokens_for(width, height, c), batch, checkpoint_every=checkpoint_every,
-                                   rank=rank)
+                                   rank=rank, kind=kind, factor=factor)
     runtime = CUDA_CONTEXT + int(ALLOCATOR_SLACK * activations)
     return MemoryEstimate(int(weights), int(text_encoder), int(lora), int(activations), runtime)
-
-
-# ---- the picker's ladder (precision.vram: auto; train/vram.py applies it) --------------------------
-
-FIT_SHARE = 0.95  # use at most this share of what is free: other processes and the driver move too
-
-
-@dataclasses.dataclass(frozen=True)
-class VramPlan:
-    checkpoint_every: int  # 0 none, 1 all, k every k-th block
-    text_encoder_on_gpu: bool  # False: in CPU memory between uses (only matters when it runs in the loop)
-    swapped_blocks: int
-    estimate: MemoryEstimate
-    budget: int | None  # bytes the plan was fitted to; None when nothing was picked (CPU, vram: off)
-    fits: bool = True
-
-    def describe(self, depth: int) -> str:
-        if self.checkpoint_every == 0:
-            saving = "no gradient checkpointing"
-        elif self.checkpoint_every == 1:
-            saving = "gradient checkpointing on every block"
-        else:
-            saving = (f"gradient checkpointing on every {ordinal(self.checkpoint_every)} block "
-                      f"({checkpointed_blocks(depth, self.checkpoint_every)} of {depth})")
-        parts = [saving]
-        if not self.text_encoder_on_gpu:
-            parts.append("text encoder in CPU memory between uses")
-        if self.swapped_blocks:
-            parts.append(f"{self.swapped_blocks} of {depth} DiT blocks swapped to CPU memory")
-        return ", ".join(parts)
-
-    def line(self, depth: int) -> str:
-        """The one log line saying what was chosen and why."""
-        chosen = self.describe(depth)
-        need = f"{self.estimate.total / GB:.1f} GB by the memory model"
-        if self.budget is None:
-            return f"vram: {chosen} (as configured)"
-        have = f"{self.budget / GB:.1f} GB available"
-        if not self.fits:
-            return (f"vram: {chosen}, the most this can save, still needs {need} of {have}: it may run out "
-                    "of memory; lower data.batch_size or data.resolution")
-        return f"vram: {chosen} ({need}, {have})"
-
-
-def ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-def candidates(depth: int, text_encoder_movable: bool):
-    """(checkpoint_every, text_encoder_on_gpu, swapped_blocks) from the fastest to the most frugal."""
-    yield 0, True, 0
-    seen = set()
-    for every in range(depth, 1, -1):  # every k-th: 1 block checkpointed, then 2, 3, ...
-        count = checkpointed_blocks(depth, every)
-        if count not in seen and count < depth:
-            seen.add(count)
-            yield every, True, 0
-    yield 1, True, 0
-    if text_encoder_movable:
-        yield 1, False, 0
-    for swapped in range(1, depth - 1):
-        yield 1, not text_encoder_movable, swapped
-
-
-def pick(budget: int, *, width: int, height: int, batch: int, rank: int, optimizer: str, text_encoder_live: bool,
-         text_encoder_trains: bool = False, config=None) -> VramPlan:
-    """The fastest plan whose estimate fits FIT_SHARE of `budget` bytes (or the most frugal one, marked
-    as not fitting). text_encoder_live: the text encoder runs in the loop (else it is unloaded anyway)."""
-    c = config or default_config()
-    movable = text_encoder_live and not text_encoder_trains
-    plan = None
-    for every, te_on_gpu, swapped in candidates(c.depth, movable):
-        estimate = training_memory(width, height, batch, checkpoint_every=every, rank=rank,
-                                          optimizer=optimizer, text_encoder_on_gpu=text_encoder_live and te_on_gpu,
-                                          swapped_blocks=swapped, config=c)
-        plan = VramPlan(every, te_on_gpu, swapped, estimate, budget, estimate.total <= FIT_SHARE * budget)
-        if plan.fits:
-            return plan
-    return plan

@@ -47,15 +47,26 @@ class ModelFileOptions:
 
 @dataclasses.dataclass
 class NetworkConfig:
-    type: str = option("lora", "Network kind: lora, lokr or loha (sd-scripts' networks/lokr.py and loha.py, LyCORIS' "
-                               "conventions; ComfyUI loads all three as they are). lora is the guides' kind and the "
-                               "default.", choices=("lora", "lokr", "loha"))
+    type: str = option("lora", "Network kind: lora, lokr or loha, as sd-scripts' networks/lokr.py and loha.py (and "
+                               "LyCORIS) write them; ComfyUI's LoRA loader nodes load all three as they are. lora "
+                               "(the default) is the guides' kind and the one their settings are tuned for: ~46 MB a "
+                               "file at dim 16. lokr (w1 kron w2 per layer) is the kind Anima users ask for most for "
+                               "styles, and small: 1.9 MB at dim 16, 3.2 MB with full matrices (dim 100000) at factor "
+                               "-1, 55 MB full at factor 8; its step costs 1.0-1.4x a lora's. loha ((w1a w1b) * (w2a "
+                               "w2b) per layer) reaches rank dim^2 with 2x a lora's values (92 MB at dim 16) and "
+                               "a step of 1.1-1.6x a lora's (both measured on the CPU: bench/network_forms.py). Sizes are bf16 files on the full DiT, "
+                               "computed from its shapes (bench/network_sizes.py). lokr and loha take no "
+                               "network.dropout or scale_weight_norms (sd-scripts has neither for them).",
+                         choices=("lora", "lokr", "loha"))
     factor: int = option(-1, "LoKr: the Kronecker factor of each linear's out/in sizes. -1 (sd-scripts' and "
-                             "LyCORIS' default) splits each size as evenly as it can; a larger factor gives a "
-                             "larger w1 and a smaller w2.", min=-1)
-    dim: int = option(16, "LoRA rank. 16 is the spec's default: room for a character with several outfits (the "
-                          "guide's single-concept runs use 4-8); each epoch file is ~46 MB in bf16 (computed from "
-                          "the DiT's shapes, all three target groups).", min=1, max=1024)
+                             "LyCORIS' default) splits each size as evenly as it can (2048 = 32 x 64): the "
+                             "smallest files. A positive factor f makes w1 f x f and w2 the rest: full-matrix "
+                             "files of 14 MB at 16, 55 MB at 8, 220 MB at 4. Only for network.type: lokr.", min=-1)
+    dim: int = option(16, "Rank. lora: the rank of up/down; 16 is the spec's default: room for a character with "
+                          "several outfits (the guide's single-concept runs use 4-8); each epoch file is ~46 MB in "
+                          "bf16 (computed from the DiT's shapes, all three target groups). lokr: the rank of w2; "
+                          "at least half of w2's larger side (e.g. 100000, as sd-scripts configs write it) trains "
+                          "w2 as a full matrix at scale 1. loha: the rank of both pairs.", min=1, max=100000)
     alpha: float | None = option(None, "LoRA alpha. null means alpha = dim (scale 1.0), as in every guide run "
                                        "(4/4, 8/8), so the learning rate does not change with the rank.", min=0)
     dropout: float = option(0.0, "Dropout on the LoRA down-projection output. 0 (the spec's default): stop-at-floor "
@@ -402,6 +413,7 @@ def check_job_logic(config: JobConfig, file, problems: Problems) -> None:
             except re.error as error:
                 problems.error(file, f"network.{key}[{index}]", f"bad regular expression: {error}",
                                "escape dots as '\\.'")
+    check_network_kind(config.network, file, problems)
     if config.network.init_from:
         try:
             parse_job_reference(config.network.init_from)
@@ -410,6 +422,33 @@ def check_job_logic(config: JobConfig, file, problems: Problems) -> None:
                            "write job:<name>, job:<name>@<epoch> or job:<name>@last, or a .safetensors path")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         problems.error(file, "device", f"'{config.device}' is not a device", "use auto, cuda, cuda:0 or cpu")
+
+
+MAX_RANK = 1024  # lora and loha ranks; a lokr's dim may be larger (a full w2)
+
+
+def check_network_kind(net: NetworkConfig, file, problems: Problems) -> None:
+    """Options that mean nothing for the chosen network.type, refused before a night is spent."""
+    if net.type != "lokr" and net.dim > MAX_RANK:
+        problems.error(file, "network.dim", f"{net.dim} is more than {MAX_RANK}, the most a {net.type} takes (only "
+                       "a lokr reads a huge dim, as sd-scripts configs write 100000, as 'full matrices')",
+                       f"use a dim up to {MAX_RANK}, or network.type: lokr")
+    if net.type == "lora":
+        if net.factor != -1:
+            problems.warning(file, "network.factor", f"{net.factor} is LoKr's Kronecker factor; a lora has none",
+                             "remove it, or set network.type: lokr")
+        return
+    if net.dropout:
+        problems.error(file, "network.dropout", f"{net.dropout} drops a LoRA's rank-sized intermediate, which "
+                       f"{net.type} does not have (sd-scripts ignores it for {net.type})",
+                       "set it to 0; rank_dropout and module_dropout work for every kind")
+    if net.scale_weight_norms:
+        problems.error(file, "network.scale_weight_norms", f"not for network.type: {net.type}: sd-scripts' "
+                       f"networks/{net.type}.py has no max-norm rule (its --scale_weight_norms stops the run), and "
+                       "animad does not invent one", "remove it, or train a lora")
+    if net.type == "loha" and net.factor != -1:
+        problems.warning(file, "network.factor", f"{net.factor} is LoKr's Kronecker factor; a loha has none",
+                         "remove it, or set network.type: lokr")
 
 
 JOB_PREFIX = "job:"  # network.init_from names another job instead of a file

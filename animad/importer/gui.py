@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 
 from animad.importer.flags import GUI_FIELD, OTHER_MODEL, SAME, SHADOWED
-from animad.anima.facts import LORA_FILE_IDS
+from animad.anima.facts import NETWORK_MODULES
 from animad.importer.launch import _set_launch_flag, _split_options
 from animad.importer.prompts import line_to_prompt
 from animad.importer.sources import Flag, Listed, Sources, set_flag
 
 
-ANIMA_LORA = LORA_FILE_IDS["ss_network_module"]  # sd-scripts' Anima LoRA module
+ANIMA_LORA = NETWORK_MODULES["lora"]  # sd-scripts' Anima LoRA module
 # kohya_ss LoRA_type -> (network module, LyCORIS algo or None)
 KOHYA_TYPES = {
     "standard": (ANIMA_LORA, None), "anima": (ANIMA_LORA, None),

@@ -10,17 +10,21 @@ does, named as a problem.
 
 from __future__ import annotations
 
+import dataclasses
+
+from animad.anima.facts import NETWORK_MODULES
+from animad.config.job import NetworkConfig
 from animad.importer.flags import NO_EQUIVALENT, SAME, SHADOWED, SUPERSEDED
-from animad.anima.facts import LORA_FILE_IDS
 from animad.importer.records import Unmapped
 from animad.importer.sources import Flag, Sources, key_values
 
-MAX_DIM = 1024  # network.dim's bound in config/job.py
-ANIMA_LORA = LORA_FILE_IDS["ss_network_module"]  # sd-scripts' Anima LoRA module
+# network.dim's bound, as config/job.py states it (sd-scripts' "full matrix" LoKr configs write 100000)
+MAX_DIM = {f.name: f for f in dataclasses.fields(NetworkConfig)}["dim"].metadata["max"]
+ANIMA_LORA = NETWORK_MODULES["lora"]  # sd-scripts' Anima LoRA module
 # module -> (kind, why it is not exactly that kind, or None)
 MODULES = {
     ANIMA_LORA: ("lora", None),
-    "networks.lokr": ("lokr", None), "networks.loha": ("loha", None),
+    NETWORK_MODULES["lokr"]: ("lokr", None), NETWORK_MODULES["loha"]: ("loha", None),
     "networks.lokr_anima": ("lokr", None), "networks.loha_anima": ("loha", None),
     "networks.lora": ("lora", f"networks.lora is sd-scripts' Stable Diffusion LoRA; Anima's is {ANIMA_LORA}, the "
                               "same kind"),
@@ -104,10 +108,9 @@ def translate_network(take, sources: Sources, out, job_keys: set[str], comment_o
     full = str(args.get("lokr_full_matrix", args.get("full_matrix", ""))).lower() == "true"
     value = dim.value if dim else 4
     comment = comment_of(dim) if dim else "sd-scripts' default: lora_anima uses 4 without --network_dim"
-    if kind == "lokr" and (full or value > MAX_DIM):
-        why = "lokr_full_matrix" if full else f"network_dim {value}"
-        comment = (f"{comment}: {why} asks sd-scripts/LyCORIS for full w2 matrices; {MAX_DIM}, the largest dim here, "
-                   f"is full wherever half the larger Kronecker factor is at most {MAX_DIM}")
+    if kind == "lokr" and full and value < MAX_DIM:
+        # the fork's lokr_full_matrix=True: full w2 matrices, which network.dim asks for by being large
+        comment = f"{comment}; {args_flag.origin if args_flag else ''} lokr_full_matrix: full w2 matrices"
         value = MAX_DIM
     elif value > MAX_DIM:
         out.problems.append(f"{dim.origin}: network.dim is at most {MAX_DIM} here; job.yaml says {MAX_DIM}")

@@ -21,6 +21,7 @@ from animad.fsutil import free_bytes, human_bytes
 from animad.intake.dataset import Dataset, links_outside, scan_dataset
 from animad.intake.models import resolve_model_files
 from animad.intake.report import DatasetReport, build_report
+from animad.network_shapes import file_bytes, file_kind
 from animad.safe_text import safe
 
 INBOX_ENDING = ("Fix the errors above in the folder; the daemon checks it again by itself once it changes "
@@ -221,6 +222,14 @@ def check_init_lora(init: Path, config: JobConfig, dataset: Dataset, job_file, p
         problems.error(job_file, "network.init_from", f"cannot read the LoRA file {init}: {error}",
                        "give a .safetensors LoRA written by animad, sd-scripts or ComfyUI")
         return
+    kind = file_kind(names)
+    if kind != config.network.type:
+        what = f"is a {kind}" if kind else "holds no lora, lokr or loha module"
+        problems.error(job_file, "network.init_from", f"{init.name} {what}, and this job trains a "
+                       f"{config.network.type}: a network continues only as its own kind",
+                       f"set network.type: {kind}, or start from zero" if kind else
+                       "give a network file written by animad, sd-scripts or ComfyUI")
+        return
     text_prefix = PREFIXES[TEXT_ENCODER] + "_"
     modules = {k.split(".", 1)[0] for k in names if k.startswith(text_prefix)}
     if modules and not text_encoder_runs(config, dataset):
@@ -232,10 +241,11 @@ def check_init_lora(init: Path, config: JobConfig, dataset: Dataset, job_file, p
 
 def estimate_lora_bytes(files: ModelFiles, config: JobConfig) -> int:
     """Size of one saved epoch file, from the DiT header's shapes (no weights read)."""
-    from animad.anima.lora_names import lora_parameter_count  # needs torch; see check_models
+    from animad.anima.lora_names import target_shapes  # needs torch; see check_models
 
+    net = config.network
     bytes_per = 4 if config.precision.save == "fp32" else 2
-    return lora_parameter_count(files.dit, config.network) * bytes_per
+    return file_bytes(net.type, target_shapes(files.dit, net), net.dim, net.factor, bytes_per)
 
 
 def check_disk(files: ModelFiles, config: JobConfig, dataset: Dataset, work_dir: Path, job_file,

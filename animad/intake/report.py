@@ -276,7 +276,8 @@ def memory_estimate(config: JobConfig, dataset: Dataset, gpu_bytes: int | None, 
     """Peak training memory at the largest bucket, from animad.anima.memory's model of the DiT: what
     precision.vram: auto would pick on this GPU (or on the common cards when there is none), or the
     configured settings with vram: off."""
-    from animad.anima.memory import default_config, pick, training_memory
+    from animad.anima.memory import default_config, training_memory
+    from animad.config.vram import pick
 
     depth = default_config().depth
     data = config.data
@@ -286,7 +287,9 @@ def memory_estimate(config: JobConfig, dataset: Dataset, gpu_bytes: int | None, 
                  or config.network.train_text_encoder or not config.precision.cache_text)
     # The model is the released Anima's (a tiny test model set needs far less).
     where = f"for Anima at the largest bucket {width}x{height}, batch {batch}"
-    shape = dict(width=width, height=height, batch=batch, rank=config.network.dim, optimizer=config.optimizer.type)
+    net = config.network
+    shape = dict(width=width, height=height, batch=batch, rank=net.dim, optimizer=config.optimizer.type,
+                 kind=net.type, factor=net.factor)
 
     def fitted(budget: int):
         return pick(budget, **shape, text_encoder_live=live_text,
@@ -312,8 +315,9 @@ def memory_estimate(config: JobConfig, dataset: Dataset, gpu_bytes: int | None, 
         summary["VRAM by part"] = "; ".join(plans[0][1].estimate.lines())
         return
     every = int(config.precision.gradient_checkpointing)  # false 0, true 1 (every block), k every k-th
-    estimate = training_memory(width, height, batch, checkpoint_every=every, rank=config.network.dim,
-                               optimizer=config.optimizer.type, text_encoder_on_gpu=live_text)
+    estimate = training_memory(width, height, batch, checkpoint_every=every, rank=net.dim,
+                               optimizer=config.optimizer.type, text_encoder_on_gpu=live_text, kind=net.type,
+                               factor=net.factor)
     need = need_text(estimate)
     if gpu_bytes:
         fits = "fits" if estimate.total <= gpu_bytes else "does NOT fit"

@@ -223,6 +223,7 @@ def training_facts(job_folder) -> dict:
     net, opt, data = config.network, config.optimizer, config.data
     resolution = data.resolution if isinstance(data.resolution, int) else "x".join(map(str, data.resolution))
     return {
+        "network": net.type, "factor": net.factor,
         "dim": net.dim, "alpha": net.alpha if net.alpha is not None else net.dim, "init_from": net.init_from or None,
         "optimizer": opt.type, "lr": default_lr(opt), "resolution": resolution, "batch_size": data.batch_size,
         "grad_accum": data.grad_accum, "epochs_trained": len(records), "max_epochs": config.schedule.max_epochs,

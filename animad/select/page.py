@@ -68,6 +68,12 @@ LOADER_WIRING = {
     "LoraLoader": "node (it also applies the half of the LoRA that trained the text encoder), between the model "
                   "and CLIP loaders and the sampler and text encoders",
 }
+# What each network.type's file is, for the page ("what this file is"); ComfyUI's LoRA loader nodes
+# load all three as they are.
+NETWORK_WORDS = {"lora": "a LoRA (low-rank pairs, sd-scripts' LoRA format)",
+                 "lokr": "a LoKr (a Kronecker product per layer, sd-scripts' networks.lokr / LyCORIS format)",
+                 "loha": "a LoHa (a Hadamard product of two low-rank pairs, sd-scripts' networks.loha / LyCORIS "
+                         "format)"}
 KIND_WORDS = {"lowest": "the lowest loss of the run", "floor": "where the loss stopped improving", "dip": "an earlier dip",
               "candidate": "a possible floor (not confirmed)", "tail": "spread over the slow tail",
               "annealed": "after the learning rate was annealed to 0", "added": "added by hand"}
@@ -109,7 +115,7 @@ def header_html(summary: dict) -> list[str]:
         "likeness, style, and whether prompts unlike the training captions still work.</li>"
         "<li>Pick the epoch you like best: not necessarily the one with the lowest loss.</li>"
         "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
-        f"<code>models/loras</code> folder and load it with {loader}.{trigger}</li>"
+        f"<code>models/loras</code> folder and load it with {loader}.{network_note(summary)}{trigger}</li>"
         f"{workflow_item(summary)}</ol></div>",
         *about_html(summary),
         *barely_changed_html(summary),
@@ -265,6 +271,14 @@ def previews_html(summary: dict) -> list[str]:
     return parts
 
 
+def network_note(summary: dict) -> str:
+    """One sentence on what the files are, for a LoKr or LoHa (the LoRA default needs no word)."""
+    kind = (summary.get("training") or {}).get("network") or "lora"
+    if kind == "lora" or kind not in NETWORK_WORDS:
+        return ""
+    return f" Each file is {esc(NETWORK_WORDS[kind])}; ComfyUI's LoRA loader nodes load it as it is."
+
+
 def loader_html(pick: dict) -> str:
     if not pick.get("file"):
         return ""
@@ -333,14 +347,19 @@ def training_html(summary: dict) -> list[str]:
     if (facts.get("grad_accum") or 1) > 1 and isinstance(facts.get("batch_size"), int):
         batch += f" x {facts['grad_accum']} accumulated = {facts['batch_size'] * facts['grad_accum']} images a step"
     lr = facts.get("lr")
-    rows = [("LoRA rank (dim) / alpha", rank),
-            ("optimizer", f"{facts.get('optimizer')}, learning rate {lr:g}" if isinstance(lr, (int, float))
-             else facts.get("optimizer")),
-            ("resolution", facts.get("resolution")), ("batch size", batch),
-            ("epochs trained", f"{facts.get('epochs_trained')} (max_epochs {facts.get('max_epochs')})"),
-            ("optimizer steps", facts.get("steps")),
-            ("time taken", f"{duration_text(facts.get('seconds'))}: every epoch's training and eval, over every "
-                           "launch (caching, pauses and previews not counted)")]
+    kind = facts.get("network") or "lora"
+    if kind == "lokr":
+        rank += f", factor {facts.get('factor')}"
+    rows = [("LoRA rank (dim) / alpha", rank)] if kind == "lora" else [
+        ("network", NETWORK_WORDS.get(kind, kind)), ("rank (dim) / alpha", rank)]
+    rows += [
+        ("optimizer", f"{facts.get('optimizer')}, learning rate {lr:g}" if isinstance(lr, (int, float))
+         else facts.get("optimizer")),
+        ("resolution", facts.get("resolution")), ("batch size", batch),
+        ("epochs trained", f"{facts.get('epochs_trained')} (max_epochs {facts.get('max_epochs')})"),
+        ("optimizer steps", facts.get("steps")),
+        ("time taken", f"{duration_text(facts.get('seconds'))}: every epoch's training and eval, over every "
+                       "launch (caching, pauses and previews not counted)")]
     if facts.get("started") and facts.get("ended"):
         rows.append(("first and last epoch saved", f"{facts['started']} and {facts['ended']}"))
     body = "".join(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>" for key, value in rows)

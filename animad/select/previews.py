@@ -21,9 +21,8 @@ from PIL import Image, PngImagePlugin
 from safetensors import safe_open
 
 from animad.anima import comfyui
-from animad.anima.lora_names import read_lora_file
 from animad.anima.pipeline import Anima
-from animad.train.lora import load_weights, network_from_state
+from animad.train.networks.network import load_weights, network_from_state, read_network_file
 from animad.train.precision import resolve_precision
 
 log = logging.getLogger("animad.select")
@@ -133,7 +132,7 @@ def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, sho
     """Load the models once and render each image in todo ({(row, prompt): (path, chunks)}), row by row."""
     precision = resolve_precision(config)
     device, dtype = precision.device, precision.weight_dtype
-    states = {row.epoch: read_lora_file(epoch_files[row.epoch]) for row in rows if row.epoch is not None}
+    states = {row.epoch: read_network_file(epoch_files[row.epoch]) for row in rows if row.epoch is not None}
     anima = Anima(files, device, dtype)
     anima.load_text_encoder()
     anima.load_dit()

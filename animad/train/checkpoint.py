@@ -16,7 +16,8 @@ from safetensors.torch import save
 from animad import __version__
 from animad.anima.facts import LORA_FILE_IDS
 from animad.fsutil import write_atomic
-from animad.train.lora import file_modules, file_rank_alpha
+from animad.train.networks import kind_named, kind_of_file
+from animad.train.networks.network import file_modules
 from animad.train.optim import default_lr
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -52,13 +53,15 @@ def sshs_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> t
     return model_hash, legacy_hash
 
 
-def rank_and_alpha(state: dict[str, torch.Tensor]) -> tuple[int, float]:
-    """The (rank, alpha) a LoRA state holds, for ss_network_dim/alpha: read from the tensors, so a LoRA
-    continued from another file reports that file's rank. Mixed ranks: the one most modules have."""
-    counts = collections.Counter(file_rank_alpha(state, name) for name in file_modules(state))
+def rank_and_alpha(state: dict[str, torch.Tensor]) -> tuple[int | None, float]:
+    """The (dim, alpha) a network state holds, for ss_network_dim/alpha: read from the tensors, so a
+    network continued from another file reports that file's rank (mixed ranks: the one most modules
+    have). dim None: a LoKr with full matrices, which has no rank in its tensors."""
+    kind = kind_of_file(state)
+    counts = collections.Counter(kind.dim_alpha(state, name) for name in file_modules(state)) if kind else None
     if not counts:
         return 0, 0.0
-    return max(counts, key=lambda pair: (counts[pair], pair[0]))
+    return max(counts, key=lambda pair: (counts[pair], pair[0] or 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +104,16 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
     net, opt, data, ts = config.network, config.optimizer, config.data, config.timesteps
     resolution = data.resolution if isinstance(data.resolution, list) else [data.resolution, data.resolution]
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    kind = kind_named(net.type)
     meta = {
+        "ss_network_module": kind.network_module,
         **LORA_FILE_IDS,
         "ss_v2": "False",
-        "ss_network_dim": str(rank_dims[0]),
+        # A LoKr of full matrices has no rank in its tensors: the job's dim, as sd-scripts writes it.
+        "ss_network_dim": str(net.dim if rank_dims[0] is None else rank_dims[0]),
         "ss_network_alpha": number(rank_dims[1]),
         "ss_network_dropout": str(net.dropout),
-        "ss_network_args": json.dumps({"rank_dropout": net.rank_dropout, "module_dropout": net.module_dropout,
-                                       "train_llm_adapter": net.train_llm_adapter, "targets": net.targets}),
+        "ss_network_args": kind.network_args(net),
         "ss_learning_rate": str(default_lr(opt)),
         "ss_unet_lr": str(default_lr(opt)),
         "ss_text_encoder_lr": str(opt.text_encoder_lr if opt.text_encoder_lr is not None else default_lr(opt)),

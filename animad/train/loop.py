@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 
 from animad.anima.files import ModelFiles
-from animad.anima.lora_names import read_lora_file
 from animad.anima.pipeline import Anima
 from animad.anima.text import TextEmbedding
 from animad.config.daemon import resolve_path
@@ -46,8 +45,7 @@ from animad.train.captions import augment_caption, is_dynamic
 from animad.train.evaluation import EvalSet, build_eval_set, evaluate
 from animad.train.floor import floor_reached
 from animad.train.flow import flow_loss, input_perturbation, noisy, sample_sigmas
-from animad.train.lora import LoRANetwork, build_network
-from animad.train.maxnorm import apply_max_norm
+from animad.train.networks.network import Network, build_network, read_network_file
 from animad.train.optim import (Cooldown, build_optimizer, build_scheduler, effective_lr, follow_cooldown,
                                 schedule_kind, warmup_steps)
 from animad.train.precision import Precision, resolve_precision
@@ -137,7 +135,7 @@ class Sizes:
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
-    network: LoRANetwork
+    network: Network
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler  # disabled (every call passes through) unless fp16
@@ -204,8 +202,8 @@ def run_training(paths: JobPaths, config, files: ModelFiles, dataset, *, cache_d
     parts = build_parts(paths, config, anima, precision, sizes)
     eval_set = build_eval_set(dataset, caches.latents, config.eval, config.timesteps, config.seed,
                               dataset.samples_per_epoch())
-    log.info("LoRA: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas%s",
-             len(parts.network.loras), sum(p.numel() for p in parts.params) / 1e6, sizes.steps_per_epoch,
+    log.info("%s: %d modules, %.2fM parameters; %d steps/epoch, %d epochs max; eval on %d images x %d sigmas%s",
+             parts.network.kind.title, len(parts.network.loras), sum(p.numel() for p in parts.params) / 1e6, sizes.steps_per_epoch,
              sizes.max_epochs, len(eval_set.items), len(eval_set.sigmas),
              f"; {group.world} GPUs" if group.world > 1 else "")
 
@@ -276,6 +274,8 @@ def run_fingerprint(config, dataset, base_hash: str) -> str:
              net.train_llm_adapter, net.train_text_encoder, net.text_encoder_dim, config.optimizer.type,
              config.data.batch_size, config.data.grad_accum, dataset.samples_per_epoch(),
              [(i.rel, i.sha256, i.caption) for i in dataset.items]]
+    if net.type != "lora":  # the kind shapes the tensors too (added only then: LoRA states made before still resume)
+        parts += [net.type, net.factor]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -386,7 +386,7 @@ def read_init_lora(paths: JobPaths, network_config) -> dict | None:
     else:
         path = resolve_path(paths.dataset, network_config.init_from)
     try:
-        return read_lora_file(path)
+        return read_network_file(path)
     except (OSError, ValueError) as error:
         raise UserError(f"network.init_from: cannot read {path}: {error}") from None
 
@@ -619,8 +619,7 @@ def train_step(run: Run, progress: Progress, batches: list) -> StepResult:
     if run.config.network.scale_weight_norms:
         # After the optimizer step, as sd-scripts does; its figures cost one more host read, and
         # only with this option on.
-        scaled, mean, largest = host_values(apply_max_norm(parts.network.loras.values(),
-                                                           run.config.network.scale_weight_norms))
+        scaled, mean, largest = host_values(parts.network.apply_max_norm(run.config.network.scale_weight_norms))
         max_norm = (int(scaled), mean, largest)
     return StepResult(step_loss, max_norm)
 

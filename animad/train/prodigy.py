@@ -14,6 +14,14 @@ zero, while that step leaves the weights, d and k alone; a step at lr 0 does not
 differences are rounding: the dot products and norms are summed in another order (and d's running
 sums in float64 on the device instead of Python floats). tests/test_prodigy.py bounds them.
 
+Nothing is allocated per step: every intermediate of the size of the parameters (p0 - p and its
+products with the gradients, the scaled gradients, the denominators, the weight-decay and Adam
+updates) is written into two flat scratch buffers made once per parameter list, in place, with the
+same elementwise operations in the same order as before, so the numbers are bit-for-bit those of the
+allocating version. On the CPU a fresh 23M-element list per intermediate (page faults on every step)
+and a concatenation for the dot product cost four times prodigyopt's step; bench/prodigy_step.py
+measures both.
+
 state_dict() writes d, d_max, d_numerator and k back into the param groups as Python numbers (one
 sync, at save time only), which is prodigyopt's own format: a resume state written by prodigyopt loads
 here (its flat s and p0 are reshaped, a scalar p0 of an all-zero parameter expanded), and a save/load round trip continues
@@ -35,6 +43,13 @@ def scalar(value: torch.Tensor, like: list[torch.Tensor]) -> torch.Tensor:
     return value.to(like[0].dtype)
 
 
+def scaled(out: list[torch.Tensor], tensors: list[torch.Tensor], factor: torch.Tensor) -> list[torch.Tensor]:
+    """tensors * factor written into `out` (the same rounding as the allocating _foreach_mul)."""
+    torch._foreach_copy_(out, tensors)
+    torch._foreach_mul_(out, factor)
+    return out
+
+
 class Prodigy(torch.optim.Optimizer):
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0.0, decouple=True,
                  use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=float("inf")):
@@ -48,6 +63,7 @@ class Prodigy(torch.optim.Optimizer):
                         fsdp_in_use=False, slice_p=1)
         super().__init__(params, defaults)
         self._scalars: dict[str, torch.Tensor] | None = None  # the device copies of d, d_max, d_numerator, k
+        self._scratch: dict[tuple, tuple] = {}  # parameter list -> (flat, views) x 2, made once
 
     # ---- the device-side scalars and their host mirror in the param groups -------------------------
 
@@ -107,6 +123,23 @@ class Prodigy(torch.optim.Optimizer):
     def lists(self, params, *names):
         return [[self.state[p][name] for p in params] for name in names]
 
+    def scratch(self, params) -> tuple[tuple[torch.Tensor, list[torch.Tensor]], ...]:
+        """Two flat buffers the size of `params`, each with one view per parameter (in order, so a sum
+        over a flat buffer adds the same numbers in the same order as a concatenation would)."""
+        key = tuple(id(p) for p in params)
+        if key not in self._scratch:
+            total = sum(p.numel() for p in params)
+            buffers = []
+            for _ in range(2):
+                flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+                views, offset = [], 0
+                for p in params:
+                    views.append(flat[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
+                buffers.append((flat, views))
+            self._scratch[key] = tuple(buffers)
+        return self._scratch[key]
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -142,18 +175,21 @@ class Prodigy(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             p0s, ss = self.lists(params, "p0", "s")
-            moved = torch._foreach_sub(p0s, params)
-            dot_sum = dot_sum + torch.cat([t.reshape(-1) for t in torch._foreach_mul(grads, moved)]).sum()
+            (flat, work), _ = self.scratch(params)
+            torch._foreach_copy_(work, p0s)
+            torch._foreach_sub_(work, params)  # p0 - p
+            torch._foreach_mul_(work, grads)
+            dot_sum = dot_sum + flat.sum()
             if beta1 > 0:
                 (exp_avgs,) = self.lists(params, "exp_avg")
                 torch._foreach_mul_(exp_avgs, beta1)
-                torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, scalar(d * (1 - beta1), grads)))
+                torch._foreach_add_(exp_avgs, scaled(work, grads, scalar(d * (1 - beta1), grads)))
             (exp_avg_sqs,) = self.lists(params, "exp_avg_sq")
             torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, scalar(d * d * (1 - beta2), grads)), grads)
+            torch._foreach_addcmul_(exp_avg_sqs, scaled(work, grads, scalar(d * d * (1 - beta2), grads)), grads)
             torch._foreach_mul_(ss, beta3)
             s_rate = (d / d0) * (d if group["safeguard_warmup"] else dlr)
-            torch._foreach_add_(ss, torch._foreach_mul(grads, scalar(s_rate, grads)))
+            torch._foreach_add_(ss, scaled(work, grads, scalar(s_rate, grads)))
             denom_sum = denom_sum + torch.stack(torch._foreach_norm(ss, 1)).sum()
 
         # 2) the new d, kept only when some gradient was nonzero (prodigyopt returns early otherwise)
@@ -176,17 +212,21 @@ class Prodigy(torch.optim.Optimizer):
         inverse_d = 1.0 / new_d
         for group, params in active:
             (exp_avg_sqs,) = self.lists(params, "exp_avg_sq")
-            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            (_, denoms), (_, updates) = self.scratch(params)
+            torch._foreach_copy_(denoms, exp_avg_sqs)
+            torch._foreach_sqrt_(denoms)
             torch._foreach_mul_(denoms, scalar(inverse_d, denoms))
             torch._foreach_add_(denoms, group["eps"])
             if group["weight_decay"] != 0:
-                torch._foreach_add_(params, torch._foreach_mul(params, scalar(-group["weight_decay"] * step_size, params)))
+                torch._foreach_add_(params, scaled(updates, params, scalar(-group["weight_decay"] * step_size, params)))
             if beta1 > 0:
                 (exp_avgs,) = self.lists(params, "exp_avg")
-                updates = torch._foreach_div(exp_avgs, denoms)
+                torch._foreach_copy_(updates, exp_avgs)
+                torch._foreach_div_(updates, denoms)
                 torch._foreach_mul_(updates, scalar(-step_size * inverse_d, updates))
             else:
-                updates = torch._foreach_div([p.grad for p in params], denoms)
+                torch._foreach_copy_(updates, [p.grad for p in params])
+                torch._foreach_div_(updates, denoms)
                 torch._foreach_mul_(updates, scalar(-step_size, updates))
             torch._foreach_add_(params, updates)
         return loss

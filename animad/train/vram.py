@@ -14,16 +14,16 @@ memory model (anima/memory.py) says fits:
 5. block swap: n DiT blocks' frozen weights in pinned CPU memory, prefetched on a side stream
    (anima/blockswap.py), fewest first, up to depth - 2 (sd-scripts' limit too).
 
-The ladder itself (`pick`) lives in anima/memory.py beside the model it asks, as a pure function of
-the bytes available and the job's sizes: it is tested without a GPU, and the dataset report (intake/)
-can say what a job will do on a card. This module reads a job and a device. On the CPU there is
-nothing to pick: the job's own precision.gradient_checkpointing applies.
+The ladder itself (`pick`) is config/vram.py's, a pure function of the bytes available and the job's
+sizes: it is tested without a GPU, and the dataset report (intake/) can say what a job will do on a
+card. This module reads a job and a device. On the CPU there is nothing to pick: the job's own
+precision.gradient_checkpointing applies.
 """
 
 from __future__ import annotations
 
 from animad.anima import memory
-from animad.anima.memory import FIT_SHARE, VramPlan, candidates, pick  # noqa: F401 - the picker's home is anima/
+from animad.config.vram import VramPlan, pick
 
 
 def job_size(data_config) -> tuple[int, int]:
@@ -40,7 +40,8 @@ def configured(config, text_encoder_live: bool, model_config=None) -> VramPlan:
     width, height = job_size(config.data)
     estimate = memory.training_memory(width, height, config.data.batch_size, checkpoint_every=every,
                                       rank=config.network.dim, optimizer=config.optimizer.type,
-                                      text_encoder_on_gpu=text_encoder_live, config=model_config)
+                                      text_encoder_on_gpu=text_encoder_live, config=model_config,
+                                      kind=config.network.type, factor=config.network.factor)
     return VramPlan(every, True, 0, estimate, None)
 
 
@@ -58,7 +59,8 @@ def plan_for_job(config, budget: int | None, text_encoder_live: bool, model_conf
     width, height = job_size(config.data)
     return pick(budget, width=width, height=height, batch=config.data.batch_size, rank=config.network.dim,
                 optimizer=config.optimizer.type, text_encoder_live=text_encoder_live,
-                text_encoder_trains=config.network.train_text_encoder, config=model_config)
+                text_encoder_trains=config.network.train_text_encoder, config=model_config,
+                kind=config.network.type, factor=config.network.factor)
 
 
 def device_budget(device) -> int | None:

@@ -1,4 +1,4 @@
-"""network.scale_weight_norms: max-norm regularisation of each LoRA module, as sd-scripts applies it.
+"""LoRA's max-norm rule (network.scale_weight_norms), as sd-scripts' lora_anima applies it.
 
 After every optimizer step, each module's weight delta W = scale * up @ down is measured (Frobenius
 norm). A module whose norm exceeds the limit has up and down both multiplied by sqrt(limit / norm),
