@@ -29,6 +29,7 @@ from animad.outcomes import Exit
 
 log = logging.getLogger("animad.daemon")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+STDERR_FILE = "child-stderr.log"  # in the job folder: what the job children wrote to stderr
 SETTLE_SECONDS = 5.0  # a status line may lag this much; looking costs a few reads of the queue
 
 
@@ -104,6 +105,21 @@ class Child:
     report_fd: int | None = None  # read end of the pipe the child writes its failure message into
     report: str = ""
     oom: OomWatch = dataclasses.field(default_factory=lambda: OomWatch(None, None))
+    stderr_file: tuple[Path, int] | None = None  # (the file its stderr goes to, where this launch began)
+
+    def stderr_tail(self, lines: int = 12) -> str:
+        """The last lines this launch wrote to stderr: the only words of a child that died before it
+        could report (an import that failed, an interpreter that would not start)."""
+        if self.stderr_file is None:
+            return ""
+        path, start = self.stderr_file
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                text = handle.read()[-65536:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
     def read_report(self) -> str:
         """The child's last words, read once; they arrive even when the disk is too full to record them."""
@@ -172,7 +188,7 @@ class Runner:
         """Start `phase` of the row's job in `slot` (default: the first free one)."""
         slot = self.free_slot() if slot is None else slot
         device = self.devices[slot] if slot < len(self.devices) else None
-        command = [sys.executable, "-m", "animad"]
+        command = child_command()
         if self.daemon.path:
             command += ["--config", str(self.daemon.path)]
         command += ["job", row["job_dir"], "--db", str(self.queue.path), "--job-id", str(row["id"]),
@@ -183,17 +199,21 @@ class Runner:
         report_read, report_write = os.pipe()
         os.set_blocking(report_read, False)
         command += ["--report-fd", str(report_write)]
+        stderr, stderr_from = open_stderr(row)
         try:
             process = subprocess.Popen(command, start_new_session=True, env=env, stdin=subprocess.DEVNULL,
-                                       pass_fds=(report_write,))
+                                       stderr=stderr, pass_fds=(report_write,))
         except BaseException:
             os.close(report_read)
             raise
         finally:
             os.close(report_write)
+            if stderr is not None:
+                stderr.close()
         # Watched from this moment, even if recording the start fails: never an unsupervised child.
         self.children[slot] = Child(row["id"], phase, process.pid, process, run_now, slot=slot,
-                                    report_fd=report_read, oom=OomWatch.of(process.pid))
+                                    report_fd=report_read, oom=OomWatch.of(process.pid),
+                                    stderr_file=stderr_from)
         self.queue.claim(row["id"], phase.status, process.pid, slot=slot, gpu=device)
         self.queue.update(row["id"], phase=phase, outcome=None, request=None)
         self.inhibitor.hold(f"training {row['name']}")
@@ -288,15 +308,41 @@ class Runner:
             log.info("job %d paused (%s); it resumes from its saved state", child.job_id,
                      child.stop_reason or "stopped")
             return
-        reason = failure_reason(code, row, report, oom_killed=child.oom.killed_since())
+        reason = failure_reason(code, row, report, oom_killed=child.oom.killed_since(),
+                                stderr_tail=child.stderr_tail(), stderr_file=child.stderr_file)
         self.queue.update(child.job_id, status=Status.FAILED, pid=None, error=reason, finished=now, request=None)
         log.error("job %d failed: %s", child.job_id, reason.splitlines()[0])
 
 
-def failure_reason(code: int, row: dict, report: str, oom_killed: bool | None = None) -> str:
+def child_command() -> list[str]:
+    """`python -P -m animad`: -P keeps the current directory off sys.path, so a folder named `animad`
+    where the daemon was started (a user's ~/animad of data) cannot shadow the installed package."""
+    return [sys.executable, "-P", "-m", "animad"]
+
+
+def open_stderr(row: dict):
+    """(a file for the child's stderr, (its path, the offset this launch starts at)), or (None, None).
+
+    In the job folder (child-stderr.log, appended to by every launch): a child that dies before its
+    logging is set up has said why only there. Where it cannot be opened the child shares ours.
+    """
+    path = Path(row["job_dir"]) / STDERR_FILE if row.get("job_dir") else None
+    if path is None:
+        return None, None
+    try:
+        handle = open(path, "ab")
+        return handle, (path, handle.tell())
+    except OSError:
+        return None, None
+
+
+def failure_reason(code: int, row: dict, report: str, oom_killed: bool | None = None,
+                   stderr_tail: str = "", stderr_file: tuple[Path, int] | None = None) -> str:
     """What `animad status` says about a failed job: the child's own words first, else what its exit tells.
 
     oom_killed is the kernel's word (OomWatch): a SIGKILL is blamed on the OOM killer only when it says so.
+    A child that died before it could report (nothing in its row or its pipe) is described by the last
+    line of its stderr, which status shows (its first line), and the tail below it.
     """
     if code == Exit.USER_ERROR:
         return row["error"] or report or f"the job reported a problem; see: animad logs {row['id']}"
@@ -314,4 +360,11 @@ def failure_reason(code: int, row: dict, report: str, oom_killed: bool | None = 
         return reason + (" (possible causes: the kernel's out-of-memory killer - see `journalctl -k | grep -i "
                          "oom` - or a kill -9 from a person or a program; if it was memory, lower "
                          "data.batch_size or data.resolution)")
-    return row["error"] or report or f"the job process exited with code {code}"
+    if row["error"] or report:
+        return row["error"] or report
+    reason = f"the job process exited with code {code}"
+    if not stderr_tail:
+        return reason
+    where = f" (all of it: {stderr_file[0]})" if stderr_file else ""
+    return (f"{reason} before it could report: {stderr_tail.splitlines()[-1].strip()}\n"
+            f"its last words on stderr{where}:\n{stderr_tail}")
