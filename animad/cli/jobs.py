@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from animad.daemon.progress import first_line
 from animad.daemon.queue import Queue, queue_path
 from animad.daemon.service import Service
 from animad.daemon.states import FINAL, Status
-from animad.daemon.status import status_word, take_snapshot
+from animad.daemon.status import daemon_alive, status_word, take_snapshot
 from animad.errors import UserError
 from animad.layout import JobPaths
 from animad.logs import setup_logging
@@ -80,9 +81,19 @@ def status_arguments(parser) -> None:
                         help="machine-readable output: the rows, what the table shows of each ('shown') and the inbox")
 
 
+STATUS_WAIT_SECONDS = 5.0  # status waits this long for a lock, then says so: it never hangs
+
+
 def cmd_status(args) -> int:
     daemon = daemon_of(args)
-    snap = take_snapshot(daemon, _queue(daemon))
+    queue = Queue(queue_path(daemon), timeout=STATUS_WAIT_SECONDS)
+    try:
+        snap = take_snapshot(daemon, queue)
+    except sqlite3.Error as error:  # locked, or a file truncated under the daemon: one line, no traceback
+        running = "the running daemon puts it right within seconds" if daemon_alive(daemon) else \
+            "start the daemon (animad run): it rebuilds it from the job folders"
+        raise UserError(f"{safe(queue.path)}: the queue database cannot be read just now ({error}); "
+                        f"{running}, then run animad status again") from None
     if args.json:
         print(json.dumps(snap.as_json(), indent=2, default=str))
         return 0

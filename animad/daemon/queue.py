@@ -81,6 +81,15 @@ def patiently(call, seconds: float = 30.0):
             time.sleep(0.05)
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at path; None where there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def queue_path(daemon) -> Path:
     """The queue database of a daemon config (its state dir)."""
     return daemon.dir("state") / "animad.sqlite"
@@ -117,10 +126,16 @@ class CorruptDatabase(UserError):
 class Queue:
     # Opening is lazy (on the first call), so a damaged file is met as a CorruptDatabase naming it, in
     # the one place that can repair it (Service.open) or print it cleanly (the CLI), never a traceback.
-    def __init__(self, path: Path):
+    # timeout: how long a call waits for a lock (the CLI's status waits less than the daemon's writers).
+    # follow_file: a connection whose file was replaced at `path` (the daemon put a removed database
+    # back, or rebuilt a truncated one: daemon/dbhealth.py) is reopened on the new file; the daemon
+    # itself does not follow (it must keep the old file open to copy it back) but reopens when told.
+    def __init__(self, path: Path, timeout: float = 30.0, follow_file: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.timeout, self.follow_file = timeout, follow_file
+        self.generation = 0  # reopen() moves it on: every thread's connection is then opened afresh
 
     @contextlib.contextmanager
     def connect(self):
@@ -128,19 +143,22 @@ class Queue:
         # deleting them after every call and creating them again, so the queue can still be read
         # (and usually written) when the disk is full, and calls skip the setup pragmas.
         db = getattr(self._local, "db", None)
+        if db is not None and self._stale():
+            self.disconnect()
+            db = None
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 db.row_factory = sqlite3.Row
-                db.execute("pragma busy_timeout=30000")
+                db.execute(f"pragma busy_timeout={int(self.timeout * 1000)}")
                 # Two processes opening a new file at once (the daemon and a CLI on first start) race
                 # to switch it to WAL and create the tables; the switch does not wait on SQLite's busy
                 # handler, so the loser waits here instead of failing with "database is locked".
                 patiently(lambda: db.execute("pragma journal_mode").fetchone()[0] == "wal"
-                          or db.execute("pragma journal_mode=wal"))
+                          or db.execute("pragma journal_mode=wal"), self.timeout)
                 db.execute("pragma synchronous=normal")
-                patiently(lambda: db.executescript(SCHEMA))
-                patiently(lambda: add_missing_columns(db))
+                patiently(lambda: db.executescript(SCHEMA), self.timeout)
+                patiently(lambda: add_missing_columns(db), self.timeout)
             except sqlite3.OperationalError:
                 db.close()
                 raise  # locked, busy, full, cannot open: a state to wait out or fix, not damage to repair
@@ -148,7 +166,27 @@ class Queue:
                 db.close()
                 raise CorruptDatabase(self.path, error) from None
             self._local.db = db
+            self._local.opened = (self.generation, file_identity(self.path))
         yield db
+
+    def _stale(self) -> bool:
+        """This thread's connection is to a file no longer at `path` (or reopen() was called)."""
+        generation, identity = getattr(self._local, "opened", (self.generation, None))
+        if generation != self.generation:
+            return True
+        if not self.follow_file:
+            return False
+        now = file_identity(self.path)
+        return now is not None and now != identity  # removed (None): keep the old file until one is back
+
+    def reopen(self) -> None:
+        """Every thread's next call opens `path` afresh (after the daemon put the file back or rebuilt it)."""
+        self.generation += 1
+        self.disconnect()
+
+    def open_connection(self):
+        """This thread's open connection (None: not opened yet), as it is: the daemon copies it back."""
+        return getattr(self._local, "db", None)
 
     def check(self) -> None:
         """PRAGMA quick_check: raise CorruptDatabase unless the file is a healthy database."""

@@ -22,6 +22,7 @@ from animad.config.window import parse_windows
 from animad.daemon.actions import gone_message, job_folder_gone
 from animad.daemon.chain import named_job
 from animad.daemon.dashboard.mailbox import Mailbox
+from animad.daemon.dbhealth import DatabaseWatch
 from animad.daemon.dashboard.server import start_dashboard
 from animad.daemon.freeze import finish_accepting
 from animad.daemon.inbox import Inbox
@@ -42,7 +43,9 @@ def disk_or_database_full(error: BaseException) -> bool:
 class Service:
     def __init__(self, daemon: Daemon, *, now_once: bool = False, exit_when_idle: bool = False):
         self.daemon = daemon
-        self.queue = Queue(queue_path(daemon))
+        # The daemon keeps its file open even when it is removed (dbwatch copies it back from there).
+        self.queue = Queue(queue_path(daemon), follow_file=False)
+        self.dbwatch = DatabaseWatch(self.queue)
         self.windows = parse_windows(daemon.config.windows)
         self.wake = threading.Event()
         self.inbox = Inbox(daemon, self.queue, self.wake)
@@ -84,6 +87,7 @@ class Service:
         for row in self.queue.by_status(*ACTIVE):
             if pid_alive(row["pid"]):  # recover() left only the rows whose process still runs
                 self.runner.adopt(row)
+        self.dbwatch.arm()
         self.inbox.start()
         self.dashboard = start_dashboard(self.daemon, self.mailbox)
         log.info("animad daemon started: inbox %s, windows %s", self.inbox.folder,
@@ -126,6 +130,7 @@ class Service:
         return 0
 
     def tick(self, now: dt.datetime) -> None:
+        self.check_database()  # first: nothing may read or write a queue file that went away
         self.mailbox.serve(self.queue)  # the dashboard's pause/resume/cancel/retry, as the CLI's would be
         window_open = is_open(now, self.windows)
         if window_open != self.window_open:
@@ -140,6 +145,11 @@ class Service:
         # Fill every free slot (one, unless parallel_jobs): a job's select phase may run beside another's training.
         while not self.signals and self.runner.free_slot() is not None and self.start_next(window_open):
             pass
+
+    def check_database(self) -> None:
+        """The queue file removed or truncated under us: put back or rebuilt now (daemon/dbhealth.py)."""
+        running = {c.job_id: (c.phase.status, c.phase, c.pid, c.slot) for c in self.runner.children.values()}
+        self.dbwatch.repair(lambda: adopt_job_folders(self.daemon, self.queue), running)
 
     def sleep(self) -> None:
         """Until something happens, the next inbox check is due, or a second or two have passed."""
