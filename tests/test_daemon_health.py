@@ -8,6 +8,7 @@ prints what it measured.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -152,5 +153,35 @@ def test_a_database_truncated_under_the_daemon_is_rebuilt_and_status_answers_wit
         drop(make_dataset(tmp_path / "staging" / "after", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
         after = daemon.wait_status("after", Status.DONE, Status.FAILED)
         assert after["status"] == Status.DONE, after["error"]
+    finally:
+        daemon.stop()
+
+
+# -- 7: the inbox folder deleted and made again -----------------------------------------------------
+
+RESCAN_SECONDS = 60.0  # the daemon's once-a-minute rescan: a drop found later than this was not seen by the watcher
+
+
+@pytest.mark.parametrize("watcher", ["inotify", "polling"])
+def test_a_remade_inbox_is_watched_again_and_takes_a_drop(tmp_path, daemon_config, watcher):
+    configure(daemon_config, **({"poll_seconds": 1.0} if watcher == "polling" else {}))
+    inbox = tmp_path / "inbox"
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        wait_log(daemon, "animad daemon started")
+        shutil.rmtree(inbox)
+        wait_log(daemon, "was removed; drops wait until it exists again")
+        inbox.mkdir()
+        # A guard of a minute and more: on a daemon that does not notice, this line never comes.
+        daemon.wait(lambda: "was made again; watching the new one" in daemon.log_text(), timeout=3 * RESCAN_SECONDS,
+                    what="the daemon to watch the new inbox")
+        staging = make_dataset(tmp_path / "staging" / "remade", count=2, job=tiny_job(epochs=1))
+        dropped = time.monotonic()
+        drop(staging, inbox)
+        daemon.wait(lambda: daemon.job("remade"), what="the drop to be taken")
+        taken = time.monotonic() - dropped
+        print(f"{watcher}: a drop into the re-made inbox was taken {taken:.1f} s after it was dropped "
+              f"(settle_seconds 1)")
+        assert taken < RESCAN_SECONDS  # the watcher saw it, not the minute's rescan
     finally:
         daemon.stop()

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -124,17 +125,58 @@ class InboxWatcher:
         self.dirty = threading.Event()  # set on inbox activity, cleared by the daemon when it looks
         self.poll_seconds = poll_seconds
         self.observer = None
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
+        self.root_deleted = threading.Event()  # the observer saw the inbox folder itself deleted
+        self.gone_since: float | None = None  # the folder was removed (and not yet made again)
+
+    def folder_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.inbox)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+    def follow_folder(self) -> bool:
+        """Notice the inbox folder removed, or removed and made again (a new inode): a watch on the old
+        folder hears nothing more (inotify drops it; polling looks at a path that was gone), so the
+        observer is started again on the new one. True when it was (look at the inbox at once).
+
+        A removed inbox is not made again here: the person who removed it may be about to make it
+        again, or to put another one in its place; drops simply wait for it, as the log says.
+        """
+        now = self.folder_identity()
+        # The same inode number can come back at once (rmdir, mkdir), so the watch's own word that its
+        # folder was deleted counts too.
+        if now == self.identity and self.gone_since is None and not self.root_deleted.is_set():
+            return False
+        if now is None:
+            if self.gone_since is None:
+                self.gone_since = time.monotonic()
+                log.warning("the inbox folder %s was removed; drops wait until it exists again (animad "
+                            "watches for it and takes what is dropped there then)", safe(self.inbox))
+            return False
+        again = ("made again" if self.gone_since is not None or self.root_deleted.is_set()
+                 else "replaced by another folder")
+        self.stop()
+        self.start()
+        self.gone_since = None
+        log.info("the inbox folder %s was %s; watching the new one", safe(self.inbox), again)
+        return True
 
     def start(self) -> None:
         from watchdog.events import FileSystemEventHandler
 
         self.inbox.mkdir(parents=True, exist_ok=True)
-        wake, dirty = self.wake, self.dirty
+        self.identity = self.folder_identity()
+        self.root_deleted.clear()
+        wake, dirty, root, root_deleted = self.wake, self.dirty, os.path.abspath(self.inbox), self.root_deleted
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                if event.event_type == "deleted" and os.path.abspath(event.src_path) == root:
+                    root_deleted.set()  # the watch is over (Inbox.take starts a new one once it is back)
                 names = [event.src_path, getattr(event, "dest_path", "") or event.src_path]
                 if all(is_ours(os.path.basename(name)) for name in names):
                     return
@@ -167,6 +209,7 @@ class InboxWatcher:
             logging.getLogger("watchdog.observers.inotify").addFilter(quiet_stop_race)
             self.observer.stop()
             self.observer.join(timeout=5)
+            self.observer = None
 
 
 def quiet_stop_race(record: logging.LogRecord) -> bool:
@@ -375,6 +418,8 @@ class Inbox:
 
     def take(self) -> None:
         """Queue every settled folder, or leave ERRORS.txt beside it; look again when the next one may settle."""
+        if self.watcher.follow_folder():  # the inbox removed and made again: watch the new one, look now
+            self.next_check = 0.0
         if time.monotonic() < self.next_check and not self.watcher.dirty.is_set():
             return
         self.watcher.dirty.clear()
