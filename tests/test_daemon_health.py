@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from animad.daemon.states import Status
 from animad.demo.synthetic import make_dataset, tiny_job
@@ -97,8 +98,14 @@ def database_files(config: Path) -> list[Path]:
     return [state / f"animad.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
 
 
-def wait_log(daemon: DaemonProcess, text: str) -> str:
-    return daemon.wait(lambda: text in daemon.log_text() and daemon.log_text(), what=f"the log line '{text}'")
+# A guard for what the daemon notices at its next tick (a second or two): a daemon that never notices
+# fails here, not after HANG_SECONDS.
+NOTICE_GUARD = 120.0
+
+
+def wait_log(daemon: DaemonProcess, text: str, timeout: float = NOTICE_GUARD) -> str:
+    return daemon.wait(lambda: text in daemon.log_text() and daemon.log_text(), timeout=timeout,
+                       what=f"the log line '{text}'")
 
 
 def running_job(daemon: DaemonProcess, tmp_path: Path, name: str) -> dict:
@@ -168,13 +175,11 @@ def test_a_remade_inbox_is_watched_again_and_takes_a_drop(tmp_path, daemon_confi
     inbox = tmp_path / "inbox"
     daemon = DaemonProcess(daemon_config).start()
     try:
-        wait_log(daemon, "animad daemon started")
+        wait_log(daemon, "animad daemon started", timeout=HANG_SECONDS)
         shutil.rmtree(inbox)
         wait_log(daemon, "was removed; drops wait until it exists again")
         inbox.mkdir()
-        # A guard of a minute and more: on a daemon that does not notice, this line never comes.
-        daemon.wait(lambda: "was made again; watching the new one" in daemon.log_text(), timeout=3 * RESCAN_SECONDS,
-                    what="the daemon to watch the new inbox")
+        wait_log(daemon, "was made again; watching the new one")
         staging = make_dataset(tmp_path / "staging" / "remade", count=2, job=tiny_job(epochs=1))
         dropped = time.monotonic()
         drop(staging, inbox)
@@ -185,3 +190,61 @@ def test_a_remade_inbox_is_watched_again_and_takes_a_drop(tmp_path, daemon_confi
         assert taken < RESCAN_SECONDS  # the watcher saw it, not the minute's rescan
     finally:
         daemon.stop()
+
+
+# -- 6: a rejection for a condition of the machine --------------------------------------------------
+
+
+def own_model_files(config: Path, folder: Path) -> dict[str, Path]:
+    """The config's model set copied to folder (the test moves them; the session's set stays untouched)."""
+    data = yaml.safe_load(config.read_text())
+    folder.mkdir()
+    files = {}
+    for key, path in data["models"]["tiny"].items():
+        files[key] = Path(shutil.copy2(path, folder / Path(path).name))
+        data["models"]["tiny"][key] = str(files[key])
+    config.write_text(yaml.safe_dump(data))
+    return files
+
+
+def test_a_folder_rejected_for_a_missing_model_file_is_taken_once_the_file_is_back(tmp_path, daemon_config):
+    configure(daemon_config)
+    models = own_model_files(daemon_config, tmp_path / "models")
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        wait_log(daemon, "animad daemon started", timeout=HANG_SECONDS)
+        aside = models["dit"].with_name("moved-away.safetensors")
+        models["dit"].rename(aside)
+        folder = drop(make_dataset(tmp_path / "staging" / "nodit", count=2, job=tiny_job(epochs=1)),
+                      tmp_path / "inbox")
+        report = daemon.wait(lambda: (folder / "ERRORS.txt").is_file() and (folder / "ERRORS.txt").read_text(),
+                             what="the rejection")
+        assert "model file not found" in report, report
+        text = daemon.wait(lambda: "rejected" in (t := status_text(daemon_config)[0]) and t, what="status to say so")
+        assert "being checked" not in text, text
+        aside.rename(models["dit"])  # the folder itself is not touched
+        row = daemon.wait(lambda: daemon.job("nodit"), timeout=NOTICE_GUARD, what="the folder to be checked again")
+        assert "a model or tokenizer file changed: checking it again" in daemon.log_text()
+        done = daemon.wait_status("nodit", Status.DONE, Status.FAILED)
+        assert done["status"] == Status.DONE and done["id"] == row["id"], done["error"]
+    finally:
+        daemon.stop()
+
+
+def test_status_says_being_checked_only_while_a_check_runs(tmp_path, daemon_config):
+    """A folder settled long ago whose verdict the daemon could not write (inbox.json on a full disk)
+    is not "being checked"; one the daemon is checking now is."""
+    from animad.config.daemon import load_daemon_config
+    from animad.daemon.inbox import UNRECORDED_SECONDS, SettleTracker, folder_words, inbox_state_file, inbox_view
+
+    daemon = load_daemon_config(configure(daemon_config))
+    folder = make_dataset(daemon.dir("inbox") / "quiet", count=2, job=tiny_job(epochs=1))
+    later = time.time() + daemon.config.settle_seconds + UNRECORDED_SECONDS + 10
+    [entry] = inbox_view(daemon, [], daemon_running=True, now=later, daemon_pid=os.getpid())
+    assert entry["state"] == "unrecorded" and "being checked" not in folder_words(entry), entry
+    tracker = SettleTracker(daemon.dir("inbox"), daemon.config.settle_seconds, inbox_state_file(daemon))
+    tracker.mark_checking(folder)  # written by "the daemon" (this process's pid)
+    [entry] = inbox_view(daemon, [], daemon_running=True, now=later, daemon_pid=os.getpid())
+    assert folder_words(entry).startswith("being checked"), entry
+    [entry] = inbox_view(daemon, [], daemon_running=True, now=later, daemon_pid=os.getpid() + 1)
+    assert entry["state"] == "unrecorded", entry  # another daemon's check is not this one's

@@ -3,11 +3,11 @@
 A person or a clean-up script may remove `state/animad.sqlite*`, or truncate the file, while the
 daemon runs. Without a look, the daemon would go on writing into a file nobody else can see (the CLI
 would say "no jobs yet"), or into a truncated one the CLI cannot read at all (and the next job child
-could not open). So every tick looks at the file (one stat and a 16-byte read):
+could not open). So every tick looks at the file (one stat, never an open: see file_problem):
 
 - removed, or replaced by another file (a CLI made a new empty one): the daemon still has the old file
   open, whole, so it copies it back to the path with SQLite's backup: every row kept as it was;
-- truncated or overwritten in place: what it held is gone; what is left is kept aside as
+- truncated: what it held is gone; what is left is kept aside as
   `animad.sqlite.lost-<time>` (never deleted) and the queue is rebuilt from the job folders, as at a
   start after a damaged database; the jobs running now get their rows back as running, with their pids.
 
@@ -27,7 +27,7 @@ from animad.daemon.queue import CorruptDatabase, Queue, file_identity
 
 log = logging.getLogger("animad.daemon")
 
-MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+MIN_SIZE = 512  # the smallest page SQLite writes: a database file in use is never shorter
 
 
 def file_problem(path: Path, identity: tuple[int, int] | None) -> str | None:
@@ -40,13 +40,12 @@ def file_problem(path: Path, identity: tuple[int, int] | None) -> str | None:
         return None  # cannot tell (permissions?): the queue's own calls will say what is wrong
     if identity is not None and (st.st_dev, st.st_ino) != identity:
         return "replaced by another file"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(MAGIC))
-    except OSError:
-        return None
-    if head != MAGIC:
-        return "truncated" if st.st_size < len(MAGIC) else "overwritten"
+    # Never opened here to read its header: closing any descriptor of the file drops every POSIX lock
+    # this process holds on it, SQLite's included (another process would then take the daemon's
+    # database for unused, and checkpoint and delete its WAL under it). A database in WAL mode is a
+    # page at least (its header says WAL), so a shorter file was cut.
+    if st.st_size < MIN_SIZE:
+        return "truncated"
     return None
 
 

@@ -23,6 +23,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import stat
 import threading
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 from animad.config.daemon import Daemon
 from animad.daemon.freeze import FolderBusy, handle_folder
 from animad.daemon.queue import Queue
+from animad.errors import is_disk_full
 from animad.fsutil import write_atomic
 from animad.safe_text import safe
 
@@ -233,6 +236,7 @@ class SettleTracker:
         self.state_file = state_file
         self.rejected: dict[str, dict] = {}  # folder name -> {signature, own_mtime_ns, report, problem, at}
         self.busy: dict[str, dict] = {}  # folder name -> {until, why}
+        self.checking: dict[str, float] = {}  # folder name -> when the daemon began checking it
         self.saved: dict | None = None  # what the state file holds (None: not written by us yet)
 
     def scan(self, now: float | None = None) -> tuple[list[Path], float | None]:
@@ -287,6 +291,7 @@ class SettleTracker:
                                       "report": str(Path(folder) / "ERRORS.txt"),
                                       "problem": first_problem(report), "at": time.time()}
         self.busy.pop(folder.name, None)
+        self.checking.pop(folder.name, None)
         self.save()
 
     def mark_busy(self, folder: Path, why: str, now: float | None = None) -> bool:
@@ -294,19 +299,30 @@ class SettleTracker:
         now = time.time() if now is None else now
         new = folder.name not in self.busy
         self.busy[folder.name] = {"until": now + self.settle, "why": why}
+        self.checking.pop(folder.name, None)
         self.save()
         return new
 
     def mark_taken(self, folder: Path) -> None:
         self.rejected.pop(folder.name, None)
         self.busy.pop(folder.name, None)
+        self.checking.pop(folder.name, None)
+        self.save()
+
+    def mark_checking(self, folder: Path, checking: bool = True) -> None:
+        """The daemon begins (or ends) its check of folder: status says "being checked" only meanwhile."""
+        if checking:
+            self.checking[folder.name] = time.time()
+        else:
+            self.checking.pop(folder.name, None)
         self.save()
 
     def forget_missing(self, names: set[str]) -> None:
-        gone = [n for n in list(self.rejected) + list(self.busy) if n not in names]
+        gone = [n for n in list(self.rejected) + list(self.busy) + list(self.checking) if n not in names]
         for name in gone:
             self.rejected.pop(name, None)
             self.busy.pop(name, None)
+            self.checking.pop(name, None)
         if gone:
             self.save()
 
@@ -315,7 +331,8 @@ class SettleTracker:
     def save(self) -> None:
         if self.state_file is None:
             return
-        data = {"rejected": self.rejected, "busy": self.busy}
+        data = {"rejected": self.rejected, "busy": self.busy, "checking": self.checking,
+                "daemon_pid": os.getpid()}
         if data == self.saved:
             return
         try:
@@ -324,8 +341,11 @@ class SettleTracker:
         except OSError as error:  # a full disk: status shows less until there is room; the daemon goes on
             log.debug("could not write %s: %s", self.state_file, error)
 
-    def load(self) -> "SettleTracker":
-        """The verdicts the daemon wrote (for status; the daemon itself starts afresh and checks every folder)."""
+    def load(self, daemon_pid: int | None = None) -> "SettleTracker":
+        """The verdicts the daemon wrote (for status; the daemon itself starts afresh and checks every folder).
+
+        A check in progress counts only if the daemon that wrote it (daemon_pid) is the one running now.
+        """
         try:
             data = json.loads(Path(self.state_file).read_text())
             rejected, busy = dict(data.get("rejected", {})), dict(data.get("busy", {}))
@@ -334,6 +354,8 @@ class SettleTracker:
         keys = ({"signature", "own_mtime_ns", "report", "problem"}, {"until", "why"})
         self.rejected = {n: r for n, r in rejected.items() if isinstance(r, dict) and keys[0] <= set(r)}
         self.busy = {n: b for n, b in busy.items() if isinstance(b, dict) and keys[1] <= set(b)}
+        checking = data.get("checking", {}) if data.get("daemon_pid") == daemon_pid else {}
+        self.checking = {n: t for n, t in checking.items() if isinstance(t, (int, float))}
         return self
 
 
@@ -341,7 +363,8 @@ def inbox_state_file(daemon: Daemon) -> Path:
     return daemon.dir("state") / "inbox.json"
 
 
-def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: float | None = None) -> list[dict]:
+def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: float | None = None,
+               daemon_pid: int | None = None) -> list[dict]:
     """What `animad status` shows of the inbox: every folder with its state, by the daemon's own rules.
 
     Settling is worked out here from the files (so the seconds left are always current, daemon or
@@ -350,7 +373,8 @@ def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: floa
     tick) and "waiting for the daemon" when it does not.
     """
     now = time.time() if now is None else now
-    tracker = SettleTracker(daemon.dir("inbox"), daemon.config.settle_seconds, inbox_state_file(daemon)).load()
+    tracker = SettleTracker(daemon.dir("inbox"), daemon.config.settle_seconds,
+                            inbox_state_file(daemon)).load(daemon_pid if daemon_running else None)
     accepting = {r["source"]: r["id"] for r in rows if r["status"] == "accepting" and r.get("source")}
     out = []
     for folder in candidate_folders(tracker.inbox):
@@ -360,9 +384,26 @@ def inbox_view(daemon: Daemon, rows: list[dict], daemon_running: bool, now: floa
         else:
             entry.update(tracker.state_of(folder, now))
             if entry["state"] == "ready":
-                entry["state"] = "checking" if daemon_running else "waiting for the daemon"
+                entry.update(ready_state(tracker, folder, daemon_running, now))
         out.append(entry)
     return out
+
+
+UNRECORDED_SECONDS = 90.0  # settled this long with no verdict: the daemon looked (it rescans each minute) but
+# could not record what it found (a full disk keeps it from writing inbox.json and ERRORS.txt)
+
+
+def ready_state(tracker: SettleTracker, folder: Path, daemon_running: bool, now: float) -> dict:
+    """A settled folder with no verdict, as status tells it: only a check that runs is "being checked"."""
+    if not daemon_running:
+        return {"state": "waiting for the daemon"}
+    if folder.name in tracker.checking:
+        return {"state": "checking", "seconds": max(0.0, now - tracker.checking[folder.name])}
+    settled = snapshot(folder).latest
+    settled_for = now - (settled or now) - tracker.settle
+    if settled_for > UNRECORDED_SECONDS:
+        return {"state": "unrecorded", "seconds": settled_for}
+    return {"state": "settled"}
 
 
 def describe_folder(entry: dict) -> str:
@@ -381,6 +422,11 @@ def folder_words(entry: dict) -> str:
         words = f"settling: taken after {math.ceil(entry['seconds_left'])} s without changes{again}"
     elif state == "checking":
         words = f"being checked{again}"
+    elif state == "settled":
+        words = f"settled; the daemon takes it at its next look, within seconds{again}"
+    elif state == "unrecorded":
+        words = (f"settled {math.ceil(entry['seconds'])} s ago and not taken: the daemon has recorded nothing "
+                 f"about it (is the disk full? its log says what it found){again}")
     elif state == "waiting for the daemon":
         words = f"settled; taken when the daemon runs (animad run){again}"
     elif state == "accepting":
@@ -395,6 +441,73 @@ def folder_words(entry: dict) -> str:
     return words
 
 
+# -- rejections for a condition of the machine ---------------------------------------------------------
+
+# An ERROR line of a report about the machine, not the folder: "ERROR <file>: disk space: ..." or a
+# model file or tokenizer of a model set ("models.<set>.dit", "model_files.vae", "tokenizers").
+MACHINE_LINE = re.compile(r"^ERROR .*?: (disk space|models\.[\w.-]+|model_files\.\w+|tokenizers): (.*)$")
+MODEL_PATH = re.compile(r": (/.*)$")  # "model file not found: /path/dit.safetensors" names the path
+DISK_STEP = 64 * 2**20  # more free space than this since the rejection is worth another check
+
+
+def machine_conditions(folder: Path, error: BaseException | None = None) -> dict:
+    """{"disk": True, "models": [paths named]}: the machine conditions a rejection was (also) for."""
+    conditions: dict = {}
+    if error is not None:
+        if is_disk_full(error):
+            conditions["disk"] = True
+        return conditions
+    try:
+        report = (Path(folder) / "ERRORS.txt").read_text(errors="replace")
+    except OSError:
+        return conditions
+    for line in report.splitlines():
+        match = MACHINE_LINE.match(line)
+        if not match:
+            continue
+        if match.group(1) == "disk space":
+            conditions["disk"] = True
+        else:
+            named = MODEL_PATH.search(match.group(2))
+            conditions.setdefault("models", [])
+            if named:
+                conditions["models"].append(named.group(1))
+    return conditions
+
+
+def machine_state(daemon: Daemon, conditions: dict) -> dict:
+    """The machine as far as the conditions go: free space, and every model file's presence and stamp."""
+    state = {}
+    if conditions.get("disk"):
+        try:
+            state["free"] = shutil.disk_usage(daemon.dir("state")).free
+        except OSError:
+            state["free"] = None
+    if "models" in conditions:
+        paths = [*conditions["models"], *daemon.tokenizer_dirs()]
+        for name in daemon.config.models:
+            paths += [p for p in (daemon.model_set(name) or {}).values() if p is not None]
+        stamps = []
+        for path in sorted({str(p) for p in paths}):
+            try:
+                st = os.stat(path)
+                stamps.append((path, st.st_size, st.st_mtime_ns, st.st_mode, os.access(path, os.R_OK)))
+            except OSError as error:
+                stamps.append((path, error.errno))
+        state["models"] = stamps
+    return state
+
+
+def machine_changed(conditions: dict, before: dict, now: dict) -> str | None:
+    """Why a rejection for these conditions is worth another check (None: nothing changed that matters)."""
+    if conditions.get("disk") and before.get("free") is not None and now.get("free") is not None \
+            and now["free"] > before["free"] + DISK_STEP:
+        return f"the disk has {(now['free'] - before['free']) / 2**20:.0f} MiB more free space"
+    if "models" in conditions and now.get("models") != before.get("models"):
+        return "a model or tokenizer file changed"
+    return None
+
+
 class Inbox:
     """The watcher, the settle rule and the freeze, as one step of the daemon's loop."""
 
@@ -405,6 +518,34 @@ class Inbox:
         self.watcher = InboxWatcher(self.folder, wake, daemon.config.poll_seconds)
         self.next_check = 0.0  # time.monotonic() of the next look without an event; 0: look at once
         self.pending = False
+        # Rejections for a condition of this machine, not of the folder (a full disk, a model file
+        # missing): folder name -> (the conditions, the machine as it was then). Checked again once
+        # the machine changes, though the folder has not.
+        self.machine: dict[str, tuple[dict, dict]] = {}
+
+    def remember_machine(self, folder: Path, error: BaseException | None = None) -> None:
+        """After a rejection: note the machine conditions it was for (none: only a change of the folder counts)."""
+        conditions = machine_conditions(folder, error)
+        if conditions:
+            self.machine[folder.name] = (conditions, machine_state(self.daemon, conditions))
+        else:
+            self.machine.pop(folder.name, None)
+
+    def recheck_machine(self) -> None:
+        """Rejected folders whose machine condition changed are checked again at once (said in the log)."""
+        for name, (conditions, before) in list(self.machine.items()):
+            if name not in self.tracker.rejected:
+                self.machine.pop(name, None)
+                continue
+            why = machine_changed(conditions, before, machine_state(self.daemon, conditions))
+            if why is None:
+                continue
+            log.info("%s was rejected for %s; %s: checking it again", safe(self.folder / name),
+                     " and ".join(conditions), why)
+            self.machine.pop(name, None)
+            self.tracker.rejected.pop(name, None)  # as if it had changed: the next scan checks it
+            self.tracker.save()
+            self.next_check = 0.0
 
     def start(self) -> None:
         self.tracker.save()  # a new daemon checks every folder afresh: the last one's verdicts are gone
@@ -420,6 +561,8 @@ class Inbox:
         """Queue every settled folder, or leave ERRORS.txt beside it; look again when the next one may settle."""
         if self.watcher.follow_folder():  # the inbox removed and made again: watch the new one, look now
             self.next_check = 0.0
+        if self.machine:
+            self.recheck_machine()
         if time.monotonic() < self.next_check and not self.watcher.dirty.is_set():
             return
         self.watcher.dirty.clear()
@@ -431,9 +574,11 @@ class Inbox:
             if folder.name in self.tracker.busy:
                 self.tracker.busy.pop(folder.name)  # its settle is over: look again (marked anew if still busy)
             before = snapshot(folder)  # as it is checked: a change during the check gets it checked again
+            self.tracker.mark_checking(folder)
             try:
                 if handle_folder(folder, self.daemon, self.queue) is None:
                     self.tracker.mark_rejected(folder, before)
+                    self.remember_machine(folder)
                 else:
                     self.tracker.mark_taken(folder)
             except FolderBusy as busy:
@@ -444,6 +589,7 @@ class Inbox:
                 self.next_check = min(self.next_check, time.monotonic() + self.tracker.settle)
             except Exception as error:  # noqa: BLE001 - one odd folder must not stop the daemon
                 if not folder.is_dir():  # removed by its owner while we looked at it: nothing to report
+                    self.tracker.mark_checking(folder, False)
                     log.info("%s was removed while it was checked; dropped", folder)
                     continue
                 log.exception("could not take %s", folder)
@@ -451,7 +597,9 @@ class Inbox:
                     write_report(folder, f"animad could not take this folder: {safe(error)}\n"
                                  "It stays here; nothing was deleted. "
                                  "Fix the cause (permissions? disk full?); the folder is checked again "
-                                 "when anything in it changes, or when the daemon restarts.\n")
+                                 "when anything in it changes, when the disk has more room (if it was "
+                                 "full), or when the daemon restarts.\n")
                 except OSError:
                     pass
                 self.tracker.mark_rejected(folder, before)
+                self.remember_machine(folder, error)

@@ -76,7 +76,7 @@ def take_snapshot(daemon: Daemon, queue: Queue | None = None, now: dt.datetime |
     for row in rows:  # with parallel_jobs each running job says which GPU it has (--json: shown.gpu too)
         shown[row["id"]]["gpu"] = where_it_runs(row, shown[row["id"]]) if many_slots else None
         shown[row["id"]]["status"] = status_word(row, shown[row["id"]])
-    inbox = inbox_view(daemon, rows, alive, clock)
+    inbox = inbox_view(daemon, rows, alive, clock, daemon_pid=pid)
     return Snapshot(pid, alive, open_now, change, rows, shown, inbox, many_slots,
                     dashboard_url(daemon) if alive else None)
 
