@@ -248,3 +248,30 @@ def test_status_says_being_checked_only_while_a_check_runs(tmp_path, daemon_conf
     assert folder_words(entry).startswith("being checked"), entry
     [entry] = inbox_view(daemon, [], daemon_running=True, now=later, daemon_pid=os.getpid() + 1)
     assert entry["state"] == "unrecorded", entry  # another daemon's check is not this one's
+
+
+# -- 8: the recovery a message names is the one that recovers --------------------------------------
+
+
+def test_a_selection_stopped_by_a_full_disk_names_animad_retry(tmp_path, daemon_config):
+    """The outbox a real tmpfs of 16 KiB (a private mount namespace): the review package cannot be
+    written. The advice is `animad retry N` (which redoes the selection into the outbox), never
+    `animad select <job folder>` (which writes into the job folder's review/ and leaves the job failed)."""
+    if not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs '{tmp_path}'"],
+            capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm with a tmpfs mount is not allowed here")
+    configure(daemon_config)
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    drop(make_dataset(tmp_path / "staging" / "full", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
+    command = f"'{sys.executable}' -m animad --config '{daemon_config}' run --once"
+    script = f"mount -t tmpfs -o size=16k tmpfs '{outbox}' || exit 99\n{command} > '{tmp_path}/daemon.log' 2>&1\n"
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], timeout=HANG_SECONDS, cwd=tmp_path)
+    daemon = DaemonProcess(daemon_config)
+    row = daemon.job("full")
+    assert row is not None and row["status"] == Status.FAILED, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert "free some space" in row["error"] and f"animad retry {row['id']}" in row["error"], row["error"]
+    assert "animad select" not in row["error"], row["error"]
+    text, _ = status_text(daemon_config)
+    assert f"animad retry {row['id']}" in text and "animad select" not in text, text

@@ -94,12 +94,15 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
         daemon = load_daemon_config(find_config_path(config))
         if Phase(phase) is Phase.TRAIN:
             log.info("job %d: training %s", job_id, paths.root)
-            status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, job_id))
+            status = train_job(paths, daemon=daemon, should_stop=stop, on_progress=Reporter(queue, job_id),
+                               recover=f"animad retry {job_id}")
             outcome = Outcome.PAUSED if status == Outcome.PAUSED else Outcome.FINISHED
         else:
             log.info("job %d: selection and previews", job_id)
+            # A failed selection is redone by `animad retry N` (into the outbox); `animad select` on the
+            # job folder would write a package into the job folder's review/ and leave the job failed.
             package = select_job(paths, daemon=daemon, outbox=Path(row["outbox_dir"]), should_stop=stop,
-                                 on_progress=Reporter(queue, job_id))
+                                 on_progress=Reporter(queue, job_id), recover=f"animad retry {job_id}")
             if stop.requested:
                 outcome = Outcome.PAUSED
             else:

@@ -37,7 +37,7 @@ SOFTER = 0.8  # the guide: "try 0.8" when a LoRA overpowers the prompt; rendered
 FIRST_SEED = 1000
 
 
-def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> Path:
+def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, recover: str | None = None, **options) -> Path:
     """Floor analysis + previews + review package into outbox (= <outbox dir>/<name>/); returns that dir.
 
     options: prompts (user prompts), prompts_mode ("add" to the defaults or "replace" them), seeds,
@@ -45,7 +45,8 @@ def select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, **options) -> P
     on_progress (hears {"phase": "selecting"} first, then {"phase": "previews", "done", "total",
     "eta_seconds"} per image rendered: what `animad status` and `animad train` show).
     """
-    then = f"The epoch files are intact: free some space and run `animad select {paths.root}`."
+    # recover: the command that redoes this selection where it came from (the daemon's: animad retry N).
+    then = f"The epoch files are intact: free some space and run `{recover or f'animad select {paths.root}'}`."
     with disk_full_is_user_error(outbox, then):
         return _select_job(paths, daemon=daemon, outbox=outbox, **options)
 

@@ -18,7 +18,7 @@ log = logging.getLogger("animad.train")
 
 
 def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool],
-              on_progress: Callable[[dict], None], gpus: int | None = None) -> str:
+              on_progress: Callable[[dict], None], gpus: int | None = None, recover: str | None = None) -> str:
     """Train (or resume) the job in paths.root; returns "finished" or "paused".
 
     gpus (default: how many animad.yaml's gpus gives one job; 1 with parallel_jobs, whose daemon pins
@@ -31,7 +31,9 @@ def train_job(paths: JobPaths, *, daemon: Daemon, should_stop: Callable[[], bool
     arguments = {"paths": paths, "config": config, "files": files, "dataset": dataset,
                  "cache_dir": daemon.dir("cache")}
     world = gpus or daemon.job_world()
-    then = "Every file saved so far is intact: free some space and run the job again; it resumes from its last state."
+    # recover: the command that resumes this job where it came from (the daemon's: animad retry N).
+    again = f"run `{recover}`" if recover else "run the job again"
+    then = f"Every file saved so far is intact: free some space and {again}; it resumes from its last state."
     with disk_full_is_user_error(paths.root, then):
         if world > 1:
             return launch(world, arguments, should_stop, on_progress)
