@@ -275,3 +275,27 @@ def test_a_selection_stopped_by_a_full_disk_names_animad_retry(tmp_path, daemon_
     assert "animad select" not in row["error"], row["error"]
     text, _ = status_text(daemon_config)
     assert f"animad retry {row['id']}" in text and "animad select" not in text, text
+
+
+# -- 9: the review page holds no raw control characters ---------------------------------------------
+
+CONTROLS = "\x1b[2J\x07\u202e"  # ESC (clear screen), BEL, RIGHT-TO-LEFT OVERRIDE
+
+
+def test_the_review_page_holds_no_raw_control_characters(tmp_path):
+    import unicodedata
+
+    from animad.select.package import write_review_package
+
+    from package_helpers import build_review
+
+    review, _, _ = build_review(tmp_path, name=f"cat{CONTROLS}name")
+    review.prompts = [f"@cat, caption {CONTROLS} here", *review.prompts[1:]]
+    review.trigger = f"@cat{CONTROLS}"
+    review.warnings = [{**review.warnings[0], "message": f"caption {CONTROLS} is odd"}]
+    package = write_review_package(tmp_path / "outbox" / "cat", review)
+    page = (package / "index.html").read_text(encoding="utf-8")
+    raw = sorted({f"U+{ord(c):04X}" for c in page if c not in "\n\t"
+                  and (unicodedata.category(c) == "Cc" or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")})
+    assert not raw, raw
+    assert "\\x1b" in page and "\\u202e" in page and "\\x07" in page  # shown, as status and the logs show them

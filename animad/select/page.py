@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from animad.anima.comfyui import escape_prompt
 from animad.fsutil import human_bytes
+from animad.safe_text import safe
 from animad.select.prompts import KIND_LABELS
 from animad.select.shortlist import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
 
@@ -80,8 +81,13 @@ KIND_WORDS = {"lowest": "the lowest loss of the run", "floor": "where the loss s
 
 
 def esc(value) -> str:
-    """Escape any value for HTML text or a quoted attribute."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Escape any value for HTML text or a quoted attribute.
+
+    Control and bidi characters (an ESC or BEL in a caption, a U+202E in a job name) are shown as
+    visible escapes (\\x1b, \\u202e), as status, the logs and summary.json show them: raw, they could
+    reorder the page's text or hide in what a user copies from it. Newlines stay (HTML folds them).
+    """
+    return html.escape(safe("" if value is None else str(value), keep_newlines=True), quote=True)
 
 
 def href(path: str) -> str:
