@@ -299,3 +299,16 @@ def test_the_review_page_holds_no_raw_control_characters(tmp_path):
                   and (unicodedata.category(c) == "Cc" or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")})
     assert not raw, raw
     assert "\\x1b" in page and "\\u202e" in page and "\\x07" in page  # shown, as status and the logs show them
+
+
+def test_animad_check_answers_on_a_fifo_named_job_yaml(tmp_path):
+    folder = make_dataset(tmp_path / "piped", count=2, job=tiny_job(epochs=1))
+    (folder / "job.yaml").unlink()
+    os.mkfifo(folder / "job.yaml")  # nobody ever writes into it: a read would wait for ever
+    started = time.monotonic()
+    # The timeout is a hang guard: the check itself takes a second or two.
+    done = subprocess.run([str(CONSOLE_SCRIPT), "check", str(folder)], capture_output=True, text=True, timeout=120)
+    print(f"animad check on a FIFO job.yaml answered in {time.monotonic() - started:.2f} s")
+    assert done.returncode != 0 and "named pipe (FIFO), not a regular file" in done.stdout + done.stderr, \
+        done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import yaml
@@ -84,7 +85,15 @@ def load_yaml_text(text: str, file, problems: Problems):
 def load_yaml_file(path: Path, problems: Problems):
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block the read for ever (`animad check` hung on one); a device never ends.
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else \
+                "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            problems.error(path, "", f"is {what}, not a regular file", "replace it with a plain text file "
+                           "(an empty file means all defaults)")
+            return None
+        size = st.st_size
         if size > MAX_YAML_BYTES:
             problems.error(path, "", f"file is {size} bytes; the limit is {MAX_YAML_BYTES}",
                            "a config file is a few KB: check that this is the right file")
