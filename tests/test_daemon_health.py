@@ -312,3 +312,42 @@ def test_animad_check_answers_on_a_fifo_named_job_yaml(tmp_path):
     assert done.returncode != 0 and "named pipe (FIFO), not a regular file" in done.stdout + done.stderr, \
         done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# -- 9 and issue 20: the resume point status gives is the saved state's ------------------------------
+
+
+def resting_row(tmp_path: Path, status: Status, reported_step: int, saved_step: int, epoch: int) -> dict:
+    """A job no process runs whose last progress report is ahead of its saved state (as after a kill,
+    or a pause whose last report was throttled), with a real resume state written the trainer's way."""
+    import torch
+
+    from animad.daemon.states import Phase
+    from animad.train.checkpoint import save_resume_state
+
+    job_dir = tmp_path / "jobs" / "4-resumer"
+    save_resume_state(job_dir / "state" / "resume.pt", {"lora": {"w": torch.zeros(2)}, "epoch": epoch,
+                                                        "batch_index": 3, "global_step": saved_step,
+                                                        "finished": False})
+    progress = {"phase": "training", "epoch": epoch, "max_epochs": 6, "step": reported_step, "total_steps": 48,
+                "loss": 0.5, "s_per_it": 0.2, "eta_seconds": 10.0}
+    return {"id": 4, "name": "resumer", "status": status, "phase": Phase.TRAIN, "progress": progress,
+            "job_dir": str(job_dir), "pid": None, "error": None, "outbox_dir": None}
+
+
+def test_a_job_stopped_by_a_kill_says_it_resumes_at_its_saved_step(tmp_path):
+    from animad.daemon.progress import describe_progress
+
+    row = resting_row(tmp_path, Status.QUEUED, reported_step=29, saved_step=24, epoch=4)
+    assert describe_progress(row) == "resumes at epoch 4/6 step 24/48"
+
+
+def test_a_paused_job_says_the_step_its_state_was_saved_at(tmp_path):
+    from animad.daemon.progress import describe_progress
+
+    # Issue 20: "saved at ... step 241/4800" in status, "stopped at epoch 21, step 248; state saved" in the log.
+    row = resting_row(tmp_path, Status.PAUSED, reported_step=41, saved_step=48, epoch=6)
+    assert describe_progress(row) == "saved at epoch 6/6 step 48/48"
+    # A resume.json older than its resume.pt (a kill between the two writes) claims no step at all.
+    os.utime(Path(row["job_dir"]) / "state" / "resume.json", ns=(1, 1))
+    assert describe_progress(row) == "saved; resumes from its saved state"

@@ -8,8 +8,10 @@ paused, queued or cancelled job, or one whose process has exited, shows where it
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 from animad.daemon.states import Status
 from animad.safe_text import safe
@@ -182,8 +184,41 @@ def live_line(p: dict, now: float, since_report: float) -> dict:
     return {"line": words}
 
 
+def saved_point(row: dict) -> dict | None:
+    """{"epoch", "step"} of the job's saved resume state (state/resume.json, written after resume.pt);
+    {} for a saved state whose point is not known; None where there is no saved state.
+
+    The last progress report is not where a job resumes: reports are written every few seconds and a
+    state every few minutes (or at a stop), so after a kill the report can be steps ahead of the state.
+    A resume.json older than its resume.pt (a kill between the two writes) is not trusted.
+    """
+    if not row.get("job_dir"):
+        return None
+    state = Path(row["job_dir"]) / "state"
+    try:
+        saved = os.stat(state / "resume.pt").st_mtime_ns
+    except OSError:
+        return None  # no saved state: nothing to correct
+    try:
+        if os.stat(state / "resume.json").st_mtime_ns < saved:
+            return {}
+        point = json.loads((state / "resume.json").read_text())
+    except (OSError, ValueError):
+        return {}  # a state whose point is not known: no step is claimed
+    if not isinstance(point, dict) or not all(isinstance(point.get(k), int) for k in ("epoch", "step")):
+        return {}
+    return point
+
+
 def resting_line(row: dict, p: dict) -> str:
-    """A job no process runs: where it stands and what comes next; never a rate or an ETA."""
+    """A job no process runs: where it stands and what comes next; never a rate or an ETA.
+
+    Its position is its saved state's (saved_point) where there is one: where it truly resumes.
+    """
+    saved = saved_point(row) if row["status"] in (Status.QUEUED, Status.PAUSED) else None
+    if saved is not None and "epoch" in p and "step" in p:
+        p = {**p, "epoch": saved["epoch"], "step": saved["step"]} if saved else \
+            {k: v for k, v in p.items() if k not in ("epoch", "step")}
     status, where = row["status"], position(p)
     if status in (Status.QUEUED, Status.PAUSED) and row.get("job_dir") and not os.path.isdir(row["job_dir"]):
         return f"its job folder is gone: drop the dataset into the inbox again, or animad cancel {row['id']}"

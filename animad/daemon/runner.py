@@ -23,6 +23,7 @@ from pathlib import Path
 from animad.config.daemon import Daemon
 from animad.daemon import chain
 from animad.daemon.inhibit import SleepInhibitor
+from animad.daemon.progress import saved_point
 from animad.daemon.queue import Queue, pid_alive
 from animad.daemon.states import Phase, Request, Status
 from animad.outcomes import Exit
@@ -305,8 +306,11 @@ class Runner:
         if code == Exit.PAUSED or (child.stop_sent is not None and child.killed) or stopped_early:
             held = 1 if row["request"] is Request.PAUSE else row["held"]
             self.queue.update(child.job_id, status=Status.PAUSED, pid=None, request=None, resume_first=1, held=held)
-            log.info("job %d paused (%s); it resumes from its saved state", child.job_id,
-                     child.stop_reason or "stopped")
+            # The step status shows (progress.saved_point): one figure in the log, status and train.log.
+            point = saved_point(row) or {}
+            at = f" at epoch {point['epoch']}, step {point['step']}" if point else ""
+            log.info("job %d paused (%s); it resumes from its saved state%s", child.job_id,
+                     child.stop_reason or "stopped", at)
             return
         reason = failure_reason(code, row, report, oom_killed=child.oom.killed_since(),
                                 stderr_tail=child.stderr_tail(), stderr_file=child.stderr_file)

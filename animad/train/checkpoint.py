@@ -180,10 +180,17 @@ def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: s
 
 
 def save_resume_state(path: Path, state: dict) -> None:
-    """torch.save through a temp file + fsync + rename: a kill leaves the previous state intact."""
+    """torch.save through a temp file + fsync + rename: a kill leaves the previous state intact.
+
+    Beside it, resume.json says where that state stands (epoch, step), written after it: `animad
+    status` tells the true resume point from it without loading torch (daemon/progress.saved_point).
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(path, buffer.getbuffer())
+    point = {"epoch": state.get("epoch"), "batch_index": state.get("batch_index"),
+             "step": state.get("global_step"), "finished": bool(state.get("finished"))}
+    write_atomic(Path(path).with_suffix(".json"), json.dumps(point).encode())
 
 
 def load_resume_state(path: Path) -> dict | None:
