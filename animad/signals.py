@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 
 
@@ -25,8 +26,20 @@ class StopFlag:
         return self.requested
 
 
+PARENT_PID = "ANIMAD_PARENT_PID"  # set by the daemon for its job children: who they should outlive never
+
+
+def parent_gone() -> bool:
+    """The process that started us (as it said in ANIMAD_PARENT_PID) is no longer our parent: it died,
+    possibly before die_with_parent() was asked for, when no signal can come from it any more."""
+    expected = os.environ.get(PARENT_PID, "")
+    return expected.isdigit() and os.getppid() != int(expected)
+
+
 def die_with_parent() -> None:
-    """Ask Linux to send us SIGTERM if our parent dies, so an orphan saves its state and stops."""
+    """Ask Linux to send us SIGTERM if our parent dies, so an orphan saves its state and stops.
+
+    A parent that died before this call sends nothing: check parent_gone() after it."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -351,3 +351,40 @@ def test_a_paused_job_says_the_step_its_state_was_saved_at(tmp_path):
     # A resume.json older than its resume.pt (a kill between the two writes) claims no step at all.
     os.utime(Path(row["job_dir"]) / "state" / "resume.json", ns=(1, 1))
     assert describe_progress(row) == "saved; resumes from its saved state"
+
+
+# -- 9: a child still starting when the daemon is killed ---------------------------------------------
+
+
+def test_a_child_whose_daemon_died_before_it_started_stops_and_saves(tmp_path, daemon_config):
+    """The daemon is gone before the child has asked for its death signal (it is still importing):
+    no signal can come any more, so the child sees for itself that its daemon is gone and stops as
+    that signal would have asked. Deterministic: the child is held at a gate until its parent has
+    exited, then started."""
+    from animad.outcomes import Exit
+
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    job = tiny_job(epochs=3, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 3})
+    drop(make_dataset(tmp_path / "staging" / "orphan", count=4, job=job), tmp_path / "inbox")
+    row = daemon.wait(lambda: (r := daemon.job("orphan")) and r["status"] == Status.RUNNING and r,
+                      what="the job to start")
+    daemon.kill_everything()
+    gate, result = tmp_path / "gate", tmp_path / "child.rc"
+    os.mkfifo(gate)
+    child = " ".join(f"'{part}'" for part in [sys.executable, "-P", "-m", "animad", "--config", str(daemon_config),
+                                              "job", row["job_dir"], "--db", str(daemon.queue.path),
+                                              "--job-id", str(row["id"])])
+    # The parent (this sh, as the daemon) exports its pid and exits at once; its child waits at the gate.
+    parent = subprocess.run(["sh", "-c", f"export ANIMAD_PARENT_PID=$$; (read _ < '{gate}'; {child}; "
+                                         f"echo $? > '{result}') > '{tmp_path}/child.log' 2>&1 &"], timeout=60)
+    assert parent.returncode == 0
+    gate.write_text("go\n")  # the parent is gone: now the child starts
+    deadline = time.monotonic() + HANG_SECONDS
+    while not (result.is_file() and result.read_text().strip()):
+        assert time.monotonic() < deadline, (tmp_path / "child.log").read_text()[-3000:]
+        time.sleep(0.2)
+    log = (Path(row["job_dir"]) / "train.log").read_text()
+    assert int(result.read_text()) == Exit.PAUSED, log[-3000:]
+    assert "the daemon that started it is gone" in log
+    assert "training finished" not in log  # it stopped; it did not train the job to its end unsupervised

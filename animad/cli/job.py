@@ -20,6 +20,11 @@ def job_arguments(parser) -> None:
 
 
 def cmd_job(args) -> int:
+    from animad.signals import die_with_parent
+
+    # At once, before seconds of imports: a daemon killed meanwhile still stops this child (run_job
+    # checks for a daemon that died even before this line).
+    die_with_parent()
     from animad.daemon.child import run_job  # trains or renders: imports torch
 
     return run_job(args.job_dir, args.db, args.job_id, args.phase, args.report_fd, args.config)

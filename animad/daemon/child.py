@@ -24,7 +24,7 @@ from animad.layout import JobPaths
 from animad.logs import setup_logging
 from animad.outcomes import Exit
 from animad.select.run import select_job
-from animad.signals import StopFlag, die_with_parent
+from animad.signals import PARENT_PID, StopFlag, die_with_parent, parent_gone
 from animad.train.run import train_job
 
 log = logging.getLogger("animad.job")
@@ -89,6 +89,12 @@ def run_job(job_dir: Path, db: Path, job_id: int, phase: str, report_fd: int | N
     # (PDEATHSIG follows the parent thread, and the daemon has several), so a second SIGTERM is no hurry.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: setattr(stop, "requested", True))
+    if parent_gone():
+        # The daemon died while this child was still starting, before its death could send us a
+        # signal: stop as its SIGTERM would have asked (the next daemon resumes the job).
+        log.info("job %d: the daemon that started it is gone; saving its state and stopping", job_id)
+        stop.requested = True
+    os.environ.pop(PARENT_PID, None)  # ours alone: a process this job starts has another parent
     row = queue.get(job_id)
     try:
         daemon = load_daemon_config(find_config_path(config))

@@ -27,6 +27,7 @@ from animad.daemon.progress import saved_point
 from animad.daemon.queue import Queue, pid_alive
 from animad.daemon.states import Phase, Request, Status
 from animad.outcomes import Exit
+from animad.signals import PARENT_PID
 
 log = logging.getLogger("animad.daemon")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -194,7 +195,7 @@ class Runner:
             command += ["--config", str(self.daemon.path)]
         command += ["job", row["job_dir"], "--db", str(self.queue.path), "--job-id", str(row["id"]),
                     "--phase", str(phase)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID: str(os.getpid())}  # see signals.parent_gone
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device  # the job sees its own GPU(s) only, as device 0
         report_read, report_write = os.pipe()
