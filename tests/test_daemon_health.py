@@ -388,3 +388,44 @@ def test_a_child_whose_daemon_died_before_it_started_stops_and_saves(tmp_path, d
     assert int(result.read_text()) == Exit.PAUSED, log[-3000:]
     assert "the daemon that started it is gone" in log
     assert "training finished" not in log  # it stopped; it did not train the job to its end unsupervised
+
+
+# -- issue 20: a sleep lock that cannot be taken -----------------------------------------------------
+
+
+def zombies_of(pid: int) -> list[str]:
+    """The daemon's children that exited and were never reaped (state Z), by name."""
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if rest[0] == "Z" and int(rest[1]) == pid:
+            out.append(name)
+    return out
+
+
+def test_a_sleep_lock_that_cannot_be_taken_is_logged_once_and_leaves_no_zombie(tmp_path, daemon_config):
+    probe = shutil.which("systemd-inhibit") and subprocess.run(
+        ["systemd-inhibit", "--what=sleep", "--who=animad-test", "--why=probe", "true"], capture_output=True)
+    if not probe or probe.returncode == 0:
+        pytest.skip("needs a systemd-inhibit that cannot reach logind (as under WSL or in a container)")
+    configure(daemon_config, inhibit_sleep=True)
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        for name in ("first", "second"):
+            drop(make_dataset(tmp_path / "staging" / name, count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
+            daemon.wait(lambda: (r := daemon.job(name)) and r["status"] in (Status.RUNNING, Status.SELECTING)
+                        and r, what=f"{name} to run")
+            wait_log(daemon, "sleep cannot be blocked")
+            assert not zombies_of(daemon.process.pid), zombies_of(daemon.process.pid)
+            done = daemon.wait_status(name, Status.DONE, Status.FAILED)
+            assert done["status"] == Status.DONE, done["error"]
+        text = daemon.log_text()
+        assert text.count("sleep cannot be blocked") == 1, text  # once, not at every job
+        assert "Failed to connect to bus" in text  # systemd-inhibit's own words
+        assert not zombies_of(daemon.process.pid)
+    finally:
+        daemon.stop()

@@ -225,6 +225,7 @@ class Runner:
     def watch(self, window_open: bool, signals: int) -> None:
         """One look at every child (watch_one); the sleep lock goes once none is left."""
         self.settle_chains()
+        self.inhibitor.check()  # a sleep lock that ended is reaped and said, not left a zombie
         errors = []
         for child in list(self.children.values()):
             try:
