@@ -255,3 +255,83 @@ def test_kill_9_at_random_moments_across_a_whole_run_ends_bit_identical(tmp_path
     for image in images:  # none torn by a kill mid-render
         with Image.open(image) as handle:
             handle.verify()
+
+
+# -- issue 23: the queue database removed or truncated while the daemon runs ----------------------------
+# (separate from the kill-9 run above; the real `animad run`, real SQLite, a real job running meanwhile)
+
+DB_NOTICE_GUARD = 120.0  # the daemon notices at its next tick (a second or two); a daemon that never does fails here
+ANIMAD_SCRIPT = Path(sys.executable).parent / "animad"
+
+
+def db_files(config: Path) -> list[Path]:
+    state = config.parent / "state"
+    return [state / f"animad.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
+
+
+def cli(config: Path, *words: str) -> tuple[str, float]:
+    """An `animad` command's output (stdout and stderr) and how long it took."""
+    started = time.monotonic()
+    done = subprocess.run([str(ANIMAD_SCRIPT), "--config", str(config), *words], capture_output=True, text=True,
+                          timeout=HANG_SECONDS)
+    return done.stdout + done.stderr, time.monotonic() - started
+
+
+def db_wait_log(daemon: DaemonProcess, text: str) -> str:
+    return daemon.wait(lambda: text in daemon.log_text() and daemon.log_text(), timeout=DB_NOTICE_GUARD,
+                       what=f"the log line '{text}'")
+
+
+def db_running_job(daemon: DaemonProcess, tmp_path: Path, name: str) -> dict:
+    """A job dropped and seen running: long enough that the fault lands mid-run."""
+    job = tiny_job(epochs=3, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 3})
+    drop(make_dataset(tmp_path / "staging" / name, count=4, job=job), tmp_path / "inbox")
+    return daemon.wait(lambda: (r := daemon.job(name)) and r["status"] == Status.RUNNING and r["pid"] and r,
+                       what=f"{name} to run")
+
+
+def test_a_database_removed_under_the_daemon_is_put_back_with_every_job(tmp_path, daemon_config):
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        first = db_running_job(daemon, tmp_path, "before")
+        for part in db_files(daemon_config):
+            part.unlink(missing_ok=True)  # rm state/animad.sqlite*
+        db_wait_log(daemon, "was removed while the daemon ran")
+        text, seconds = cli(daemon_config, "status")
+        print(f"status after the removal: {seconds:.2f} s")
+        assert "before" in text and "no jobs yet" not in text and "Traceback" not in text, text
+        logs, _ = cli(daemon_config, "logs", str(first["id"]))
+        assert f"no job '{first['id']}'" not in logs, logs
+        done = daemon.wait_status("before", Status.DONE, Status.FAILED)
+        assert done["status"] == Status.DONE and done["id"] == first["id"], done["error"]
+        assert done["created"] == first["created"]  # the same row, not a rebuilt one
+        drop(make_dataset(tmp_path / "staging" / "after", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
+        after = daemon.wait_status("after", Status.DONE, Status.FAILED)
+        assert after["status"] == Status.DONE, after["error"]
+    finally:
+        daemon.stop()
+
+
+def test_a_database_truncated_under_the_daemon_is_rebuilt_and_status_answers_without_a_traceback(
+        tmp_path, daemon_config):
+    configure(daemon_config)
+    daemon = DaemonProcess(daemon_config).start()
+    try:
+        db_running_job(daemon, tmp_path, "before")
+        os.truncate(db_files(daemon_config)[0], 0)  # `: > state/animad.sqlite`
+        text, seconds = cli(daemon_config, "status")  # at once: before or while the daemon sees it
+        print(f"status right after the truncation: {seconds:.2f} s")
+        assert "Traceback" not in text, text
+        db_wait_log(daemon, "was truncated while the daemon ran")
+        text, seconds = cli(daemon_config, "status")
+        print(f"status once the daemon rebuilt the queue: {seconds:.2f} s")
+        assert "before" in text and "Traceback" not in text, text
+        assert list((daemon_config.parent / "state").glob("animad.sqlite.lost-*"))  # kept aside, not deleted
+        done = daemon.wait_status("before", Status.DONE, Status.FAILED)
+        assert done["status"] == Status.DONE, done["error"]
+        drop(make_dataset(tmp_path / "staging" / "after", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
+        after = daemon.wait_status("after", Status.DONE, Status.FAILED)
+        assert after["status"] == Status.DONE, after["error"]
+    finally:
+        daemon.stop()

@@ -49,6 +49,19 @@ def status_text(config: Path, cwd: Path | None = None, timeout: float = HANG_SEC
     return done.stdout + done.stderr, time.monotonic() - started
 
 
+# A guard for what the daemon notices at its next tick (a second or two): a daemon that never notices
+# fails here, not after HANG_SECONDS.
+NOTICE_GUARD = 120.0
+
+
+def wait_log(daemon: DaemonProcess, text: str, timeout: float = NOTICE_GUARD) -> str:
+    return daemon.wait(lambda: text in daemon.log_text() and daemon.log_text(), timeout=timeout,
+                       what=f"the log line '{text}'")
+
+
+# (5, the database removed or truncated while the daemon runs: at the end of test_chaos.py)
+
+
 # -- 4: a folder named animad/ where the daemon was started -----------------------------------------
 
 
@@ -88,80 +101,6 @@ def test_a_child_that_dies_before_it_can_report_says_why_in_status(tmp_path, dae
     text, _ = status_text(daemon_config)
     assert "before it could report" in text and ("No module named" in text or "cannot import" in text), text
     assert (Path(row["job_dir"]) / "child-stderr.log").is_file()
-
-
-# -- 5: the database removed or truncated under a running daemon ------------------------------------
-
-
-def database_files(config: Path) -> list[Path]:
-    state = config.parent / "state"
-    return [state / f"animad.sqlite{suffix}" for suffix in ("", "-wal", "-shm")]
-
-
-# A guard for what the daemon notices at its next tick (a second or two): a daemon that never notices
-# fails here, not after HANG_SECONDS.
-NOTICE_GUARD = 120.0
-
-
-def wait_log(daemon: DaemonProcess, text: str, timeout: float = NOTICE_GUARD) -> str:
-    return daemon.wait(lambda: text in daemon.log_text() and daemon.log_text(), timeout=timeout,
-                       what=f"the log line '{text}'")
-
-
-def running_job(daemon: DaemonProcess, tmp_path: Path, name: str) -> dict:
-    """A job dropped and seen running (its child started): long enough that a fault lands mid-run."""
-    job = tiny_job(epochs=3, selection={"stop_at_floor": False}, data={"batch_size": 1, "repeats": 3})
-    drop(make_dataset(tmp_path / "staging" / name, count=4, job=job), tmp_path / "inbox")
-    return daemon.wait(lambda: (r := daemon.job(name)) and r["status"] == Status.RUNNING and r["pid"] and r,
-                       what=f"{name} to run")
-
-
-def test_a_database_removed_under_the_daemon_is_put_back_with_every_job(tmp_path, daemon_config):
-    configure(daemon_config)
-    daemon = DaemonProcess(daemon_config).start()
-    try:
-        first = running_job(daemon, tmp_path, "before")
-        for part in database_files(daemon_config):
-            part.unlink(missing_ok=True)  # rm state/animad.sqlite*
-        wait_log(daemon, "was removed while the daemon ran")
-        text, seconds = status_text(daemon_config)
-        print(f"status after the removal: {seconds:.2f} s")
-        assert "before" in text and "no jobs yet" not in text and "Traceback" not in text, text
-        logs = subprocess.run([str(CONSOLE_SCRIPT), "--config", str(daemon_config), "logs", str(first["id"])],
-                              capture_output=True, text=True, timeout=HANG_SECONDS)
-        assert f"no job '{first['id']}'" not in logs.stdout + logs.stderr, logs.stdout + logs.stderr
-        done = daemon.wait_status("before", Status.DONE, Status.FAILED)
-        assert done["status"] == Status.DONE and done["id"] == first["id"], done["error"]
-        assert done["created"] == first["created"]  # the same row, not a rebuilt one
-        drop(make_dataset(tmp_path / "staging" / "after", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
-        after = daemon.wait_status("after", Status.DONE, Status.FAILED)
-        assert after["status"] == Status.DONE, after["error"]
-    finally:
-        daemon.stop()
-
-
-def test_a_database_truncated_under_the_daemon_is_rebuilt_and_status_answers_without_a_traceback(
-        tmp_path, daemon_config):
-    configure(daemon_config)
-    daemon = DaemonProcess(daemon_config).start()
-    try:
-        running_job(daemon, tmp_path, "before")
-        os.truncate(database_files(daemon_config)[0], 0)  # `: > state/animad.sqlite`
-        text, seconds = status_text(daemon_config)  # at once: before or while the daemon sees it
-        print(f"status right after the truncation: {seconds:.2f} s")
-        assert "Traceback" not in text, text
-        wait_log(daemon, "was truncated while the daemon ran")
-        text, seconds = status_text(daemon_config)
-        print(f"status once the daemon rebuilt the queue: {seconds:.2f} s")
-        assert "before" in text and "Traceback" not in text, text
-        assert list((daemon_config.parent / "state").glob("animad.sqlite.lost-*"))  # kept aside, not deleted
-        done = daemon.wait_status("before", Status.DONE, Status.FAILED)
-        assert done["status"] == Status.DONE, done["error"]
-        drop(make_dataset(tmp_path / "staging" / "after", count=2, job=tiny_job(epochs=1)), tmp_path / "inbox")
-        after = daemon.wait_status("after", Status.DONE, Status.FAILED)
-        assert after["status"] == Status.DONE, after["error"]
-    finally:
-        daemon.stop()
 
 
 # -- 7: the inbox folder deleted and made again -----------------------------------------------------
