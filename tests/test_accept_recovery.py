@@ -181,3 +181,45 @@ def test_a_rebuilt_queue_keeps_names_creation_times_and_outbox_folders(config, t
     keys = ("id", "name", "created", "outbox_dir", "job_dir", "source")
     assert [[r[k] for k in keys] for r in rebuilt] == [[r[k] for k in keys] for r in rows]
     assert [r["status"] for r in rebuilt] == [Status.DONE, Status.DONE]
+
+
+# -- 9: a killed package write leaves nothing behind once the package is written again ---------------
+
+def test_a_killed_package_writes_leftovers_go_at_the_next_write_and_nothing_else_does(tmp_path):
+    from animad.select.package import write_review_package
+    from package_helpers import build_review
+
+    outbox = tmp_path / "outbox"
+    # The writer is killed -9 once the staging folder is full (LoRA copies, previews), before the rename.
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal, sys
+sys.path.insert(0, {str(TESTS)!r})
+from pathlib import Path
+import animad.select.package as package
+from package_helpers import build_review
+review, _, _ = build_review(Path({str(tmp_path / 'killed')!r}))
+real = package.build_package
+def build_then_die(*args):
+    real(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+package.build_package = build_then_die
+package.write_review_package(Path({str(outbox)!r}) / "cat", review)
+"""], capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    [leftover] = outbox.glob(".cat.partial-*")
+    assert list(leftover.glob("*.safetensors"))
+    # Not leftovers: a folder the user named so, and the staging folder of a writer that still runs.
+    mine = outbox / ".cat.partial-my notes"
+    mine.mkdir()
+    (mine / "note.txt").write_text("mine\n")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        other = outbox / f".cat.partial-{running.pid}-abcdefgh"
+        other.mkdir()
+        review, _, _ = build_review(tmp_path)
+        package = write_review_package(outbox / "cat", review)  # the retry's write
+        assert (package / "index.html").is_file()
+        assert sorted(p.name for p in outbox.iterdir()) == sorted(["cat", mine.name, other.name])
+    finally:
+        running.kill()
+        running.wait()
