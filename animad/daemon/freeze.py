@@ -238,6 +238,7 @@ def move_dataset(source: Path, target: Path, settled: dict | None = None, record
             os.rename(target, source)
             raise FolderBusy(f"{source} changed after it settled; it stays in the inbox and is taken once "
                              "it has settled again")
+        kill_points.reached("accept-placed")
         if record is not None:
             record.advance(FROZEN)
         return

@@ -23,7 +23,8 @@ FORCE_COPY = "ANIMAD_ACCEPT_COPY"
 ACCEPT_POINTS = (
     "accept-copy-file",  # after each file copied into the job's partial folder (another file system)
     "accept-verified",  # the copy is verified and recorded so; not yet renamed into <job>/dataset
-    "accept-placed",  # the dataset is in <job>/dataset; the inbox folder still whole
+    "accept-placed",  # the dataset is in <job>/dataset (renamed there, or the verified copy); the inbox
+    # folder still whole (copied) or gone (renamed), the record not yet past its phase
     "accept-remove-file",  # after each file of the inbox folder removed
     "accept-frozen",  # the inbox folder is gone; the job files are not written yet
 )
