@@ -112,6 +112,27 @@ def test_a_new_folder_of_the_same_name_after_a_kill_mid_removal_is_a_new_job(con
     assert hashes(Path(rows[1]["job_dir"]) / "dataset") == newer_hashes
 
 
+@pytest.mark.parametrize("moment", ["removed:5", "copied:3"])
+def test_a_kill_mid_accept_and_a_lost_database_still_leave_one_job(config, moment):
+    """The database lost too: the job folder's accept.json alone says how far the accept got."""
+    daemon = load_daemon_config(config)
+    folder = make_dataset(daemon.dir("inbox") / "xe", job=tiny_job(), count=8)
+    before = hashes(folder)
+    kill_accept(config, folder, moment, copy=True)
+    queue_file = daemon.dir("state") / "animad.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{queue_file}{suffix}").unlink(missing_ok=True)
+
+    service = restart(config)
+    service.tick(5)
+    rows = live(service.queue.all())
+    service.close()
+    assert not folder.exists()
+    assert [(r["name"], r["status"], Path(r["outbox_dir"]).name) for r in rows] == [("xe", Status.QUEUED, "xe")]
+    assert hashes(Path(rows[0]["job_dir"]) / "dataset") == before
+    assert [p.name for p in (daemon.dir("state") / "jobs").iterdir()] == [Path(rows[0]["job_dir"]).name]
+
+
 # -- 2: a job's name comes from its record, never from <job>/dataset ----------------------------------
 
 @pytest.mark.parametrize("copy", [False, True], ids=["rename", "copy"])

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from animad.config.daemon import Daemon
-from animad.daemon.accept_record import AcceptRecord
+from animad.daemon.accept_record import DONE, AcceptRecord
 from animad.daemon.freeze import folder_id, job_folder, outbox_folder
 from animad.daemon.queue import CorruptDatabase, Queue
 from animad.daemon.states import Phase, Status
@@ -97,9 +97,10 @@ def adopt_job_folders(daemon: Daemon, queue: Queue) -> list[int]:
         job_id = folder_id(folder)
         if job_id is None or not folder.is_dir() or str(folder) in known_dirs:
             continue
-        if not (folder / "dataset").is_dir():
+        fields = unfinished_accept(folder)
+        if fields is None and not (folder / "dataset").is_dir():
             continue  # nothing was frozen here (a kill before the move): the dataset is still in the inbox
-        fields = folder_state(daemon, queue, folder)
+        fields = fields or folder_state(daemon, queue, folder)
         if job_id in known_ids:  # only an older, id-reusing database can get here: keep the folder, new id
             job_id = max(known_ids | {job_id}) + 1
         fields.setdefault("error", f"re-registered from its job folder {folder} after the queue database was lost")
@@ -144,6 +145,19 @@ def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
 
 
 # -- the job's identity, as its folder records it (kept apart from the state above) -----------------
+
+def unfinished_accept(folder: Path) -> dict | None:
+    """The row of a job folder whose accept a kill cut (accept.json short of `done`): `accepting`, so
+    that finish_accepting, which runs next, finishes or rolls back its recorded phase (a half-removed
+    inbox folder is removed, not taken again), as if the database had never been lost. None otherwise."""
+    record = AcceptRecord.read(folder)
+    if record is None or record.phase == DONE:
+        return None
+    known = recorded_identity(folder)
+    return {"name": known["name"], "source": known["source"], "priority": 0, "status": Status.ACCEPTING,
+            "phase": Phase.TRAIN, "outbox_dir": known["outbox_dir"],
+            **({"created": known["created"]} if known["created"] is not None else {})}
+
 
 def recorded_identity(folder: Path) -> dict:
     """name, source, created (epoch seconds) and outbox_dir of a job folder, as recorded when it was
