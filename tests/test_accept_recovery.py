@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def restart(config: Path) -> ServiceInProcess:
 
 def live(rows: list[dict]) -> list[dict]:
     """The rows that are jobs (an accept rolled back is cancelled with no outbox folder: not a job)."""
-    return [r for r in rows if not (r["status"] == Status.CANCELLED and r["outbox_dir"] is None)]
+    return [r for r in rows
+            if not (r["status"] == Status.CANCELLED and r["job_dir"] is None and r["outbox_dir"] is None)]
 
 
 def lose_database(service: ServiceInProcess) -> None:
@@ -99,7 +101,6 @@ def test_a_new_folder_of_the_same_name_after_a_kill_mid_removal_is_a_new_job(con
     folder = make_dataset(daemon.dir("inbox") / "xe", job=tiny_job(), count=6)
     kill_accept(config, folder, "removed:3", copy=True)
     # The user clears what is left and drops a new folder of the same name before the restart.
-    import shutil
     shutil.rmtree(folder)
     newer = make_dataset(tmp_path / "staging" / "xe", job=tiny_job(), count=4, seed=7)
     newer_hashes = hashes(newer)
@@ -184,7 +185,7 @@ def test_a_kill_mid_copy_leaves_no_row_holding_the_name_or_its_outbox_folder(con
     assert sorted(p.name for p in daemon.dir("outbox").iterdir()) == ["xa"]
 
 
-def test_a_rebuilt_queue_keeps_names_creation_times_and_outbox_folders(config, tmp_path):
+def test_a_rebuilt_queue_keeps_names_creation_times_and_outbox_folders(config):
     daemon = load_daemon_config(config)
     service = ServiceInProcess(config, NOON)
     for seed in (1, 2):  # the same name twice: the second job's package goes to outbox/xa-2

@@ -339,7 +339,8 @@ def test_kills_at_every_accept_phase_leave_no_duplicate_no_renamed_job_and_no_lo
         daemon.stop()
         left_in_inbox = sorted(p.name for p in inbox.iterdir()) if inbox.is_dir() else []
 
-        jobs = [r for r in rows if not (r["status"] == Status.CANCELLED and r["outbox_dir"] is None)]
+        jobs = [r for r in rows  # an accept rolled back (cancelled, no job or outbox folder) is not a job
+                if not (r["status"] == Status.CANCELLED and r["job_dir"] is None and r["outbox_dir"] is None)]
         duplicates = len(jobs) - len({r["name"] for r in jobs}) + len(left_in_inbox)
         renamed = 0
         lost = 0

@@ -125,9 +125,10 @@ def handle_folder(folder: Path, daemon: Daemon, queue: Queue) -> int | None:
 def roll_back(queue: Queue, row: dict, job_dir: Path | None, why: str) -> None:
     """Undo an accept that froze nothing: the inbox folder is still the job, so the row is cancelled.
 
-    The row then holds neither an outbox folder nor a name (see Queue.find): the same folder, taken
-    again, is a new job that gets outbox/<name>, not <name>-2. Only our own files are removed from
-    the job folder (job_dir: None when it is not ours to touch), and the folder only if that empties it.
+    The row then holds neither a job folder, an outbox folder nor a name (see queue.HOLDS_NAME): the
+    same folder, taken again, is a new job that gets outbox/<name>, not <name>-2. Only our own files
+    are removed from the job folder (job_dir: None when it is not ours to touch), and the folder only
+    if that empties it.
     """
     if job_dir is not None:
         partial = job_dir / ".dataset.partial"
@@ -139,9 +140,7 @@ def roll_back(queue: Queue, row: dict, job_dir: Path | None, why: str) -> None:
         remove_stale_temp_files(job_dir)
         with contextlib.suppress(OSError):
             job_dir.rmdir()
-    gone = job_dir is None or not job_dir.exists()
-    queue.update(row["id"], status=Status.CANCELLED, outbox_dir=None, error=why,
-                 **({"job_dir": None} if gone and job_dir is not None else {}))
+    queue.update(row["id"], status=Status.CANCELLED, job_dir=None, outbox_dir=None, error=why)
 
 
 MANIFEST = ".accept-manifest.json"  # in the job folder: what the inbox folder held when the copy began

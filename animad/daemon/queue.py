@@ -82,9 +82,9 @@ def patiently(call, seconds: float = 30.0):
 
 
 # A row holds its job's name unless it is an accept that was rolled back (daemon/freeze.py roll_back:
-# cancelled, no outbox folder): the folder it was for is taken again as a new job of the same name, and
-# `animad pause <name>`, a chained job's `job:<name>` or a rebuilt queue must mean that one alone.
-HOLDS_NAME = "not (status = 'cancelled' and outbox_dir is null)"
+# cancelled, never started, no job folder, no outbox folder): the folder it was for is taken again as a
+# new job of the same name, and `animad pause <name>` or a chained job's `job:<name>` means that one.
+HOLDS_NAME = "not (status = 'cancelled' and started is null and job_dir is null and outbox_dir is null)"
 
 
 def queue_path(daemon) -> Path:
