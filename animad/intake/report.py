@@ -125,12 +125,26 @@ def small_images(config: JobConfig, dataset: Dataset) -> list[Finding]:
     area = target_area(data.resolution)
     side = f"{data.resolution[0]}x{data.resolution[1]}" if isinstance(data.resolution, list) else \
         f"{data.resolution}x{data.resolution}"
-    small = [item for item in dataset.items if item.width * item.height < SMALL_SHARE * area]
+    # Smallest first: the one 512x512 image among 768x1024 ones is the one to replace, so it must not
+    # hide in "and 9 more"; those under half the training pixels are named first, on their own.
+    small = sorted((item for item in dataset.items if item.width * item.height < SMALL_SHARE * area),
+                   key=lambda item: (item.width * item.height, item.rel))
     if not small:
         return []
-    buckets = [bucket_for(item.width, item.height, data) for item in small]
-    names = [f"{item.rel} ({item.width}x{item.height} -> {width}x{height})"
-             for item, (width, height) in zip(small, buckets)]
+
+    def names(items) -> str:
+        buckets = [bucket_for(item.width, item.height, data) for item in items]
+        return shown([f"{item.rel} ({item.width}x{item.height} -> {width}x{height})"
+                      for item, (width, height) in zip(items, buckets)])
+
+    far = [item for item in small if item.width * item.height < area / 2]
+    near = small[len(far):]
+    if far and near:
+        listed = f"{len(far)} under half of them: {names(far)}; the other {len(near)}: {names(near)}"
+    elif far:
+        listed = f"all under half of them, smallest first: {names(far)}"
+    else:
+        listed = f"smallest first: {names(near)}"
     if not data.buckets:
         fate = f"With buckets off they are upscaled to {side} (an upscaled image teaches blur)"
     elif data.upscale:
@@ -141,7 +155,7 @@ def small_images(config: JobConfig, dataset: Dataset) -> list[Finding]:
         if under:
             fate += f"; {len(under)} with a side under min_bucket {data.min_bucket} are upscaled to that bucket"
     return [Finding("small_image", "warning", f"{len(small)} of {len(dataset.items)} images have fewer pixels than "
-                    f"the training resolution {side} (image -> bucket): {shown(names)}. {fate}",
+                    f"the training resolution {side} (image -> bucket); {listed}. {fate}",
                     [item.rel for item in small], "use larger sources if you have them; otherwise this is fine",
                     where="data.resolution")]
 
