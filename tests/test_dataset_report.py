@@ -314,3 +314,6 @@ def test_the_smallest_image_is_named_first_not_hidden_in_more(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({"trigger": "@t", "data": {"resolution": 128, "min_bucket": 64}}))
     out = subprocess.run([sys.executable, "-m", "animad", "check", str(tmp_path)], capture_output=True, text=True).stdout
     assert out.index("zz_small.png (64x64") < out.index("a00.png")
+    # Images directly in the folder are the "(top folder)" subset, not "subset .".
+    assert report.summary["subset (top folder)"] == "18 image(s) x 1 repeat(s) = 18 samples"
+    assert "subset . " not in out and "subset (top folder)" in out
