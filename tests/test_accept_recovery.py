@@ -134,6 +134,34 @@ def test_a_kill_mid_accept_and_a_lost_database_still_leave_one_job(config, momen
     assert [p.name for p in (daemon.dir("state") / "jobs").iterdir()] == [Path(rows[0]["job_dir"]).name]
 
 
+def test_an_inbox_folder_that_cannot_be_removed_after_its_copy_is_hidden_not_trained_again(config, monkeypatch):
+    from animad.daemon.freeze import handle_folder
+
+    daemon = load_daemon_config(config)
+    folder = make_dataset(daemon.dir("inbox") / "xe", job=tiny_job(), count=6)
+    before = hashes(folder)
+    real_unlink, removed = os.unlink, []
+
+    def unlink(path, *rest, **named):  # a read-only subfolder, as root cannot be refused by chmod
+        if str(path).startswith(str(folder)) and len(removed) >= 3:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, *rest, **named)
+        removed.append(path)
+
+    monkeypatch.setenv("ANIMAD_ACCEPT_COPY", "1")
+    monkeypatch.setattr(os, "unlink", unlink)
+    service = ServiceInProcess(config, NOON)
+    job_id = handle_folder(folder, daemon, service.queue)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    service.tick(5)
+    rows = live(service.queue.all())
+    service.close()
+    aside = daemon.dir("inbox") / f".xe.accepted-as-job-{job_id}"
+    assert not folder.exists() and aside.is_dir()
+    assert [(r["id"], r["status"]) for r in rows] == [(job_id, Status.QUEUED)]
+    assert hashes(Path(rows[0]["job_dir"]) / "dataset") == before
+
+
 # -- 2: a job's name comes from its record, never from <job>/dataset ----------------------------------
 
 @pytest.mark.parametrize("copy", [False, True], ids=["rename", "copy"])

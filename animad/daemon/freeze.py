@@ -285,7 +285,7 @@ def remove_verified_source(source: Path, dataset: Path, manifest: dict, record: 
     else:
         if record is not None:
             record.advance(REMOVING_INBOX)  # from here on, what is left of source is removed at a restart
-        remove_tree(source)
+        finish_off(source, record.get("job") if record is not None else None)
     if record is not None:
         record.advance(FROZEN)
 
@@ -308,6 +308,22 @@ def remove_tree(folder: Path) -> None:
             path = os.path.join(root, name)
             os.unlink(path) if os.path.islink(path) else os.rmdir(path)
     os.rmdir(folder)
+
+
+def finish_off(source: Path, job_id: int | None) -> None:
+    """Remove an accepted inbox folder (its verified copy is the job's dataset). If some of it cannot be
+    removed (a read-only subfolder, say), what is left is renamed to a hidden `.<name>.accepted-as-job-<id>`
+    in the inbox, which the inbox never takes: the job goes on, and the rest is never trained again."""
+    try:
+        remove_tree(source)
+    except OSError as error:
+        if job_id is None:
+            raise
+        aside = source.with_name(f".{source.name}.accepted-as-job-{job_id}")
+        os.rename(source, aside)  # if this fails too, the accept stops: failed, saying why
+        log.warning("%s could not be removed after it was accepted as job %d (%s); what is left of it is kept as "
+                    "%s, hidden from the inbox. Its verified copy is the job's dataset: delete it when you like",
+                    source, job_id, error.strerror or error, aside)
 
 
 def left_of(source: Path, manifest: dict) -> bool:
@@ -372,7 +388,7 @@ def finish_one(daemon: Daemon, queue: Queue, row: dict) -> None:
             if manifest is not None and left_of(source, manifest):
                 log.info("%s was half removed when the daemon stopped; its verified copy is job %d's dataset, so "
                          "the rest is removed", source, row["id"])
-                remove_tree(source)
+                finish_off(source, row["id"])
             else:
                 log.warning("%s is not what was left of the folder job %d was copied from (changed or made anew); "
                             "it is kept", source, row["id"])
