@@ -181,6 +181,7 @@ def test_a_kill_after_the_dataset_was_placed_keeps_the_jobs_name(config, copy):
     lose_database(service)  # and the rebuilt row is `cf` too, with the same outbox folder and creation time
     service = ServiceInProcess(config, NOON)
     [rebuilt] = service.queue.all()
+    assert [r["id"] for r in service.queue.by_name("cf")] == [row["id"]]  # what a chained job:cf looks up
     service.close()
     assert (rebuilt["name"], rebuilt["outbox_dir"], rebuilt["created"]) == (row["name"], row["outbox_dir"],
                                                                             row["created"])
