@@ -5,13 +5,20 @@ At start the daemon runs `PRAGMA quick_check` on its queue. A damaged file is mo
 row (the database was damaged, emptied or deleted) is registered again with its last state read
 from the folder:
 
-- `finished.txt` and a review package newer than it in the outbox: done;
+- `finished.txt` and a review package newer than it in the job's outbox folder: done;
 - `finished.txt` alone: queued to (re)run selection;
 - a resume state: queued first, to resume where it stopped;
 - a frozen dataset and config: queued from the start;
-- a dataset with no config (killed mid-accept): checked again and queued, or failed with the report.
+- an accept.json short of `done` (killed mid-accept): accepting, and finished or rolled back from its
+  recorded phase right after, as if the database had never been lost;
+- a dataset with no config (killed mid-accept before accept.json was kept): checked again and queued,
+  or failed with the report.
 
 - `cancelled.txt` (written by `animad cancel`, removed by `animad retry`): cancelled, as the user left it.
+
+The row's name, source, creation time and outbox folder are the ones recorded when the job was accepted
+(accept.json; job.json for older folders), never a folder's name inside the job: the rebuilt queue has
+the same names and writes each review package where the first one went.
 
 A failed job cannot be told from the disk; it comes back queued (it gets another try), and the log names it.
 If the database cannot be put right without a person (the file cannot be moved aside, or a new one
