@@ -268,7 +268,7 @@ def remove_stale_partials(folder: Path) -> None:
 
     A staging folder is named after its writer's process (`.<name>.partial-<pid>-<random>`): one whose
     writer is gone is a leftover (LoRA copies and all) and goes at the next write, a retry's included;
-    one whose writer still runs is left to it. A folder named any other way is not ours, except
+    one whose writer still runs is left to it (for a day: no write takes that long). A folder named any other way is not ours, except
     mkdtemp's own `.<name>.partial-<8 characters>` of earlier versions, removed once an hour old.
     """
     prefix = f".{folder.name}.partial-"
@@ -278,8 +278,9 @@ def remove_stale_partials(folder: Path) -> None:
                 continue
             suffix = entry.name[len(prefix):]
             writer = STAGING_NAME.fullmatch(suffix)
-            if writer is not None:
-                stale = not writer_running(int(writer.group(1)))
+            if writer is not None:  # a live pid a day later is another process that got the number
+                stale = (not writer_running(int(writer.group(1)))
+                         or time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS * 24)
             else:
                 stale = (OLD_STAGING_NAME.fullmatch(suffix) is not None
                          and time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS)
