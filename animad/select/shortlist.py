@@ -29,6 +29,10 @@ from animad.train.floor import (DEFAULT_SELECTION, MIN_POINTS, RELATIVE_MARGIN, 
 BAND_SIGMAS = 2.0  # a dip this close to the lowest loss is "as good, within noise"
 KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
 KNEE_NOISE = 3.0  # a total drop under 3 noise sigmas is no descent at all: the whole curve is tail
+# Past a confirmed floor, no pick more than this many noise sigmas above the lowest loss. The issue
+# asks for ~3 true sigmas; the estimate itself is off by up to ~30% (bench/floor_accuracy.py), so 2.5.
+PLATEAU_SIGMAS = 2.5
+MIN_PICKS = 3  # a run past its knee gets at least this many picks (or shortlist_size, if smaller)
 KINDS = ("lowest", "annealed", "floor", "candidate", "dip", "tail")  # what a pick can be, in Pick.kind
 
 
@@ -65,13 +69,18 @@ class FloorAnalysis:
         return out
 
 
-def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: float) -> int | None:
-    """Given a clean curve, its level and its noise, return the first epoch after its steep descent.
+def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: float,
+              margin: float | None = None) -> int | None:
+    """Given a clean curve, its level, its noise and the floor's margin, return the first epoch after its steep descent.
 
     The drop runs from the first epoch (clean_curve never drops the first) to the lowest level (a
     running mean, not biased low by noise as the lowest loss is). The curve read against it is a
     running median of 3, which a lone noisy epoch cannot move; it must stay within the last 10% of
     the drop from the knee to the bottom, so one early lucky epoch does not end the descent.
+    The descent also ends where the level stays within `margin` (the floor's own "within noise")
+    of the bottom level: when the whole drop is small against the noise, its last 10% is far below
+    the noise, no epoch would qualify, and the knee would fall to the bottom (issue 20: a knee after
+    the lowest epoch and one pick on the guide's own kind of curve). The earlier of the two counts.
     """
     if len(losses) == 0:
         return None
@@ -84,7 +93,12 @@ def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: 
     threshold = losses[0] - KNEE_SHARE * drop
     worst_ahead = np.maximum.accumulate(median[: bottom_index + 1][::-1])[::-1]
     below = np.flatnonzero(worst_ahead <= threshold)
-    return int(epochs[below[0]]) if len(below) else int(epochs[bottom_index])
+    knee = int(below[0]) if len(below) else bottom_index
+    if margin is not None:
+        level_ahead = np.maximum.accumulate(level[: bottom_index + 1][::-1])[::-1]
+        settled = np.flatnonzero(level_ahead <= level[bottom_index] + margin)
+        knee = min(knee, int(settled[0]))  # never empty: the bottom itself is within margin of itself
+    return int(epochs[knee])
 
 
 def cooldown_words(floor: Floor, cooldown: list[int]) -> str:
@@ -158,11 +172,18 @@ def choose_picks(floor: Floor, whole: Floor, size: int, min_epoch: int, knee: in
         last = int(np.searchsorted(epochs, clean_cooldown[-1]))
         add(last, "annealed", f"last cooldown epoch, {picks.above(float(losses[last]))}", force=True)
     earlier = after_knee & (np.arange(len(epochs)) < lowest)  # where the earlier candidates come from
+    plateau = losses <= lowest_loss + max(PLATEAU_SIGMAS * floor.noise, picks.band)
+    if floor.status == "floor":
+        # A plateau: every pick as good as the lowest within the noise. On a run that ended still
+        # falling nothing earlier is, and the tail spread (each pick saying how far above) is kept.
+        earlier &= plateau
     onset = floor.floor_epoch if floor.floor_epoch is not None else floor.candidate_epoch
-    if onset is not None and onset in epochs and earlier[int(np.searchsorted(epochs, onset))]:
+    # The floor (or possible floor) is named a pick only where its loss is within the noise of the
+    # lowest: "possible floor" beside "6.5 noise sigmas above the lowest" would contradict itself.
+    if onset is not None and onset in epochs and (earlier & plateau)[int(np.searchsorted(epochs, onset))]:
         index = int(np.searchsorted(epochs, onset))
         what = ("floor onset, where progress stopped beyond the noise" if floor.floor_epoch is not None else
-                "possible floor (not confirmed): from here the loss looks flat within the noise")
+                "possible floor (not confirmed): the smoothed loss levels off here, within the noise of the lowest")
         add(index, "floor" if floor.floor_epoch is not None else "candidate",
             f"{what}; {picks.above(float(losses[index]))}")
     in_band = earlier & (losses <= lowest_loss + picks.band)
@@ -175,6 +196,14 @@ def choose_picks(floor: Floor, whole: Floor, size: int, min_epoch: int, knee: in
     for index in dips[np.argsort(losses[dips], kind="stable")]:
         add(int(index), "dip", f"earlier dip as good as the lowest within noise; {picks.above(float(losses[index]))}")
     spread_tail(picks, epochs, losses, earlier, lowest_epoch, start, add)
+    inside = epochs > start  # the knee epoch itself sits on the bend (as in spread_tail)
+    if floor.status == "floor":  # a plateau has room for more within the noise: up to the size, spread
+        fill_up(picks, epochs, losses, earlier & inside, start, add, picks.size, picks.gap)
+    fill_up(picks, epochs, losses, earlier & inside, start, add, MIN_PICKS, 2)
+    # Where even that leaves fewer than MIN_PICKS (the lowest an outlier far below every earlier
+    # epoch), the tail's next lowest losses, each saying how many sigmas above the lowest it is.
+    fill_up(picks, epochs, losses, after_knee & inside & (np.arange(len(epochs)) < lowest), start, add,
+            MIN_PICKS, 2, nearest=True)
     return sorted(picks.picks, key=lambda pick: pick.epoch)
 
 
@@ -202,6 +231,31 @@ def spread_tail(picks: PickList, epochs: np.ndarray, losses: np.ndarray, earlier
                 if add(int(index), "tail", f"spread evenly over the tail from epoch {start} to the lowest; "
                                            f"{picks.above(float(losses[index]))}; less trained"):
                     break
+
+
+def fill_up(picks: PickList, epochs: np.ndarray, losses: np.ndarray, earlier: np.ndarray, start: int,
+            add, wanted: int, gap: int, nearest: bool = False) -> None:
+    """Bring a shortlist up to `wanted` picks (never past its size), from the tail epochs still free, `gap` apart.
+
+    The even spread can leave a short or narrow tail with one or two picks (its spots closer than
+    the gap, or no epoch near a spot within the band). Each added epoch is the one farthest from
+    the picks so far (the lower loss on ties): spread, as the guide's "several earlier checkpoints";
+    with `nearest`, the one of lowest loss.
+    """
+    wanted = min(wanted, picks.size)
+    candidates = [int(i) for i in np.flatnonzero(earlier)]
+    while len(picks.picks) < wanted:
+        taken = [pick.epoch for pick in picks.picks]
+        free = [i for i in candidates if all(abs(int(epochs[i]) - e) >= gap for e in taken)]
+        if not free:
+            return
+        if nearest:  # the lowest loss first: as near the lowest as the tail has
+            best = min(free, key=lambda i: losses[i])
+        else:
+            best = max(free, key=lambda i: (min(abs(int(epochs[i]) - e) for e in taken), -losses[i]))
+        if not add(best, "tail", f"spread over the tail from epoch {start} to the lowest; "
+                                 f"{picks.above(float(losses[best]))}; less trained", force=True):
+            return
 
 
 def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: int, knee: int | None = None,
@@ -263,9 +317,14 @@ def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
     floor = decide_floor(all_epochs[before], all_losses[before], patience=patience, min_epoch=min_epoch)
     whole = decide_floor(all_epochs, all_losses, patience=patience, min_epoch=min_epoch) if cooled else floor
     cooldown = [int(e) for e in all_epochs if int(e) in cooled]
-    knee = find_knee(floor.epochs, floor.losses, floor.level, floor.noise)
+    knee = find_knee(floor.epochs, floor.losses, floor.level, floor.noise, floor.margin)
     if knee is None and len(whole.epochs):  # nothing before the cooldown: no descent to stay off
         knee = int(whole.epochs[0])
+    eligible = whole.epochs >= min_epoch
+    if knee is not None and eligible.any():  # the lowest epoch is never on the descent
+        knee = min(knee, int(whole.epochs[int(np.argmin(np.where(eligible, whole.losses, np.inf)))]))
+    if knee is not None and floor.floor_epoch is not None:  # nor is a confirmed floor: progress stopped there
+        knee = min(knee, floor.floor_epoch)
     picks = choose_picks(floor, whole, shortlist_size, min_epoch, knee, cooldown)
     lowest = None
     if picks:
