@@ -117,11 +117,25 @@ def header_html(summary: dict) -> list[str]:
         "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
         f"<code>models/loras</code> folder and load it with {loader}.{network_note(summary)}{trigger}</li>"
         f"{workflow_item(summary)}</ol></div>",
+        *try_first_html(summary),
         *about_html(summary),
         *barely_changed_html(summary),
         f"<div class='status {esc(analysis.get('status'))}' id='floor-message'><strong>Loss floor:</strong> "
         f"{esc(floor_sentence(analysis))}{floor_numbers_html(analysis)}</div>",
     ]
+
+
+def try_first_html(summary: dict) -> list[str]:
+    """The epoch to render first, why (its numbers), the order of the rest and the rule, in the page's words."""
+    first = summary.get("try_first") or (summary.get("analysis") or {}).get("try_first")
+    if not isinstance(first, dict) or "epoch" not in first:
+        return []
+    rest = [e for e in first.get("order") or [] if e != first["epoch"]]
+    links = [f"<a href='#pick-{esc(e)}'>epoch {esc(e)}</a>" for e in rest]
+    then = f"<p>Then: {', '.join(links)}.</p>" if links else ""
+    return [f"<div class='note' id='try-first'><strong class='big'>Try epoch {esc(first['epoch'])} first.</strong>"
+            f"<p id='try-first-reason'>Epoch {esc(first['epoch'])} is {esc(first.get('reason', ''))}</p>{then}"
+            f"<p class='muted'>The rule: {esc(first.get('rule', ''))}</p></div>"]
 
 
 def clean_losses(analysis: dict) -> list[tuple[int, float]]:

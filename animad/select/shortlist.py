@@ -23,10 +23,10 @@ import math
 
 import numpy as np
 
+from animad.select.try_first import BAND_SIGMAS, choose_try_first, noise_band  # noqa: F401 (BAND_SIGMAS: plot.py)
 from animad.train.floor import (DEFAULT_SELECTION, MIN_POINTS, RELATIVE_MARGIN, Floor, decide_floor, level_width,
                                 sort_curve)
 
-BAND_SIGMAS = 2.0  # a dip this close to the lowest loss is "as good, within noise"
 KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
 KNEE_NOISE = 3.0  # a total drop under 3 noise sigmas is no descent at all: the whole curve is tail
 # Past a confirmed floor, no pick more than this many noise sigmas above the lowest loss. The issue
@@ -60,6 +60,7 @@ class FloorAnalysis:
     message: str
     knee_epoch: int | None = None  # the first epoch after the steep descent (no pick before it)
     cooldown_epochs: list[int] = dataclasses.field(default_factory=list)  # epochs trained with the LR annealed
+    try_first: dict | None = None  # select/try_first.TryFirst as a dict: the epoch to render first, why, the order
 
     def to_dict(self) -> dict:
         """Given the analysis, return a JSON-ready dict (non-finite losses become None)."""
@@ -153,7 +154,7 @@ def choose_picks(floor: Floor, whole: Floor, size: int, min_epoch: int, knee: in
     # end), not the whole run: an over-trained rise after the lowest holds no pick.
     span = max([lowest_epoch] + clean_cooldown) - start
     picks = PickList(size, max(2, math.ceil(span / (2 * size))), lowest_loss,
-                     max(BAND_SIGMAS * floor.noise, RELATIVE_MARGIN * abs(lowest_loss)), floor.noise)
+                     noise_band(floor.noise, lowest_loss), floor.noise)
     cooled = set(cooldown)
     after = cooldown_words(floor, cooldown) if cooldown else ""
 
@@ -339,10 +340,11 @@ def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
         if len(whole.epochs) > 2 * half:
             smoothed[all_epochs < whole.epochs[half]] = math.nan
     ignored = {**floor.ignored, **whole.ignored}
+    first = choose_try_first([dataclasses.asdict(pick) for pick in picks], floor.noise)
     return FloorAnalysis(
         status=floor.status, floor_epoch=floor.floor_epoch, candidate_epoch=floor.candidate_epoch,
         lowest_epoch=lowest, shortlist=[p.epoch for p in picks], picks=picks, noise=floor.noise,
         epochs=[int(e) for e in all_epochs], losses=[float(v) for v in all_losses],
         smoothed=[float(v) for v in smoothed], ignored_epochs=sorted(ignored),
         message=describe_floor(dataclasses.replace(floor, ignored=ignored), picks, patience, min_epoch, knee, cooldown),
-        knee_epoch=knee, cooldown_epochs=cooldown)
+        knee_epoch=knee, cooldown_epochs=cooldown, try_first=first.to_dict() if first else None)
