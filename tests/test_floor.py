@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from animad.select.floor_words import FloorNumbers, plot_status, verdict
 from animad.select.shortlist import KINDS, analyze_curve, find_knee
 from animad.train.floor import cooldown_epochs, decide_floor, floor_confirmed, floor_reached
 
@@ -269,8 +270,15 @@ def test_a_knee_then_a_slow_tail_gives_candidates_spread_after_the_knee(length):
 def test_the_demo_curve_gets_three_picks_after_its_knee():
     analysis = analyze_curve(range(1, 13), DEMO_CURVE, patience=4)
     assert analysis.status == "no_floor_yet" and analysis.knee_epoch == 4
-    assert analysis.shortlist == [7, 10, 12] and [p.kind for p in analysis.picks] == ["candidate", "tail", "lowest"]
+    # Its possible floor (epoch 7) is 2.1 noise sigmas above the lowest, past the noise band: the loss
+    # kept falling, so it is no pick, and every sentence says the loss was still going down (issue 20).
+    assert analysis.shortlist == [6, 8, 10, 12] and [p.kind for p in analysis.picks] == ["tail"] * 3 + ["lowest"]
     assert "steep descent, which ends at epoch 4" in analysis.message
+    assert "trend line over epochs 4-12" in analysis.message  # never from before the knee
+    numbers = FloorNumbers.from_dict(analysis.numbers)
+    assert verdict(numbers).startswith("The loss was still going down when training ended: after the steep "
+                                       "descent (to epoch 4) it fell 0.0653 more, to its lowest at epoch 12 of 12.")
+    assert plot_status(numbers) == "no floor: still falling at the end"
 
 
 def first_confirmation(epochs, losses) -> int:
@@ -323,7 +331,8 @@ def test_the_plot_marks_a_possible_floor_as_a_pick_only_when_it_is_one(tmp_path)
 
     from animad.select.plot import COLOURS, floor_label, floor_marks, loss_plot, read_series
 
-    epochs, losses = still_falling(1)  # its possible floor is within the noise of the lowest: a pick
+    # A plateau cut 12 epochs after its possible floor: unconfirmed, and within the noise of the lowest.
+    epochs, losses = make_curve("white", 0)[0][:63], make_curve("white", 0)[1][:63]
     shortlisted = analyze_curve(epochs, losses, shortlist_size=4)
     alone = analyze_curve(epochs, losses, shortlist_size=1)  # room for the lowest only
     assert shortlisted.candidate_epoch in shortlisted.shortlist and alone.shortlist == [alone.lowest_epoch]
@@ -357,7 +366,10 @@ def test_accuracy_over_random_curves_stays_within_bounds():
         result = bench.measure_family(family, 30)
         print(family, result)
         assert result["mean_abs_error_epochs"] <= bounds[family], (family, result)
-        assert result["no_floor_found"] <= (6 if family == "short" else 3), (family, result)
+        # Short: 10 epochs at patience 3, the knee at epoch 4-5. The trend line needs 2 * patience
+        # epochs after the knee (it never reaches into the descent, issue 20), so a third of them
+        # end before their floor is confirmed (the run trains on; before that rule, 4 of 50).
+        assert result["no_floor_found"] <= (12 if family == "short" else 3), (family, result)
     for kind in FALLING:
         epochs_losses = [still_falling(seed, kind=kind) for seed in range(1000, 1030)]
         assert not any(analyze_curve(e, l).status == "floor" for e, l in epochs_losses), kind

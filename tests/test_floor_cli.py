@@ -168,10 +168,12 @@ def test_a_demo_like_curve_gets_a_shortlist_after_its_knee(tmp_path):
     out = json.loads(run_floor(path, "--json", "--patience", 4).stdout)
     assert out["status"] == "no_floor_yet" and out["lowest_epoch"] == 12
     assert len(out["shortlist"]) >= 3 and all(e > 4 for e in out["shortlist"])  # none on the steep descent
-    assert out["candidate_epoch"] in out["shortlist"]  # the possible floor is shortlisted, not only marked
+    # Its possible floor is 2.1 noise sigmas above the lowest (the loss kept falling): no pick (issue 20)
+    assert out["candidate_epoch"] == 7 and 7 not in out["shortlist"]
     assert all(p["reason"] for p in out["picks"]) and "ends at epoch 4" in out["message"]
+    assert out["try_first"]["epoch"] in out["shortlist"]
     readable = run_floor(path, "--patience", 4)
-    assert readable.returncode == 0 and "candidate" in readable.stdout and "tail" in readable.stdout
+    assert readable.returncode == 0 and "tail" in readable.stdout and "try epoch" in readable.stdout
 
 
 def test_tensorboards_own_csv_export_is_read_with_the_step_as_the_epoch(tmp_path):

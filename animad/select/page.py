@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from animad.anima.comfyui import escape_prompt
 from animad.fsutil import human_bytes
+from animad.select.floor_words import FloorNumbers, verdict
 from animad.select.prompts import KIND_LABELS
 from animad.select.shortlist import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
 
@@ -147,6 +148,10 @@ def clean_losses(analysis: dict) -> list[tuple[int, float]]:
 
 def floor_sentence(analysis: dict) -> str:
     """The floor's verdict in one plain sentence (the numbers behind it are in floor_numbers_html)."""
+    numbers = FloorNumbers.from_dict(analysis.get("numbers"))
+    if numbers is not None:  # written from the numbers the decision used (select/floor_words.py)
+        return verdict(numbers)
+    # An older summary.json, without the numbers: its status and epochs only.
     status, lowest = analysis.get("status"), analysis.get("lowest_epoch")
     floor, candidate = analysis.get("floor_epoch"), analysis.get("candidate_epoch")
     epochs = [e for e, _ in clean_losses(analysis)] or list(analysis.get("epochs") or []) or [0]

@@ -23,12 +23,11 @@ import math
 
 import numpy as np
 
+from animad.select.floor_words import FloorNumbers, account
 from animad.select.try_first import BAND_SIGMAS, choose_try_first, noise_band  # noqa: F401 (BAND_SIGMAS: plot.py)
-from animad.train.floor import (DEFAULT_SELECTION, MIN_POINTS, RELATIVE_MARGIN, Floor, decide_floor, level_width,
-                                sort_curve)
+from animad.train.floor import (DEFAULT_SELECTION, KNEE_NOISE, MIN_POINTS, RELATIVE_MARGIN, Floor,  # noqa: F401
+                                decide_floor, find_knee, level_width, sort_curve)
 
-KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
-KNEE_NOISE = 3.0  # a total drop under 3 noise sigmas is no descent at all: the whole curve is tail
 # Past a confirmed floor, no pick more than this many noise sigmas above the lowest loss. The issue
 # asks for ~3 true sigmas; the estimate itself is off by up to ~30% (bench/floor_accuracy.py), so 2.5.
 PLATEAU_SIGMAS = 2.5
@@ -61,6 +60,7 @@ class FloorAnalysis:
     knee_epoch: int | None = None  # the first epoch after the steep descent (no pick before it)
     cooldown_epochs: list[int] = dataclasses.field(default_factory=list)  # epochs trained with the LR annealed
     try_first: dict | None = None  # select/try_first.TryFirst as a dict: the epoch to render first, why, the order
+    numbers: dict | None = None  # select/floor_words.FloorNumbers as a dict: what every sentence is written from
 
     def to_dict(self) -> dict:
         """Given the analysis, return a JSON-ready dict (non-finite losses become None)."""
@@ -68,38 +68,6 @@ class FloorAnalysis:
         out["losses"] = [value if math.isfinite(value) else None for value in self.losses]
         out["smoothed"] = [value if math.isfinite(value) else None for value in self.smoothed]
         return out
-
-
-def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: float,
-              margin: float | None = None) -> int | None:
-    """Given a clean curve, its level, its noise and the floor's margin, return the first epoch after its steep descent.
-
-    The drop runs from the first epoch (clean_curve never drops the first) to the lowest level (a
-    running mean, not biased low by noise as the lowest loss is). The curve read against it is a
-    running median of 3, which a lone noisy epoch cannot move; it must stay within the last 10% of
-    the drop from the knee to the bottom, so one early lucky epoch does not end the descent.
-    The descent also ends where the level stays within `margin` (the floor's own "within noise")
-    of the bottom level: when the whole drop is small against the noise, its last 10% is far below
-    the noise, no epoch would qualify, and the knee would fall to the bottom (issue 20: a knee after
-    the lowest epoch and one pick on the guide's own kind of curve). The earlier of the two counts.
-    """
-    if len(losses) == 0:
-        return None
-    bottom_index = int(np.argmin(level))
-    drop = float(losses[0] - level[bottom_index])
-    if len(losses) < 3 or drop <= KNEE_NOISE * noise:
-        return int(epochs[0])
-    padded = np.pad(losses, 1, mode="edge")  # edge, not reflect: the first epoch keeps its own height
-    median = np.median(np.lib.stride_tricks.sliding_window_view(padded, 3), axis=1)
-    threshold = losses[0] - KNEE_SHARE * drop
-    worst_ahead = np.maximum.accumulate(median[: bottom_index + 1][::-1])[::-1]
-    below = np.flatnonzero(worst_ahead <= threshold)
-    knee = int(below[0]) if len(below) else bottom_index
-    if margin is not None:
-        level_ahead = np.maximum.accumulate(level[: bottom_index + 1][::-1])[::-1]
-        settled = np.flatnonzero(level_ahead <= level[bottom_index] + margin)
-        knee = min(knee, int(settled[0]))  # never empty: the bottom itself is within margin of itself
-    return int(epochs[knee])
 
 
 def cooldown_words(floor: Floor, cooldown: list[int]) -> str:
@@ -181,10 +149,12 @@ def choose_picks(floor: Floor, whole: Floor, size: int, min_epoch: int, knee: in
     onset = floor.floor_epoch if floor.floor_epoch is not None else floor.candidate_epoch
     # The floor (or possible floor) is named a pick only where its loss is within the noise of the
     # lowest: "possible floor" beside "6.5 noise sigmas above the lowest" would contradict itself.
-    if onset is not None and onset in epochs and (earlier & plateau)[int(np.searchsorted(epochs, onset))]:
+    # (A possible floor, unconfirmed, within the noise band itself: floor_words says it "may have levelled off".)
+    gate = plateau if floor.floor_epoch is not None else losses <= lowest_loss + picks.band
+    if onset is not None and onset in epochs and (earlier & gate)[int(np.searchsorted(epochs, onset))]:
         index = int(np.searchsorted(epochs, onset))
         what = ("floor onset, where progress stopped beyond the noise" if floor.floor_epoch is not None else
-                "possible floor (not confirmed): the smoothed loss levels off here, within the noise of the lowest")
+                "possible floor (not confirmed): the smoothed loss levels off here")
         add(index, "floor" if floor.floor_epoch is not None else "candidate",
             f"{what}; {picks.above(float(losses[index]))}")
     in_band = earlier & (losses <= lowest_loss + picks.band)
@@ -259,33 +229,12 @@ def fill_up(picks: PickList, epochs: np.ndarray, losses: np.ndarray, earlier: np
             return
 
 
-def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: int, knee: int | None = None,
+def describe_floor(floor: Floor, picks: list[Pick], numbers: FloorNumbers, min_epoch: int, knee: int | None = None,
                    cooldown: list[int] = ()) -> str:
-    """Given the floor decision, the picks, the knee and the cooldown epochs, return a one-paragraph explanation."""
+    """Given the floor decision, the picks, its numbers, the knee and the cooldown epochs, return a one-paragraph
+    explanation (its first sentences are floor_words.account's, from the same numbers)."""
     epochs = floor.epochs
-    noise = f"noise sigma {floor.noise:.3g}, so changes under {floor.margin:.3g} do not count"
-    if floor.status == "empty":
-        text = "No finite loss values: nothing to analyse."
-    elif floor.status == "too_short" and len(epochs) >= MIN_POINTS:
-        text = f"No usable epoch at or after min_epoch {min_epoch} yet (the last is {int(epochs[-1])})."
-    elif floor.status == "too_short":
-        text = f"Only {len(epochs)} usable epochs: too few to tell a floor from noise."
-    elif floor.status == "floor":
-        text = (f"The loss stopped improving beyond its noise at epoch {floor.floor_epoch} ({noise}); the "
-                f"{int(epochs[-1]) - floor.floor_epoch} epochs after it confirm the floor (patience {patience}).")
-    elif floor.candidate_epoch is None or epochs[-1] - floor.candidate_epoch < patience / 2:
-        text = f"The loss is still falling at the last epoch, {int(epochs[-1])} ({noise}): no floor yet."
-    elif floor.trend_drop is not None:
-        text = (f"The loss looks flat from epoch {floor.candidate_epoch}, but its trend over the last "
-                f"{2 * patience} epochs still falls by {floor.trend_drop:.3g}, more than noise explains ({noise}): "
-                "no floor yet.")
-    elif epochs[-1] - floor.candidate_epoch < patience:
-        text = (f"Possible floor at epoch {floor.candidate_epoch}, but only {int(epochs[-1]) - floor.candidate_epoch} "
-                f"of the {patience} epochs of patience have passed ({noise}): no floor yet.")
-    else:
-        text = (f"Possible floor at epoch {floor.candidate_epoch}, but confirming it takes a curve of "
-                f"{2 * patience} epochs (twice the patience) and this one spans {int(epochs[-1] - epochs[0])}: "
-                "no floor yet.")
+    text = account(numbers, min_epoch, len(floor.epochs))
     if cooldown:
         text += (f" Then the learning rate was annealed to zero over {len(cooldown)} cooldown epochs "
                  f"({cooldown[0]} to {cooldown[-1]}); the floor is read from the epochs before them.")
@@ -300,6 +249,27 @@ def describe_floor(floor: Floor, picks: list[Pick], patience: int, min_epoch: in
             text += " If the run has ended, it ended before a floor; the shortlist is still worth a look."
         text += " Low loss only shortlists: the previews decide."
     return text
+
+
+def floor_numbers(floor: Floor, whole: Floor, picks: list[Pick], patience: int, min_epoch: int,
+                  knee: int | None) -> FloorNumbers:
+    """Given the floor decision (before any cooldown), the whole clean curve, the picks and the knee, return the
+    numbers every sentence about the floor is written from."""
+    def loss_at(epoch):
+        found = np.flatnonzero(whole.epochs == epoch) if epoch is not None else []
+        return float(whole.losses[found[0]]) if len(found) else None
+
+    eligible = whole.epochs >= min_epoch
+    lowest = int(whole.epochs[int(np.argmin(np.where(eligible, whole.losses, np.inf)))]) if eligible.any() else None
+    onset = floor.floor_epoch if floor.floor_epoch is not None else floor.candidate_epoch
+    lowest_loss = loss_at(lowest)
+    return FloorNumbers(
+        status=floor.status, floor_epoch=floor.floor_epoch, candidate_epoch=floor.candidate_epoch, knee_epoch=knee,
+        first_epoch=int(floor.epochs[0]) if len(floor.epochs) else None,
+        last_epoch=int(floor.epochs[-1]) if len(floor.epochs) else None, lowest_epoch=lowest,
+        lowest_loss=lowest_loss, candidate_loss=loss_at(onset), knee_loss=loss_at(knee), noise=float(floor.noise),
+        margin=float(floor.margin), band=noise_band(floor.noise, lowest_loss or 0.0), patience=patience,
+        trend_from=floor.trend_from, trend_drop=floor.trend_drop, trend_allowed=floor.trend_allowed)
 
 
 def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
@@ -318,7 +288,7 @@ def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
     floor = decide_floor(all_epochs[before], all_losses[before], patience=patience, min_epoch=min_epoch)
     whole = decide_floor(all_epochs, all_losses, patience=patience, min_epoch=min_epoch) if cooled else floor
     cooldown = [int(e) for e in all_epochs if int(e) in cooled]
-    knee = find_knee(floor.epochs, floor.losses, floor.level, floor.noise, floor.margin)
+    knee = floor.knee
     if knee is None and len(whole.epochs):  # nothing before the cooldown: no descent to stay off
         knee = int(whole.epochs[0])
     eligible = whole.epochs >= min_epoch
@@ -341,10 +311,12 @@ def analyze_curve(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
             smoothed[all_epochs < whole.epochs[half]] = math.nan
     ignored = {**floor.ignored, **whole.ignored}
     first = choose_try_first([dataclasses.asdict(pick) for pick in picks], floor.noise)
+    numbers = floor_numbers(floor, whole, picks, patience, min_epoch, knee)
     return FloorAnalysis(
         status=floor.status, floor_epoch=floor.floor_epoch, candidate_epoch=floor.candidate_epoch,
         lowest_epoch=lowest, shortlist=[p.epoch for p in picks], picks=picks, noise=floor.noise,
         epochs=[int(e) for e in all_epochs], losses=[float(v) for v in all_losses],
         smoothed=[float(v) for v in smoothed], ignored_epochs=sorted(ignored),
-        message=describe_floor(dataclasses.replace(floor, ignored=ignored), picks, patience, min_epoch, knee, cooldown),
-        knee_epoch=knee, cooldown_epochs=cooldown, try_first=first.to_dict() if first else None)
+        message=describe_floor(dataclasses.replace(floor, ignored=ignored), picks, numbers, min_epoch, knee, cooldown),
+        knee_epoch=knee, cooldown_epochs=cooldown, try_first=first.to_dict() if first else None,
+        numbers=numbers.to_dict())
