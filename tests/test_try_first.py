@@ -68,3 +68,20 @@ def test_summary_page_status_and_train_say_the_same_epoch(tmp_path):
     assert package_try_first({"status": "running", "outbox_dir": str(out)}) == ""
     assert package_try_first({"status": "done", "outbox_dir": str(tmp_path / "gone")}) == ""
     assert np.isfinite(first["loss"])
+
+
+def test_status_names_the_epoch_to_try_first_for_a_done_job(daemon_config, tmp_path):
+    from animad.config.daemon import load_daemon_config
+    from animad.daemon.queue import Queue
+    from animad.daemon.states import Status
+    from animad.daemon.status import take_snapshot
+
+    review, analysis, _ = build_review(tmp_path)
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    daemon = load_daemon_config(daemon_config)
+    queue = Queue(daemon.dir("state") / "animad.sqlite")
+    job = queue.add("cat", str(tmp_path / "inbox" / "cat"))
+    queue.update(job, status=Status.DONE, outbox_dir=str(out))
+    line = take_snapshot(daemon, queue).shown[job]["line"]
+    first = json.loads((out / "summary.json").read_text())["try_first"]["epoch"]
+    assert line == f"review: {out}/index.html (try epoch {first} first)"
