@@ -1,12 +1,10 @@
 """Shortlist the epochs worth rendering, and say why, from the floor decision (train/floor.py).
 
-The floor itself (cleaning, noise, candidate, confirmation) is decided in train/floor.py, the same
-function stop-at-floor asks during training. Here, on the clean curve:
-5. The knee: the first epoch from which the curve (a running median of 3) stays within 10% of its
-   total drop of the bottom, up to the bottom. Before it is the steep descent, where no epoch is
-   picked: it is plainly under-trained. Read from the drop, not the slope, because the drop is large
-   against the noise where the slope is not; a spike is gone before (clean_curve), a lone noisy
-   epoch is outvoted by the median, and the rise of an over-trained end is not looked at.
+The floor itself (cleaning, noise, candidate, confirmation) and the knee are decided in
+train/floor.py, the same function stop-at-floor asks during training. Here, on the clean curve:
+5. The knee (train/floor.find_knee): the end of the steep descent, read from the drop (90% of it
+   behind) and against the noise (the level within the floor's margin of its bottom), the earlier
+   of the two; never after the lowest epoch or a confirmed floor. No epoch before it is picked.
 6. Shortlist, at most `shortlist_size`, ascending, each with the reason it was picked, at least
    `gap` epochs apart, none before the knee: the exact argmin; the last cooldown epoch (the LR
    annealed to 0) when there was a cooldown; the floor epoch (or the unconfirmed candidate); the
@@ -14,6 +12,11 @@ function stop-at-floor asks during training. Here, on the clean curve:
    one-standard-error rule); then epochs spread evenly between the floor (or the knee) and the
    lowest, each the lowest loss near its even spot. A quiet tail that still falls slowly has no
    earlier dip as good as the lowest, and the spread is what gives the user something to compare.
+   Past a confirmed floor (a plateau) every pick is within PLATEAU_SIGMAS of the lowest loss, the
+   floor onset included (else it is no pick); an unconfirmed candidate is a pick only within the
+   2-sigma band. A run past its knee gets at least MIN_PICKS picks (issue 20: the guide's own kind
+   of curve got one).
+The epoch to try first is select/try_first.py's; the sentences are select/floor_words.py's.
 """
 
 from __future__ import annotations
