@@ -132,7 +132,9 @@ def try_first_html(summary: dict) -> list[str]:
     if not isinstance(first, dict) or "epoch" not in first:
         return []
     rest = [e for e in first.get("order") or [] if e != first["epoch"]]
-    links = [f"<a href='#pick-{esc(e)}'>epoch {esc(e)}</a>" for e in rest]
+    kinds = {p.get("epoch"): p.get("kind") for p in summary.get("shortlist") or [] if isinstance(p, dict)}
+    links = [f"<a href='#pick-{esc(e)}'>epoch {esc(e)}</a>" + (f" ({esc(kinds[e])})" if kinds.get(e) else "")
+             for e in rest]
     then = f"<p>Then: {', '.join(links)}.</p>" if links else ""
     return [f"<div class='note' id='try-first'><strong class='big'>Try epoch {esc(first['epoch'])} first.</strong>"
             f"<p id='try-first-reason'>Epoch {esc(first['epoch'])} is {esc(first.get('reason', ''))}</p>{then}"

@@ -66,12 +66,12 @@ def choose_try_first(picks: list[dict], noise: float) -> TryFirst | None:
                "no shortlisted epoch comes before it")
         reason = f"the lowest loss of the run ({lowest['loss']:.5g}), and {why}."
     else:
-        wobble = (f"{BAND_SIGMAS:g} times the loss's own wobble from epoch to epoch ({noise:.3g})"
+        wobble = (f"{BAND_SIGMAS:g} times the loss's epoch-to-epoch wobble of {noise:.3g}"
                   if band == BAND_SIGMAS * noise else f"{RELATIVE_MARGIN:.2%} of the loss, more than its wobble")
         reason = (f"the earliest shortlisted epoch whose loss is within the noise of the lowest: {first['loss']:.5g}, "
-                  f"{above:.3g} above epoch {lowest['epoch']}'s {lowest['loss']:.5g}, less than {band:.3g} "
-                  f"({wobble}); and it is {lowest['epoch'] - first['epoch']} epochs less trained: an epoch as good "
-                  "within noise but less trained often generalises better.")
+                  f"{above:.3g} above epoch {lowest['epoch']}'s {lowest['loss']:.5g}, less than {band:.3g} ({wobble}). "
+                  f"It is {lowest['epoch'] - first['epoch']} epochs less trained: an epoch as good within noise but "
+                  "less trained often generalises better.")
     return TryFirst(int(first["epoch"]), reason, order, float(first["loss"]), int(lowest["epoch"]), above, band)
 
 
