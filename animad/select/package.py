@@ -201,7 +201,8 @@ def workflow_for_package(review: Review, shortlist: list[dict], chunks: dict) ->
         prompt=review.prompts[0], seed=int(seed_for(review.seeds, 0) or 0), lora_name=lowest,
         negative_prompt=settings.get("negative_prompt", comfyui.NEGATIVE_PROMPT),
         steps=int(settings.get("steps", comfyui.STEPS)), cfg=float(settings.get("cfg", comfyui.CFG)),
-        width=int(settings.get("width", comfyui.WIDTH)), height=int(settings.get("height", comfyui.HEIGHT)))
+        width=int(settings.get("width", comfyui.WIDTH)), height=int(settings.get("height", comfyui.HEIGHT)),
+        **settings.get("model_names", {}))
     return comfyui.ui_workflow(recipe)
 
 
