@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from animad.errors import UserError
@@ -235,3 +236,18 @@ def test_floor_and_select_flags_take_their_defaults_and_help_from_job_yaml():
     assert f"{job.previews.steps}, as ComfyUI's official Anima template" in help_text
     assert f"{job.previews.width} unless it sets them" in help_text
 
+
+
+def test_the_guide_shaped_curve_gets_a_spread_shortlist_from_animad_floor(tmp_path):
+    # Issue 20: a floor near 0.1, a drop of ~4 noise sigmas, the minimum at epoch 179 of 200. Main said
+    # `shortlist: [158]` and "the steep descent, which ends at epoch 180" (a knee after the lowest).
+    rng = np.random.default_rng(20)
+    epochs = np.arange(1, 201)
+    losses = 0.1 + 0.024 * np.exp(-epochs / 20) + rng.normal(0, 0.006, 200)
+    losses[178] = losses.min() - 0.002
+    out = json.loads(run_floor(write_csv(tmp_path / "guide.csv", epochs, losses), "--json").stdout)
+    assert out["lowest_epoch"] == 179 and out["knee_epoch"] <= 179
+    assert len(out["shortlist"]) >= 3 and out["try_first"]["epoch"] in out["shortlist"]
+    sigma = out["noise"]
+    assert all(p["loss"] <= losses.min() + 3 * sigma for p in out["picks"])
+    assert out["numbers"]["status"] == out["status"] and "ends at epoch 180" not in out["message"]
