@@ -85,3 +85,14 @@ def test_status_names_the_epoch_to_try_first_for_a_done_job(daemon_config, tmp_p
     line = take_snapshot(daemon, queue).shown[job]["line"]
     first = json.loads((out / "summary.json").read_text())["try_first"]["epoch"]
     assert line == f"review: {out}/index.html (try epoch {first} first)"
+
+
+def test_each_card_says_its_place_in_the_order(tmp_path):
+    review, _, _ = build_review(tmp_path)
+    out = write_review_package(tmp_path / "outbox" / "cat", review)
+    order = json.loads((out / "summary.json").read_text())["try_first"]["order"]
+    page = (out / "index.html").read_text()
+    for place, epoch in enumerate(order, 1):
+        card = page[page.index(f"id='pick-{epoch}'"):]
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(place, "th")
+        assert f"<span class='badge try'>try {place}{suffix}</span>" in card[:card.index("</h3>")]
