@@ -16,6 +16,7 @@ import re
 import time
 from pathlib import Path
 
+from animad.anima import comfyui
 from animad.anima.comfyui import has_text_encoder_part
 from animad.anima.lora_names import read_lora_file
 from animad.config.daemon import Daemon
@@ -106,7 +107,8 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
         warnings = []
     finished = paths.root / "finished.txt"
     stopped = finished.read_text().strip() if finished.is_file() else "training did not finish"
-    shown_settings = {**settings, "strengths": sorted({row.strength for row in rows[1:]}, reverse=True)}
+    shown_settings = {**settings, "strengths": sorted({row.strength for row in rows[1:]}, reverse=True),
+                      "model_names": model_names(paths, config, daemon)}
     review = Review(
         job_name=config.name, trigger=config.trigger, analysis=analysis_dict, curve_source=CURVE_SOURCES[key],
         train_losses={r["epoch"]: r["loss"] for r in records}, lora_files=epoch_files, prompts=texts,
@@ -121,6 +123,17 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
     apply_retention(paths, config, daemon, set(analysis.shortlist) | set(epoch_files))
     log.info("review package written to %s", package)
     return package
+
+
+def model_names(paths, config, daemon) -> dict[str, str]:
+    """The job's base model files as ComfyUI's loaders name them ({} when the files cannot be found now)."""
+    try:
+        files = job_model_files(paths, config, daemon)
+    except UserError:
+        return {}
+    return {"unet_name": comfyui.file_name(files.dit, "unet_name"),
+            "clip_name": comfyui.file_name(files.text_encoder, "clip_name"),
+            "vae_name": comfyui.file_name(files.vae, "vae_name")}
 
 
 def preview_progress(on_progress):
