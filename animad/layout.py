@@ -13,7 +13,10 @@ A job folder looks like this:
       epochs.jsonl           one JSON object per finished epoch (what select/ reads)
       tb/                    TensorBoard events
       state/resume.pt        the resume state (written atomically; only the last is kept)
+      state/resume.json      its epoch and step, written after it (status's resume point, without torch)
       train.log              the job's log
+      child-stderr.log       daemon jobs: what the job processes wrote to stderr (status quotes its tail
+                             for a job process that died before it could report)
       selection/             previews rendered for the review package
       init_from.safetensors  network.init_from: job:<name>: that job's LoRA, copied here before training
       init_from.json         which job and epoch it came from, and its sha256
