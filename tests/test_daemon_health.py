@@ -368,3 +368,30 @@ def test_a_sleep_lock_that_cannot_be_taken_is_logged_once_and_leaves_no_zombie(t
         assert not zombies_of(daemon.process.pid)
     finally:
         daemon.stop()
+
+
+def test_a_full_disk_rejection_is_checked_again_once_there_is_room(tmp_path):
+    """The daemon reads what a rejection was for from the report it wrote (the real format), and the
+    machine's change that gets it checked again: more free space, a model file back."""
+    from animad.config.problems import Problems
+    from animad.daemon.inbox import DISK_STEP, machine_changed, machine_conditions
+
+    problems = Problems()
+    problems.error(str(tmp_path / "state"), "disk space", "1.2 MB free; the run needs at least 40 MB",
+                   "free some space, or lower network.dim / schedule.max_epochs")
+    problems.error(str(tmp_path / "animad.yaml"), "models.tiny.dit", f"model file not found: {tmp_path}/dit.safetensors",
+                   "download it")
+    (tmp_path / "ERRORS.txt").write_text(problems.render(f"animad check {tmp_path}"))
+    conditions = machine_conditions(tmp_path)
+    assert conditions == {"disk": True, "models": [f"{tmp_path}/dit.safetensors"]}, conditions
+    before = {"free": 10 * 2**20, "models": [("dit", 2)]}
+    assert machine_changed(conditions, before, {**before, "free": 11 * 2**20}) is None  # a few files come and go
+    assert "more free space" in machine_changed(conditions, before, {**before, "free": 10 * 2**20 + DISK_STEP + 1})
+    assert "model" in machine_changed(conditions, before, {**before, "models": [("dit", 9, 1, 0o100644, True)]})
+    # A folder's own problems (a bad key, a broken image) are not the machine's: only its change counts.
+    own = Problems()
+    own.error(str(tmp_path / "job.yaml"), "network.dim", "must be a number", "write e.g. 16")
+    (tmp_path / "ERRORS.txt").write_text(own.render(f"animad check {tmp_path}"))
+    assert machine_conditions(tmp_path) == {}
+    disk_full = OSError(28, "No space left on device")
+    assert machine_conditions(tmp_path, disk_full) == {"disk": True}
