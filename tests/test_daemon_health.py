@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -395,3 +396,4 @@ def test_a_full_disk_rejection_is_checked_again_once_there_is_room(tmp_path):
     assert machine_conditions(tmp_path) == {}
     disk_full = OSError(28, "No space left on device")
     assert machine_conditions(tmp_path, disk_full) == {"disk": True}
+    assert machine_conditions(tmp_path, sqlite3.OperationalError("database or disk is full")) == {"disk": True}

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -454,7 +455,8 @@ def machine_conditions(folder: Path, error: BaseException | None = None) -> dict
     """{"disk": True, "models": [paths named]}: the machine conditions a rejection was (also) for."""
     conditions: dict = {}
     if error is not None:
-        if is_disk_full(error):
+        # ENOSPC on a copy or a report, or SQLite's "database or disk is full" on the queue row.
+        if is_disk_full(error) or isinstance(error, sqlite3.OperationalError) and "full" in str(error):
             conditions["disk"] = True
         return conditions
     try:
