@@ -397,3 +397,52 @@ def test_a_full_disk_rejection_is_checked_again_once_there_is_room(tmp_path):
     disk_full = OSError(28, "No space left on device")
     assert machine_conditions(tmp_path, disk_full) == {"disk": True}
     assert machine_conditions(tmp_path, sqlite3.OperationalError("database or disk is full")) == {"disk": True}
+
+
+def test_a_folder_rejected_for_a_full_disk_is_taken_once_space_is_freed(tmp_path, daemon_config):
+    """A real full disk: the daemon's state folder a 100 MiB tmpfs in a private mount namespace, filled
+    to 300 KiB of free space (the job needs 1.1 MB); the filler is removed, the folder untouched."""
+    if not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs '{tmp_path}'"],
+            capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm with a tmpfs mount is not allowed here")
+    configure(daemon_config)
+    state, go, stop = tmp_path / "state", tmp_path / "go", tmp_path / "stop"
+    state.mkdir()
+    fill = ("import shutil, sys; free = shutil.disk_usage(sys.argv[1]).free - 300 * 1024; "
+            "open(sys.argv[1] + '/filler', 'wb').write(bytes(free))")
+    script = (f"mount -t tmpfs -o size=100m tmpfs '{state}' || exit 99\n"
+              f"'{sys.executable}' -m animad --config '{daemon_config}' run > '{tmp_path}/daemon.log' 2>&1 &\n"
+              f"daemon=$!\n"
+              f"while ! grep -q 'animad daemon started' '{tmp_path}/daemon.log'; do sleep 0.2; done\n"
+              f"'{sys.executable}' -c \"{fill}\" '{state}'\n"
+              f"touch '{tmp_path}/filled'\n"
+              f"while [ ! -f '{go}' ]; do sleep 0.2; done\n"
+              f"rm '{state}/filler'\n"
+              f"while [ ! -f '{stop}' ]; do sleep 0.2; done\n"
+              f"kill -TERM $daemon; wait $daemon\n")
+    namespace = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path)
+    log = tmp_path / "daemon.log"
+
+    def wait_for(condition, what, timeout=HANG_SECONDS):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert namespace.poll() is None, f"the namespace ended while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + log.read_text()[-3000:]
+            time.sleep(0.2)
+
+    try:
+        wait_for((tmp_path / "filled").is_file, "the disk to be filled")
+        folder = drop(make_dataset(tmp_path / "staging" / "roomy", count=2, job=tiny_job(epochs=1)),
+                      tmp_path / "inbox")
+        wait_for(lambda: (folder / "ERRORS.txt").is_file() and "disk space" in (folder / "ERRORS.txt").read_text(),
+                 "the rejection for the disk")
+        go.touch()  # space is freed; the folder itself is not touched
+        wait_for(lambda: "more free space: checking it again" in log.read_text(), "the re-check",
+                 timeout=NOTICE_GUARD)
+        wait_for(lambda: "queued job" in log.read_text(), "the folder to be taken")
+    finally:
+        stop.touch()
+        go.touch()
+        namespace.wait(timeout=HANG_SECONDS)
+    assert "roomy" in log.read_text()
