@@ -122,18 +122,18 @@ def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
             return {**fields, "status": Status.FAILED, "phase": Phase.TRAIN, "error": result.report()}
         write_job_files(paths, result)
     outbox = daemon.dir("outbox") / safe_name(name)
-    finished = paths.root / "finished.txt"
-    if finished.is_file():
+    ended = paths.ended_at()  # when training ended (None: it has not)
+    if ended is not None:
         index = outbox / "index.html"
-        if index.is_file() and index.stat().st_mtime >= finished.stat().st_mtime:
+        if index.is_file() and index.stat().st_mtime >= ended:
             return {**fields, "status": Status.DONE, "phase": Phase.SELECT, "outbox_dir": str(outbox)}
     if (paths.root / CANCELLED).is_file():  # after done: a cancel that came too late to stop it changes nothing
-        phase = Phase.SELECT if finished.is_file() else Phase.TRAIN
+        phase = Phase.SELECT if ended is not None else Phase.TRAIN
         return {**fields, "status": Status.CANCELLED, "phase": phase, "finished": time.time(),
                 "outbox_dir": str(outbox_folder(daemon, queue, name)),
                 "error": f"cancelled (as {paths.root / CANCELLED} records); re-registered after the queue "
                          "database was lost"}
-    if finished.is_file():
+    if ended is not None:
         return {**fields, "status": Status.QUEUED, "phase": Phase.SELECT, "resume_first": 1,
                 "outbox_dir": str(outbox_folder(daemon, queue, name))}
     resume = 1 if paths.resume_state.is_file() else 0
