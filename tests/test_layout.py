@@ -211,6 +211,38 @@ def calls_to(tree: ast.Module, start: str, target: str) -> int | None:
     return None
 
 
+def report_fallbacks(package: Path, keys: set[str]) -> list[str]:
+    """`.get("<a progress report key>"...)` on a report (p, progress, report, sent, state) in the modules that
+    read reports: Report.read is the one place that knows what older rows lack (a queue row's own fields,
+    `row.get(...)`, and a package summary's picks are not the report)."""
+    pattern = re.compile(r"\b(p|progress|report|sent|state)\.get\(\s*[\"'](" + "|".join(sorted(keys)) + r")[\"']")
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        if path.name == "progress_report.py" or "progress_report import" not in text:
+            continue
+        found += [f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+                  for number, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    return found
+
+
+def test_progress_reports_are_read_through_their_one_reader(tmp_path):
+    import dataclasses
+
+    from animad.progress_report import Report
+
+    keys = {field.name for field in dataclasses.fields(Report)}
+    assert not report_fallbacks(PACKAGE, keys), "\n".join(report_fallbacks(PACKAGE, keys))
+    # The rule catches what it forbids, and leaves a queue row's own fields alone.
+    package = tmp_path / "animad"
+    package.mkdir()
+    (package / "view.py").write_text("from animad.progress_report import Report\n"
+                                     "end = p.get('end_epoch', p.get('max_epochs'))\npid = row.get('pid')\n"
+                                     "epoch = pick.get('epoch')\n")
+    (package / "other.py").write_text("epoch = pick.get('epoch')  # no reports read here\n")
+    assert report_fallbacks(package, keys) == ["animad/view.py:2: end = p.get('end_epoch', p.get('max_epochs'))"]
+
+
 def test_only_jobpaths_opens_the_ending_files():
     found = ending_file_mentions(PACKAGE)
     assert not found, "go through JobPaths.write_ending / read_ending / ended_at:\n" + "\n".join(found)

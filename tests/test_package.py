@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from html.parser import HTMLParser
@@ -335,6 +336,9 @@ def test_select_adds_rows_and_prompts_without_rendering_again(small_job, tmp_pat
     assert len(summary["previews"]) == len(summary["rows"]) * 6
     assert all(p["loader"] == "LoraLoaderModelOnly" for p in summary["shortlist"])
     assert summary["schedule"]["text"].startswith("cosine") and "ran all 2 epochs" in summary["schedule"]["text"]
+    # How training ended, as the record the run wrote (readers take facts from it, not from the sentence).
+    assert summary["ending"] == {"kind": "max_epochs", "epochs": 2, "floor_epoch": None, "cooldown_epochs": 0,
+                                 "sentence": "reached max_epochs 2"} == dataclasses.asdict(paths.read_ending())
     rendered = image_stats(paths.selection)
     assert len(rendered) == len(summary["previews"])
 

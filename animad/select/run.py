@@ -11,6 +11,7 @@ already rendered with the same settings are reused, not rendered again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -114,7 +115,9 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
                "prompt_kinds": [p.to_dict() for p in prompt_set],
                "preview_rows": [{"key": r.key, "epoch": r.epoch, "strength": r.strength} for r in rows],
                "added_rows": [{"key": r.key, "epoch": r.epoch, "strength": r.strength} for r in added],
-               "schedule": schedule_followed(config, records, ending)})
+               "schedule": schedule_followed(config, records, ending),
+               # How training ended, as the record (the page and the dashboard read facts here, not the sentence).
+               "ending": dataclasses.asdict(ending) if ending else None})
     package = write_review_package(Path(outbox), review)
     apply_retention(paths, config, daemon, set(analysis.shortlist) | set(epoch_files))
     log.info("review package written to %s", package)

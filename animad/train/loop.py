@@ -210,6 +210,21 @@ def run_training(paths: JobPaths, config: JobConfig, files: ModelFiles, dataset:
 
 # -- setup ---------------------------------------------------------------------------------------
 
+def refuse_other_world(paths: JobPaths, state: dict | None, group: Group) -> None:
+    if state and state.get("world", 1) != group.world:
+        raise UserError(f"{paths.resume_state}: this job was started on {state.get('world', 1)} GPU(s) and would "
+                        f"resume on {group.world}. Set gpus: {state.get('world', 1)} in animad.yaml to resume it "
+                        "(the schedule and step counts depend on it), or start a new job.")
+
+
+def hash_models(files: ModelFiles, cache_dir) -> Hashes:
+    tokenizers = hashlib.sha256((dir_fingerprint(files.qwen_tokenizer) + dir_fingerprint(
+        files.t5_tokenizer)).encode()).hexdigest()
+    return Hashes(dit=model_fingerprint(files.dit, cache_dir),
+                  text_encoder=model_fingerprint(files.text_encoder, cache_dir),
+                  vae=model_fingerprint(files.vae, cache_dir), tokenizers=tokenizers)
+
+
 def run_fingerprint(config: JobConfig, dataset: Dataset, base_hash: str) -> str:
     """What a resume state must agree with: the model, the data and every shape-defining setting."""
     net = config.network
@@ -222,26 +237,11 @@ def run_fingerprint(config: JobConfig, dataset: Dataset, base_hash: str) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def refuse_other_world(paths: JobPaths, state: dict | None, group: Group) -> None:
-    if state and state.get("world", 1) != group.world:
-        raise UserError(f"{paths.resume_state}: this job was started on {state.get('world', 1)} GPU(s) and would "
-                        f"resume on {group.world}. Set gpus: {state.get('world', 1)} in animad.yaml to resume it "
-                        "(the schedule and step counts depend on it), or start a new job.")
-
-
 def refuse_other_run(paths: JobPaths, state: dict | None, fingerprint: str) -> None:
     if state and state.get("fingerprint") != fingerprint:
         raise UserError(f"{paths.resume_state}: the saved state belongs to a different model, dataset or network "
                         "setup than this job now has. Start a new job (or move the state/ folder away to start "
                         "this one over).")
-
-
-def hash_models(files: ModelFiles, cache_dir) -> Hashes:
-    tokenizers = hashlib.sha256((dir_fingerprint(files.qwen_tokenizer) + dir_fingerprint(
-        files.t5_tokenizer)).encode()).hexdigest()
-    return Hashes(dit=model_fingerprint(files.dit, cache_dir),
-                  text_encoder=model_fingerprint(files.text_encoder, cache_dir),
-                  vae=model_fingerprint(files.vae, cache_dir), tokenizers=tokenizers)
 
 
 def fill_caches(anima: Anima, dataset: Dataset, config: JobConfig, hashes: Hashes, cache: TensorCache,
@@ -300,22 +300,6 @@ def build_parts(paths: JobPaths, config: JobConfig, anima: Anima, precision: Pre
                  params=[p for p in network.parameters() if p.requires_grad])
 
 
-def apply_vram_plan(config: JobConfig, anima: Anima, precision: Precision) -> VramPlan:
-    """precision.vram: the memory savings for this GPU (train/vram.py), applied once the LoRA is on.
-
-    None of them changes the maths (a test checks each against the plain model), so a job resumed on
-    another card may pick differently and still continue exactly."""
-    text_encoder_live = anima.text_encoder is not None  # fill_caches kept it: it runs in the loop
-    plan = plan_for_job(config, device_budget(precision.device), text_encoder_live, anima.dit.config)
-    anima.set_gradient_checkpointing(plan.checkpoint_every)
-    if plan.swapped_blocks:
-        anima.swap_blocks(plan.swapped_blocks)
-    if text_encoder_live and not plan.text_encoder_on_gpu:
-        anima.keep_text_encoder_off_device()
-    (log.warning if not plan.fits else log.info)("%s", plan.line(anima.dit.config.depth))
-    return plan
-
-
 def read_init_lora(paths: JobPaths, network_config: NetworkConfig) -> dict | None:
     """network.init_from: the LoRA file to continue (its ranks and weights), relative to the dataset.
 
@@ -336,6 +320,22 @@ def read_init_lora(paths: JobPaths, network_config: NetworkConfig) -> dict | Non
         return read_network_file(path)
     except (OSError, ValueError) as error:
         raise UserError(f"network.init_from: cannot read {path}: {error}") from None
+
+
+def apply_vram_plan(config: JobConfig, anima: Anima, precision: Precision) -> VramPlan:
+    """precision.vram: the memory savings for this GPU (train/vram.py), applied once the LoRA is on.
+
+    None of them changes the maths (a test checks each against the plain model), so a job resumed on
+    another card may pick differently and still continue exactly."""
+    text_encoder_live = anima.text_encoder is not None  # fill_caches kept it: it runs in the loop
+    plan = plan_for_job(config, device_budget(precision.device), text_encoder_live, anima.dit.config)
+    anima.set_gradient_checkpointing(plan.checkpoint_every)
+    if plan.swapped_blocks:
+        anima.swap_blocks(plan.swapped_blocks)
+    if text_encoder_live and not plan.text_encoder_on_gpu:
+        anima.keep_text_encoder_off_device()
+    (log.warning if not plan.fits else log.info)("%s", plan.line(anima.dit.config.depth))
+    return plan
 
 
 def compile_backend(device: torch.device) -> str:
