@@ -6,6 +6,8 @@ import json
 import random
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -294,3 +296,24 @@ def test_vram_estimate_counts_the_network_kind(tmp_path):
     lora, lokr = network_part({}), network_part({"type": "lokr", "dim": 16})
     full_lokr = network_part({"type": "lokr", "dim": 100000, "factor": 4})
     assert lokr < lora / 10 and full_lokr > 4 * lora, (lora, lokr, full_lokr)
+
+
+def test_the_smallest_image_is_named_first_not_hidden_in_more(tmp_path):
+    """17 images a little under the training area and one far under it (the case of one 512x512 image among
+    768x1024 ones): the far one is named first and on its own, whatever its file name."""
+    for n in range(17):
+        picture(n, size=(112, 128)).save(tmp_path / f"a{n:02d}.png")
+        (tmp_path / f"a{n:02d}.txt").write_text(f"@t, tag{n % 4}")
+    picture(99, size=(64, 64)).save(tmp_path / "zz_small.png")
+    (tmp_path / "zz_small.txt").write_text("@t, tag1")
+    _, report, _ = report_of(tmp_path, job(trigger="@t", data={"resolution": 128, "min_bucket": 64}))
+    small = one(report, "small_image")
+    assert small.message.startswith("18 of 18 images have fewer pixels than the training resolution 128x128")
+    assert "; 1 under half of them: zz_small.png (64x64 -> 64x64); the other 17: a00.png" in small.message
+    # animad check prints the same, the far one first.
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"trigger": "@t", "data": {"resolution": 128, "min_bucket": 64}}))
+    out = subprocess.run([sys.executable, "-m", "animad", "check", str(tmp_path)], capture_output=True, text=True).stdout
+    assert out.index("zz_small.png (64x64") < out.index("a00.png")
+    # Images directly in the folder are the "(top folder)" subset, not "subset .".
+    assert report.summary["subset (top folder)"] == "18 image(s) x 1 repeat(s) = 18 samples"
+    assert "subset . " not in out and "subset (top folder)" in out

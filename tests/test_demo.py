@@ -35,3 +35,12 @@ def test_demo_ends_with_a_review_package(tmp_path):
     assert "Training settings" in page and summary["training"]["epochs_trained"] == summary["epochs_trained"]
     # Everything stays in the demo folder (the user's own dirs are untouched).
     assert (tmp_path / "d" / "animad.yaml").is_file() and (tmp_path / "d" / "state").is_dir()
+    # Run again: a new job with its own package, nothing left behind in the inbox, the first package kept.
+    again = subprocess.run([sys.executable, "-m", "animad", "demo", "--dir", str(tmp_path / "d"), "--epochs", "2"],
+                           capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = tmp_path / "d" / "outbox" / "demo-shapes-2"
+    assert f"file://{second / 'index.html'}" in again.stdout
+    assert json.loads((second / "summary.json").read_text())["epochs_trained"] == 2
+    assert [p.name for p in (tmp_path / "d" / "inbox").iterdir() if not p.name.startswith(".")] == []
+    assert json.loads((package / "summary.json").read_text()) == summary

@@ -371,6 +371,42 @@ def test_select_adds_rows_and_prompts_without_rendering_again(small_job, tmp_pat
     assert again["rows"] == summary["rows"] and again["prompts"] == summary["prompts"]
 
 
+def test_every_recipe_names_the_files_the_job_used(small_job, tiny_models, tmp_path):
+    """ComfyUI runs a recipe only if its loaders name files that exist: the job's own base files (not the
+    template's qwen_3_06b_base / qwen_image_vae) and the package's LoRA files, in the PNGs and the workflow."""
+    from animad.anima import comfyui
+
+    paths, daemon = small_job
+    package = select_job(paths, daemon=daemon, outbox=tmp_path / "outbox" / "ds", steps=1, size=16)
+    summary = read_summary(package)
+    expected = {"unet_name": tiny_models["dit"].name, "clip_name": tiny_models["text_encoder"].name,
+                "vae_name": tiny_models["vae"].name}
+    assert expected["clip_name"] != comfyui.CLIP_NAME and expected["vae_name"] != comfyui.VAE_NAME
+    loras = {p["file"] for p in summary["shortlist"]}
+    graphs = [json.loads(comfyui.read_png_chunks(package / p["file"])["prompt"]) for p in summary["previews"]]
+    workflow = json.loads((package / summary["comfyui_workflow"]).read_text())
+    assert graphs and workflow
+    for graph in graphs:
+        recipe = comfyui.read_recipe(graph)
+        assert {k: getattr(recipe, k) for k in expected} == expected
+        assert recipe.lora_name is None or recipe.lora_name in loras
+    widgets = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"].endswith("Loader")
+               or n["type"].startswith("Lora")}
+    assert widgets["UNETLoader"] == expected["unet_name"] and widgets["CLIPLoader"] == expected["clip_name"]
+    assert widgets["VAELoader"] == expected["vae_name"] and widgets["LoraLoaderModelOnly"] in loras
+    assert summary["settings"]["model_names"] == expected  # the page's preview settings show them
+
+
+def test_comfyui_names_a_file_by_its_path_under_the_model_folder():
+    from animad.anima import comfyui
+
+    assert comfyui.file_name("/home/me/ComfyUI/models/diffusion_models/anima/ft.safetensors",
+                             "unet_name") == "anima/ft.safetensors"
+    assert comfyui.file_name("/c/ComfyUI/models/unet/a.safetensors", "unet_name") == "a.safetensors"
+    assert comfyui.file_name("/data/models/clip/qwen.safetensors", "clip_name") == "qwen.safetensors"
+    assert comfyui.file_name("/data/weights/my_vae.safetensors", "vae_name") == "my_vae.safetensors"
+
+
 def test_select_names_a_missing_epoch_file(small_job, tmp_path):
     paths, daemon = small_job
     with pytest.raises(UserError, match=r"--epoch 99: .*ds-e0099\.safetensors does not exist.*: 1, 2\)"):

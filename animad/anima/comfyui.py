@@ -46,6 +46,25 @@ MODEL_URLS = {
                       "qwen_image_vae.safetensors"),
 }
 
+# ComfyUI's model folders (folder_paths.py: "diffusion_models" also answers to its old name "unet",
+# "text_encoders" to "clip"). A loader names a file by its path under one of them.
+FOLDERS = {"unet_name": ("diffusion_models", "unet"), "clip_name": ("text_encoders", "clip"),
+           "vae_name": ("vae",), "lora_name": ("loras",)}
+
+
+def file_name(path, widget: str) -> str:
+    """The name ComfyUI's loader shows for this file: its path under the model folder, else its base name.
+
+    models/diffusion_models/anima/x.safetensors is "anima/x.safetensors" in ComfyUI's list; a file kept
+    outside a ComfyUI tree is named by its base name, the name it gets once copied into that folder.
+    """
+    parts = Path(path).parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] in FOLDERS[widget]:
+            return "/".join(parts[index + 1:])
+    return Path(path).name
+
+
 # The template's node ids, kept so a graph of ours reads side by side with the template.
 SAVE, CLIP_LOADER, VAE_LOADER, VAE_DECODE, LATENT, NEGATIVE, KSAMPLER, POSITIVE, UNET, LORA = (
     "46", "71", "72", "73", "74", "75", "76", "77", "78", "83")

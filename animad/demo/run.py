@@ -60,12 +60,10 @@ def run_demo(root: Path, epochs: int) -> int:
     try:
         inbox = root / "inbox"
         inbox.mkdir(exist_ok=True)
-        target = inbox / NAME
-        n = 2
-        while target.exists():
-            target, n = inbox / f"{NAME}-{n}", n + 1
+        known = Queue(queue_path(load_daemon_config(config))).all()
+        target = inbox / fresh_name(known, inbox, root / "outbox")
         staging.rename(target)  # moved in whole: taken at once
-        row = wait_for_job(config, target.name, daemon)
+        row = wait_for_job(config, target.name, daemon, after=max((r["id"] for r in known), default=0))
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -81,7 +79,20 @@ def run_demo(root: Path, epochs: int) -> int:
     return 0
 
 
-def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: float = 900) -> dict:
+def fresh_name(rows: list[dict], inbox: Path, outbox: Path) -> str:
+    """demo-shapes, else demo-shapes-2, -3...: a name no earlier run's job, inbox folder or package holds.
+
+    Each run is a new job: waiting on a reused name would find the last run's finished row and print its
+    page, leaving this run's folder untrained in the inbox."""
+    taken = {r["name"] for r in rows}
+    name, n = NAME, 2
+    while name in taken or (inbox / name).exists() or (outbox / name).exists():
+        name, n = f"{NAME}-{n}", n + 1
+    return name
+
+
+def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, after: int = 0, timeout: float = 900) -> dict:
+    """The job row named name with an id above after (this run's job), once it is final."""
     queue = Queue(queue_path(load_daemon_config(config)))
     deadline = time.monotonic() + timeout
     last, told = "", False
@@ -92,7 +103,7 @@ def wait_for_job(config: Path, name: str, daemon: subprocess.Popen, timeout: flo
             told = True
         if daemon.poll() is not None:
             raise UserError(f"the daemon exited early (code {daemon.returncode}); see its log")
-        rows = [r for r in queue.all() if r["name"] == name]
+        rows = [r for r in queue.all() if r["name"] == name and r["id"] > after]
         if rows:
             row = rows[-1]
             line = f"     job {row['id']} ({row['status']}): {describe_progress(row)}"

@@ -123,6 +123,12 @@ def subset_key(subset: Subset) -> str:
     return subset.name or ROOT_KEY
 
 
+def subset_label(subset: Subset) -> str:
+    """The subset as a person reads it: its folder, or "(top folder)" for images directly in the dataset
+    folder ("." is only the key data.subsets needs)."""
+    return subset.name or "(top folder)"
+
+
 def subset_settings(config: JobConfig, folder: str) -> Subset:
     """Merge data defaults, a 'N_name' repeats prefix and data.subsets overrides for one folder."""
     data = config.data

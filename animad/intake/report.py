@@ -15,7 +15,7 @@ from collections import Counter
 from animad.config.job import JobConfig, resolve_batch_size
 from animad.config.problems import Problems
 from animad.intake.buckets import TRANSPARENT_BACKGROUND_NAME, bucket_for, target_area
-from animad.intake.dataset import Dataset, split_tags, subset_key, subset_settings
+from animad.intake.dataset import Dataset, split_tags, subset_key, subset_label, subset_settings
 from animad.intake.imagehash import NEAR_BITS, near_groups
 from animad.safe_text import safe
 
@@ -125,12 +125,26 @@ def small_images(config: JobConfig, dataset: Dataset) -> list[Finding]:
     area = target_area(data.resolution)
     side = f"{data.resolution[0]}x{data.resolution[1]}" if isinstance(data.resolution, list) else \
         f"{data.resolution}x{data.resolution}"
-    small = [item for item in dataset.items if item.width * item.height < SMALL_SHARE * area]
+    # Smallest first: the one 512x512 image among 768x1024 ones is the one to replace, so it must not
+    # hide in "and 9 more"; those under half the training pixels are named first, on their own.
+    small = sorted((item for item in dataset.items if item.width * item.height < SMALL_SHARE * area),
+                   key=lambda item: (item.width * item.height, item.rel))
     if not small:
         return []
-    buckets = [bucket_for(item.width, item.height, data) for item in small]
-    names = [f"{item.rel} ({item.width}x{item.height} -> {width}x{height})"
-             for item, (width, height) in zip(small, buckets)]
+
+    def names(items) -> str:
+        buckets = [bucket_for(item.width, item.height, data) for item in items]
+        return shown([f"{item.rel} ({item.width}x{item.height} -> {width}x{height})"
+                      for item, (width, height) in zip(items, buckets)])
+
+    far = [item for item in small if item.width * item.height < area / 2]
+    near = small[len(far):]
+    if far and near:
+        listed = f"{len(far)} under half of them: {names(far)}; the other {len(near)}: {names(near)}"
+    elif far:
+        listed = f"all under half of them, smallest first: {names(far)}"
+    else:
+        listed = f"smallest first: {names(near)}"
     if not data.buckets:
         fate = f"With buckets off they are upscaled to {side} (an upscaled image teaches blur)"
     elif data.upscale:
@@ -141,7 +155,7 @@ def small_images(config: JobConfig, dataset: Dataset) -> list[Finding]:
         if under:
             fate += f"; {len(under)} with a side under min_bucket {data.min_bucket} are upscaled to that bucket"
     return [Finding("small_image", "warning", f"{len(small)} of {len(dataset.items)} images have fewer pixels than "
-                    f"the training resolution {side} (image -> bucket): {shown(names)}. {fate}",
+                    f"the training resolution {side} (image -> bucket); {listed}. {fate}",
                     [item.rel for item in small], "use larger sources if you have them; otherwise this is fine",
                     where="data.resolution")]
 
@@ -165,23 +179,23 @@ def caption_styles(config: JobConfig, dataset: Dataset) -> list[Finding]:
     for index, subset in enumerate(dataset.subsets):
         if not subset.natural_language:
             continue
-        key = subset_key(subset)
+        key, label = subset_key(subset), subset_label(subset)
         files = [item.rel for item in dataset.items if item.subset == index]
         default = subset_settings(config, subset.name)  # what tags would have got
         if subset.shuffle_captions or subset.tag_dropout:
             what = "shuffle_captions is on" if subset.shuffle_captions else f"tag_dropout is {subset.tag_dropout}"
-            findings.append(Finding("natural_language", "warning", f"subset '{key}' has natural-language captions, "
+            findings.append(Finding("natural_language", "warning", f"subset '{label}' has natural-language captions, "
                                     f"but data.subsets.{key} sets {what}: commas will cut sentences apart",
                                     files, f"remove it from data.subsets.{key} unless this is meant",
                                     where=f"data.subsets.{key}"))
         elif default.shuffle_captions or default.tag_dropout:
-            findings.append(Finding("natural_language", "note", f"subset '{key}' has natural-language captions: "
+            findings.append(Finding("natural_language", "note", f"subset '{label}' has natural-language captions: "
                                     "tag shuffling and tag dropout are off for it, as the guide advises "
                                     "(shuffling at commas cuts sentences apart)", files,
                                     f"to shuffle anyway, set data.subsets.{key}.shuffle_captions: true",
                                     where=f"data.subsets.{key}"))
         else:
-            findings.append(Finding("natural_language", "note", f"subset '{key}' has natural-language captions "
+            findings.append(Finding("natural_language", "note", f"subset '{label}' has natural-language captions "
                                     "(they train as written)", files, where=f"data.subsets.{key}"))
     return findings
 
@@ -250,7 +264,7 @@ def step_counts(config: JobConfig, dataset: Dataset, gpus: int, summary: dict[st
     summary["images"] = f"{len(dataset.items)} in {len(dataset.subsets)} subset(s)"
     for index, subset in enumerate(dataset.subsets):
         count = per_subset[index]
-        summary[f"subset {subset_key(subset)}"] = (f"{count} image(s) x {subset.repeats} repeat(s) = "
+        summary[f"subset {subset_label(subset)}"] = (f"{count} image(s) x {subset.repeats} repeat(s) = "
                                                    f"{count * subset.repeats} samples")
     samples: Counter[tuple[int, int]] = Counter()
     for item in dataset.items:

@@ -415,6 +415,8 @@ def warnings_html(summary: dict) -> list[str]:
 
 
 def setting_text(value) -> str:
+    if isinstance(value, dict):  # model_names: the loaders' widgets and the files they name
+        return ", ".join(f"{key} {item}" for key, item in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(str(item) for item in value)
     return "(empty)" if value in ("", None) else str(value)

@@ -24,7 +24,7 @@ from animad.intake.jobfiles import load_job_dataset
 from animad.intake.models import job_model_files
 from animad.layout import JobPaths, read_epochs_log
 from animad.progress_report import Report
-from animad.select.package import PreviewCell, Review, comfyui_loader, write_review_package
+from animad.select.package import PreviewCell, Review, comfyui_loader, model_names, write_review_package
 from animad.select.previews import (hand_rows, previous_selection, render_previews, review_rows, row_labels,
                                     with_hand_picks)
 from animad.select.prompts import choose_prompts, combine_prompts, default_prompts
@@ -105,7 +105,8 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
         warnings = []
     ending = paths.read_ending()
     stopped = ending.sentence if ending else "training did not finish"
-    shown_settings = {**settings, "strengths": sorted({row.strength for row in rows[1:]}, reverse=True)}
+    shown_settings = {**settings, "strengths": sorted({row.strength for row in rows[1:]}, reverse=True),
+                      "model_names": model_names(paths, config, daemon)}
     review = Review(
         job_name=config.name, trigger=config.trigger, analysis=analysis_dict, curve_source=CURVE_SOURCES[key],
         train_losses={r["epoch"]: r["loss"] for r in records}, lora_files=epoch_files, prompts=texts,
