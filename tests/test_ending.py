@@ -6,6 +6,8 @@ before ending.json (their finished.txt a sentence alone) still load, through the
 
 from __future__ import annotations
 
+import dataclasses
+
 from animad.layout import Ending, JobPaths
 
 FLOOR = Ending(kind="floor", epochs=37, floor_epoch=31, cooldown_epochs=6,
@@ -44,3 +46,37 @@ def test_a_damaged_record_falls_back_to_the_sentence(tmp_path):
     paths.write_ending(FLOOR)
     (tmp_path / "ending.json").write_text("{not json")
     assert paths.read_ending() == Ending.from_sentence(FLOOR.sentence)
+
+
+def test_the_cooldown_plan_is_decided_without_changing_anything():
+    # train/ending.plan_cooldown only plans; start_cooldown applies; after_floor_check says when the run ends.
+    import torch
+
+    from animad.config.job import JobConfig
+    from animad.train.ending import CooldownPlan, after_floor_check, plan_cooldown
+    from animad.train.optim import build_scheduler
+    from animad.train.progress import Progress, Sizes
+
+    config = JobConfig()
+    config.schedule.type, config.selection.stop_at_floor = "constant", True
+    config.selection.cooldown_fraction, config.selection.cooldown_min_epochs = 0.2, 3
+    sizes = Sizes(batches_per_epoch=4, batches_per_step=2, steps_per_epoch=2, max_epochs=40, max_steps=None,
+                  total_steps=80)
+    quiet = Progress(epoch=10, global_step=20)
+    assert plan_cooldown(quiet, sizes, config, after=10) is None  # no floor, the end far away: nothing due
+    floor = Progress(epoch=20, global_step=40, floor_confirmed=20)
+    before = dataclasses.replace(floor)
+    assert plan_cooldown(floor, sizes, config, after=20) == CooldownPlan(after=20, epochs=4, start_step=40, steps=8)
+    assert floor == before  # planning changed nothing
+    near_end = Progress(epoch=38, global_step=76)  # constant, no floor: the last epochs cool anyway
+    assert plan_cooldown(near_end, sizes, config, after=38) == CooldownPlan(after=38, epochs=2, start_step=76,
+                                                                            steps=4)
+    scheduler = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), config.schedule,
+                                config.selection, sizes.total_steps)
+    assert after_floor_check(floor, sizes, config, scheduler) is None  # the cooldown starts: the run goes on
+    assert (floor.cooldown_after, floor.cooldown_epochs, floor.cooldown_steps) == (20, 4, 8)
+    spent = Progress(epoch=40, global_step=80, floor_confirmed=40)  # a floor with no steps left to cool over
+    assert after_floor_check(spent, sizes, config, scheduler) == Ending(
+        kind="floor", epochs=40, floor_epoch=40, cooldown_epochs=0,
+        sentence="stopped at the confirmed loss floor after epoch 40")
+    assert spent.cooldown_after is None
