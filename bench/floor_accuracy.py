@@ -10,6 +10,10 @@ still-falling families: the false-floor rate on the whole curve, and the rate at
 autocorrelated families: how many epochs after the true onset stop-at-floor stops. For the
 shortlist: how many picks each family gets, how far the knee lands from the noiseless 90%-of-drop
 point of the knee-then-slow-tail curves, and how many picks land on the steep descent (before it).
+For issue 20's families (tests/curve_families.NEW_FAMILIES, FALLING_AR1: the guide's kind of curve,
+slow 200-epoch curves, AR(1) rho 0.4-0.7 on curves still falling): floors claimed, picks per run,
+picks more than 3 true noise sigmas above the lowest loss, picks where the noiseless curve is still
+more than 3 sigmas above its bottom (the descent), and knees after the lowest epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from animad.select.shortlist import analyze_curve  # noqa: E402
 from animad.train.floor import DEFAULT_SELECTION, floor_confirmed  # noqa: E402
-from curve_families import FALLING, FAMILIES, knee_then_tail, make_curve, still_falling  # noqa: E402
+from curve_families import (FALLING, FALLING_AR1, FAMILIES, NEW_FAMILIES, knee_then_tail, make_curve,  # noqa: E402
+                            new_family, still_falling)
 
 SEED_BASE = 1000  # tests use seeds below this, so the bench measures curves the tests were not tuned on
 PATIENCE = DEFAULT_SELECTION.patience  # the job default: the claims its help text makes are measured here
@@ -112,6 +117,43 @@ def measure_shortlists(count: int) -> dict:
     return {"mean_picks": sizes, **tails}
 
 
+BAND = 3.0  # a pick more than this many true noise sigmas above the lowest loss is outside the noise band
+DESCENT = 3.0  # an epoch whose noiseless loss is this many sigmas above the noiseless bottom is on the descent
+
+
+def measure_new_family(family: str, count: int) -> dict:
+    """Given an issue-20 family, return its floors, picks per run, picks outside the noise band and on the descent.
+
+    The band and the descent are read from the known noiseless curve and noise sigma, not from the
+    detector's own estimates: a detector that misjudged its noise would otherwise grade itself.
+    """
+    floors, counts, outside, on_descent, knee_late, words = 0, [], 0, 0, 0, []
+    false_stops = 0
+    for seed in range(SEED_BASE, SEED_BASE + count):
+        epochs, losses, clean, sigma = new_family(family, seed)
+        analysis = analyze_curve(epochs, losses, patience=PATIENCE)
+        floors += analysis.status == "floor"
+        counts.append(len(analysis.shortlist))
+        lowest = float(np.min(losses))
+        descent = clean - float(np.min(clean)) > DESCENT * sigma
+        for pick in analysis.picks:
+            index = int(np.searchsorted(epochs, pick.epoch))
+            outside += pick.loss > lowest + BAND * sigma
+            on_descent += bool(descent[index])
+        knee_late += analysis.knee_epoch is not None and analysis.lowest_epoch is not None and \
+            analysis.knee_epoch > analysis.lowest_epoch
+        if family in FALLING_AR1:
+            false_stops += stop_epoch(epochs, losses) is not None
+    out = {"runs": count, "floors": floors, "mean_picks": round(float(np.mean(counts)), 2),
+           "min_picks": int(np.min(counts)), "runs_under_3_picks": int(np.sum(np.array(counts) < 3)),
+           "picks_outside_3_sigma_band": outside, "picks_on_the_descent": on_descent,
+           "knee_after_lowest": knee_late}
+    if family in FALLING_AR1:  # every floor is false; the whole curve is descent, so band and descent say nothing
+        out = {"runs": count, "false_floors": floors, "false_early_stops": false_stops,
+               "mean_picks": out["mean_picks"], "min_picks": out["min_picks"], "knee_after_lowest": knee_late}
+    return out
+
+
 def measure_speed(repeats: int = 50) -> dict:
     """Return milliseconds per call on a 500-epoch curve."""
     epochs, losses, _, _ = make_curve("long", 0)
@@ -133,6 +175,8 @@ def main() -> None:
            "stop_at_floor_delay": {family: measure_stop_delay(family, args.curves)
                                    for family in ("white", "autocorrelated")},
            "shortlist": measure_shortlists(args.curves),
+           "issue_20_families": {family: measure_new_family(family, args.curves)
+                                 for family in NEW_FAMILIES + FALLING_AR1},
            "speed": measure_speed()}
     print(json.dumps(out, indent=1))
 

@@ -106,3 +106,44 @@ def with_cooldown(epochs: np.ndarray, losses: np.ndarray, floor_at: int, count: 
     extra = np.arange(floor_at + 1, floor_at + count + 1)
     sink = base - 0.02 * (np.arange(1, count + 1) / count) ** 0.5 + rng.normal(0, 0.002, count)
     return np.concatenate([epochs[kept], extra]), np.concatenate([losses[kept], sink]), [int(e) for e in extra]
+
+
+# Issue 20's shapes: the guide's own kind of curve (a small drop against its noise, the minimum
+# late), slow 200-epoch curves, and curves still falling under strongly autocorrelated noise.
+# Each returns (epochs, losses, clean, sigma): the noiseless curve and the noise's std say where
+# the descent is and how wide the noise band around the lowest loss truly is.
+NEW_FAMILIES = ("guide_like", "slow_200_white", "slow_200_ar1")
+FALLING_AR1 = ("falling_ar1_80", "falling_ar1_120")
+
+
+def new_family(family: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(epochs, losses, clean, sigma) of one random curve of a NEW_FAMILIES or FALLING_AR1 family."""
+    rng = np.random.default_rng(seed)
+    if family == "guide_like":
+        # A floor near 0.1, a total drop of 3-5 noise sigmas, and a last slow drift (half a sigma
+        # over the run) that puts the minimum late, as the guide's epoch 179 of 200.
+        e = np.arange(1, 201)
+        sigma = 0.006
+        clean = 0.1 + rng.uniform(3, 5) * sigma * np.exp(-e / rng.uniform(10, 30)) - 0.5 * sigma * e / 200
+        noise = rng.normal(0, sigma, len(e))
+        return e, clean + noise, clean, sigma
+    if family.startswith("slow_200"):
+        e = np.arange(1, 201)
+        sigma = 0.01
+        clean = 0.2 * np.exp(-e / rng.uniform(25, 50)) + 0.3
+        noise = rng.normal(0, sigma, len(e))
+        if family.endswith("ar1"):
+            noise = autocorrelate(noise, rng.uniform(0.4, 0.7))
+        return e, clean + noise, clean, sigma
+    if family.startswith("falling_ar1"):
+        # Still falling at the end, by 2-4 noise sigmas per 15 epochs (the default patience): slow
+        # enough that AR(1) noise (rho 0.4-0.7) can make a stretch of it look flat.
+        count = int(family.rsplit("_", 1)[1])
+        e = np.arange(1, count + 1)
+        sigma, tau = 0.01, rng.uniform(0.5 * count, count)
+        end_drop = rng.uniform(2, 4) * sigma  # over the last 15 epochs
+        scale = end_drop / (math.exp(-(count - 15) / tau) - math.exp(-count / tau))
+        clean = scale * np.exp(-e / tau) + 0.3
+        noise = autocorrelate(rng.normal(0, sigma, len(e)), rng.uniform(0.4, 0.7))
+        return e, clean + noise, clean, sigma
+    raise ValueError(family)

@@ -161,6 +161,7 @@ def test_train_shows_caching_training_and_preview_bars_and_selection_reports_pro
     for label in ("caching latents", "epoch 2/2", "previews"):
         assert any(label in line and "100%" in line for line in shown), f"no finished {label} bar:\n{result.stderr}"
     assert "review package:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("try epoch ")  # the last line: where to start (issue 20)
 
     events = []
     # Other steps than the job's: every image is rendered again, so every one is counted.

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from animad.select.floor_words import FloorNumbers, plot_status, verdict
 from animad.select.shortlist import KINDS, analyze_curve, find_knee
 from animad.train.floor import cooldown_epochs, decide_floor, floor_confirmed, floor_reached
 
-from curve_families import FALLING, FAMILIES, knee_then_tail, make_curve, still_falling, with_cooldown
+from curve_families import (FALLING, FALLING_AR1, FAMILIES, NEW_FAMILIES, knee_then_tail, make_curve, new_family,
+                            still_falling, with_cooldown)
 
 SEEDS = range(8)
 # Tolerance |found - true onset| <= max(3, share * onset). The clean families get 25%; AR(1) noise
@@ -170,9 +172,10 @@ def test_shortlist_spreads_over_a_long_plateau():
     assert len(analysis.shortlist) == 4
     gap = math.ceil((analysis.lowest_epoch - analysis.knee_epoch) / 8)  # max(2, span / (2 * size)), knee to lowest
     assert all(step >= gap for step in np.diff(analysis.shortlist))
-    # The floor onset comes first now (the page must not mark a floor it has no preview of); the
-    # dips within noise of the lowest fill the plateau after it: "the dips where there are dips".
-    assert [pick.kind for pick in analysis.picks] == ["floor", "dip", "dip", "lowest"]
+    # The floor onset (epoch 26) is 3.2 noise sigmas above the lowest: past the plateau band, so it is
+    # no pick (issue 20); the dips within noise of the lowest fill the plateau: "the dips where there are dips".
+    assert analysis.floor_epoch == 26 and 26 not in analysis.shortlist
+    assert [pick.kind for pick in analysis.picks] == ["dip", "dip", "dip", "lowest"]
 
 
 def test_degenerate_inputs():
@@ -267,8 +270,15 @@ def test_a_knee_then_a_slow_tail_gives_candidates_spread_after_the_knee(length):
 def test_the_demo_curve_gets_three_picks_after_its_knee():
     analysis = analyze_curve(range(1, 13), DEMO_CURVE, patience=4)
     assert analysis.status == "no_floor_yet" and analysis.knee_epoch == 4
-    assert analysis.shortlist == [7, 10, 12] and [p.kind for p in analysis.picks] == ["candidate", "tail", "lowest"]
+    # Its possible floor (epoch 7) is 2.1 noise sigmas above the lowest, past the noise band: the loss
+    # kept falling, so it is no pick, and every sentence says the loss was still going down (issue 20).
+    assert analysis.shortlist == [6, 8, 10, 12] and [p.kind for p in analysis.picks] == ["tail"] * 3 + ["lowest"]
     assert "steep descent, which ends at epoch 4" in analysis.message
+    assert "trend line over epochs 4-12" in analysis.message  # never from before the knee
+    numbers = FloorNumbers.from_dict(analysis.numbers)
+    assert verdict(numbers).startswith("The loss was still going down when training ended: after the steep "
+                                       "descent (to epoch 4) it fell 0.0653 more, to its lowest at epoch 12 of 12.")
+    assert plot_status(numbers) == "no floor: still falling at the end"
 
 
 def first_confirmation(epochs, losses) -> int:
@@ -321,7 +331,8 @@ def test_the_plot_marks_a_possible_floor_as_a_pick_only_when_it_is_one(tmp_path)
 
     from animad.select.plot import COLOURS, floor_label, floor_marks, loss_plot, read_series
 
-    epochs, losses = still_falling(0)
+    # A plateau cut 12 epochs after its possible floor: unconfirmed, and within the noise of the lowest.
+    epochs, losses = make_curve("white", 0)[0][:63], make_curve("white", 0)[1][:63]
     shortlisted = analyze_curve(epochs, losses, shortlist_size=4)
     alone = analyze_curve(epochs, losses, shortlist_size=1)  # room for the lowest only
     assert shortlisted.candidate_epoch in shortlisted.shortlist and alone.shortlist == [alone.lowest_epoch]
@@ -355,7 +366,50 @@ def test_accuracy_over_random_curves_stays_within_bounds():
         result = bench.measure_family(family, 30)
         print(family, result)
         assert result["mean_abs_error_epochs"] <= bounds[family], (family, result)
-        assert result["no_floor_found"] <= (6 if family == "short" else 3), (family, result)
+        # Short: 10 epochs at patience 3, the knee at epoch 4-5. The trend line needs 2 * patience
+        # epochs after the knee (it never reaches into the descent, issue 20), so a third of them
+        # end before their floor is confirmed (the run trains on; before that rule, 4 of 50).
+        assert result["no_floor_found"] <= (12 if family == "short" else 3), (family, result)
     for kind in FALLING:
         epochs_losses = [still_falling(seed, kind=kind) for seed in range(1000, 1030)]
         assert not any(analyze_curve(e, l).status == "floor" for e, l in epochs_losses), kind
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_issue_20_plateaus_get_three_picks_in_the_noise_band_after_the_knee(family):
+    # The guide's own kind of curve (a small drop against the noise, the minimum late) and slow
+    # 200-epoch curves: the knee is never after the lowest epoch, and at least 3 picks come from the
+    # tail, each within 3 true noise sigmas of the lowest loss and none where the noiseless curve
+    # is still more than 3 sigmas above its bottom.
+    for seed in SEEDS:
+        epochs, losses, clean, sigma = new_family(family, seed)
+        analysis = analyze_curve(epochs, losses, patience=15, shortlist_size=4)
+        assert analysis.status == "floor", (family, seed, analysis.message)
+        check_shortlist(analysis, epochs, losses, 4)
+        assert analysis.knee_epoch <= analysis.lowest_epoch, (family, seed)
+        assert len(analysis.shortlist) >= 3, (family, seed, analysis.shortlist)
+        for pick in analysis.picks:
+            assert pick.loss <= float(np.min(losses)) + 3 * sigma, (family, seed, pick)
+            assert clean[pick.epoch - 1] - clean.min() <= 3 * sigma, (family, seed, pick)
+
+
+def test_the_guide_shaped_curve_gets_a_spread_shortlist():
+    # Issue 20's report: floor near 0.1, a drop of ~4 sigmas, the lowest at epoch 179 of 200; main
+    # gave `shortlist: [158]` and "the steep descent, which ends at epoch 180".
+    rng = np.random.default_rng(20)
+    epochs = np.arange(1, 201)
+    losses = 0.1 + 0.024 * np.exp(-epochs / 20) + rng.normal(0, 0.006, 200)
+    losses[178] = losses.min() - 0.002  # the guide's epoch 179
+    analysis = analyze_curve(epochs, losses)
+    assert analysis.lowest_epoch == 179 and analysis.knee_epoch <= 179
+    assert len(analysis.shortlist) >= 3 and analysis.shortlist[0] < 150  # spread, not bunched at the end
+    assert "ends at epoch 180" not in analysis.message
+
+
+@pytest.mark.parametrize("family", FALLING_AR1)
+def test_no_floor_on_a_still_falling_curve_under_ar1_noise(family):
+    for seed in SEEDS:
+        epochs, losses, _, _ = new_family(family, seed)
+        analysis = analyze_curve(epochs, losses, patience=15)
+        assert analysis.status == "no_floor_yet", (family, seed, analysis.message)
+        assert analysis.knee_epoch <= analysis.lowest_epoch

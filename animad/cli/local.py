@@ -195,6 +195,7 @@ def train_arguments(parser) -> None:
 
 def cmd_train(args) -> int:
     from animad.select.run import select_job
+    from animad.select.try_first import package_try_first_line
     from animad.train.run import train_job
 
     daemon = daemon_of(args)
@@ -222,6 +223,9 @@ def cmd_train(args) -> int:
             print(f"stopped during the previews. Run the same command again to finish them: animad train {args.dir}")
             return Exit.PAUSED
         print(f"review package: {package / 'index.html'}")
+        first = package_try_first_line(package)  # the last line: which epoch to render first, and why
+        if first:
+            print(first)
     return Exit.FINISHED
 
 

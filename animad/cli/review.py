@@ -15,6 +15,7 @@ from animad.layout import JobPaths
 from animad.logs import setup_logging
 from animad.select.curve import read_curve_file
 from animad.select.shortlist import analyze_curve
+from animad.select.try_first import try_first_line
 
 
 def floor_arguments(parser) -> None:
@@ -49,6 +50,7 @@ def cmd_floor(args) -> int:
                           "cooldown_epochs": sorted(analysis.cooldown_epochs),
                           "picks": [dataclasses.asdict(pick) for pick in analysis.picks],
                           "ignored_epochs": analysis.ignored_epochs, "source": curve.source, "tag": curve.tag,
+                          "try_first": analysis.try_first, "numbers": analysis.numbers,
                           "message": analysis.message}, indent=2))
         return 0
     floor = analysis.floor_epoch if analysis.floor_epoch is not None else "none yet"
@@ -61,6 +63,8 @@ def cmd_floor(args) -> int:
     for pick in analysis.picks:
         print(f"  epoch {pick.epoch:>5}  loss {pick.loss:.5g}  {pick.kind:<9}  {pick.reason}")
     print(textwrap.fill(analysis.message, width=100))
+    if analysis.try_first:
+        print(textwrap.fill(try_first_line(analysis.try_first), width=100))
     return 0
 
 

@@ -19,6 +19,7 @@ from animad.daemon.progress import progress_figures
 from animad.daemon.queue import Queue, pid_alive, queue_path
 from animad.daemon.states import ACTIVE, RUNNABLE
 from animad.daemon.window import is_open, local_now, next_close, next_open
+from animad.select.try_first import package_try_first
 
 DASHBOARD_FILE = "dashboard.json"  # written by the daemon once its dashboard listens, removed when it stops
 
@@ -76,6 +77,7 @@ def take_snapshot(daemon: Daemon, queue: Queue | None = None, now: dt.datetime |
     for row in rows:  # with parallel_jobs each running job says which GPU it has (--json: shown.gpu too)
         shown[row["id"]]["gpu"] = where_it_runs(row, shown[row["id"]]) if many_slots else None
         shown[row["id"]]["status"] = status_word(row, shown[row["id"]])
+        shown[row["id"]]["line"] += package_try_first(row)  # a done job: "(try epoch N first)", as its page says
     inbox = inbox_view(daemon, rows, alive, clock)
     return Snapshot(pid, alive, open_now, change, rows, shown, inbox, many_slots,
                     dashboard_url(daemon) if alive else None)

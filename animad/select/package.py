@@ -367,6 +367,8 @@ def build_package(staging: Path, package_name: str, review: Review) -> dict:
         "settings": review.settings,
         "warnings": review.warnings,
         "analysis": review.analysis,
+        # Which epoch to render first, why, and the order of the rest (select/try_first.py's rule).
+        "try_first": (review.analysis or {}).get("try_first"),
         "training": review.extra.get("training") or training_facts(review.extra.get("job_folder")),
         "dataset_report": dataset_report(review.extra.get("job_folder")),
         "previous_package": None,

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from animad.anima.comfyui import escape_prompt
 from animad.fsutil import human_bytes
+from animad.select.floor_words import FloorNumbers, verdict
 from animad.select.prompts import KIND_LABELS
 from animad.select.shortlist import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
 
@@ -39,7 +40,7 @@ a{color:var(--accent)}
 .status{padding:12px 16px;border-radius:10px;border:1px solid var(--line);background:var(--card)}
 .status.floor{border-left:6px solid #2a9d5c}.status.no_floor_yet,.status.too_short,.status.empty{border-left:6px solid #d9a400}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.82em;font-weight:600;vertical-align:middle}
-.badge.lowest{background:#dff2e6;color:#17673a}.badge.floor{background:#fde5e5;color:#9b2424}
+.badge.lowest{background:#dff2e6;color:#17673a}.badge.try{background:#fff4cc;color:#7a5a00}.badge.floor{background:#fde5e5;color:#9b2424}
 .badge.dip{background:#e3ecfb;color:#1f4f9c}.badge.candidate{background:#fff1d6;color:#8a5a00}
 .badge.tail{background:#ece6fb;color:#4b2f9c}.badge.annealed{background:#dcf3f3;color:#1d6464}
 .badge.added{background:#f3e8dc;color:#6b4423}.badge.other{background:#eee;color:#444}
@@ -117,11 +118,27 @@ def header_html(summary: dict) -> list[str]:
         "<li>Copy its <code>.safetensors</code> file (listed under Shortlist) into ComfyUI's "
         f"<code>models/loras</code> folder and load it with {loader}.{network_note(summary)}{trigger}</li>"
         f"{workflow_item(summary)}</ol></div>",
+        *try_first_html(summary),
         *about_html(summary),
         *barely_changed_html(summary),
         f"<div class='status {esc(analysis.get('status'))}' id='floor-message'><strong>Loss floor:</strong> "
         f"{esc(floor_sentence(analysis))}{floor_numbers_html(analysis)}</div>",
     ]
+
+
+def try_first_html(summary: dict) -> list[str]:
+    """The epoch to render first, why (its numbers), the order of the rest and the rule, in the page's words."""
+    first = summary.get("try_first") or (summary.get("analysis") or {}).get("try_first")
+    if not isinstance(first, dict) or "epoch" not in first:
+        return []
+    rest = [e for e in first.get("order") or [] if e != first["epoch"]]
+    kinds = {p.get("epoch"): p.get("kind") for p in summary.get("shortlist") or [] if isinstance(p, dict)}
+    links = [f"<a href='#pick-{esc(e)}'>epoch {esc(e)}</a>" + (f" ({esc(kinds[e])})" if kinds.get(e) else "")
+             for e in rest]
+    then = f"<p>Then: {', '.join(links)}.</p>" if links else ""
+    return [f"<div class='note' id='try-first'><strong class='big'>Try epoch {esc(first['epoch'])} first.</strong>"
+            f"<p id='try-first-reason'>Epoch {esc(first['epoch'])} is {esc(first.get('reason', ''))}</p>{then}"
+            f"<p class='muted'>The rule: {esc(first.get('rule', ''))}</p></div>"]
 
 
 def clean_losses(analysis: dict) -> list[tuple[int, float]]:
@@ -133,6 +150,10 @@ def clean_losses(analysis: dict) -> list[tuple[int, float]]:
 
 def floor_sentence(analysis: dict) -> str:
     """The floor's verdict in one plain sentence (the numbers behind it are in floor_numbers_html)."""
+    numbers = FloorNumbers.from_dict(analysis.get("numbers"))
+    if numbers is not None:  # written from the numbers the decision used (select/floor_words.py)
+        return verdict(numbers)
+    # An older summary.json, without the numbers: its status and epochs only.
     status, lowest = analysis.get("status"), analysis.get("lowest_epoch")
     floor, candidate = analysis.get("floor_epoch"), analysis.get("candidate_epoch")
     epochs = [e for e, _ in clean_losses(analysis)] or list(analysis.get("epochs") or []) or [0]
@@ -287,6 +308,11 @@ def loader_html(pick: dict) -> str:
     return f"<p class='loader muted'>ComfyUI: <code>{esc(loader)}</code>{esc(why)}</p>"
 
 
+def ordinal(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 3 -> "3rd", 4 -> "4th" (the try-first order on each card)."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def shortlist_html(summary: dict) -> list[str]:
     picks = summary.get("shortlist") or []
     parts = ["<h2 id='shortlist'>Shortlist</h2>"]
@@ -294,7 +320,11 @@ def shortlist_html(summary: dict) -> list[str]:
         parts.append("<p class='muted'>No epochs were shortlisted.</p>")
         return parts
     parts.append("<div class='picks'>")
+    first = summary.get("try_first") if isinstance(summary.get("try_first"), dict) else {}
+    order = [e for e in first.get("order") or []]
     for pick in picks:
+        rank = (f" <span class='badge try'>try {ordinal(order.index(pick.get('epoch')) + 1)}</span>"
+                if pick.get("epoch") in order else "")
         kind = str(pick.get("kind") or "")
         badge = kind if kind in KIND_WORDS else "other"
         if pick.get("file"):
@@ -306,7 +336,7 @@ def shortlist_html(summary: dict) -> list[str]:
         loss_text = f"{loss:.5g}" if isinstance(loss, (int, float)) else "?"
         parts.append(
             f"<div class='card pick' id='pick-{esc(pick.get('epoch'))}'>"
-            f"<h3>epoch {esc(pick.get('epoch'))} <span class='badge {badge}'>{esc(kind)}</span></h3>"
+            f"<h3>epoch {esc(pick.get('epoch'))} <span class='badge {badge}'>{esc(kind)}</span>{rank}</h3>"
             f"<p class='muted'>loss {esc(loss_text)}</p><p class='reason'>{esc(pick.get('reason'))}</p>"
             f"<p class='file'>{file_html}</p>{loader_html(pick)}</div>")
     parts.append("</div>")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from animad.select.floor_words import FloorNumbers, plot_status
 from animad.select.shortlist import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
 from animad.select.sheet import font
 
@@ -105,11 +106,29 @@ def read_series(analysis: dict) -> dict:
         "noise": float(analysis.get("noise") or 0.0) if finite(analysis.get("noise")) else 0.0,
         "lowest": losses.get(analysis.get("lowest_epoch")),
         "floor": analysis.get("floor_epoch"),
-        "candidate": analysis.get("candidate_epoch"),
+        "candidate": candidate_shown(analysis),
         "status": analysis.get("status"),
+        "status_text": status_text(analysis),
         "knee": analysis.get("knee_epoch"),
         "cooldown": sorted(analysis.get("cooldown_epochs") or []),
     }
+
+
+def candidate_shown(analysis: dict) -> int | None:
+    """The possible floor the plot marks: none where its loss is past the noise of the lowest, as the text says."""
+    numbers = FloorNumbers.from_dict(analysis.get("numbers"))
+    if numbers is not None and not numbers.candidate_in_band():
+        return None
+    return analysis.get("candidate_epoch")
+
+
+def status_text(analysis: dict) -> str:
+    """The plot's status line: floor_words.plot_status, the same verdict the page's text gives."""
+    numbers = FloorNumbers.from_dict(analysis.get("numbers"))
+    if numbers is not None:
+        return plot_status(numbers)
+    return {"floor": f"floor confirmed at epoch {analysis.get('floor_epoch')}", "no_floor_yet": "no floor found",
+            "too_short": "too few epochs to find a floor"}.get(analysis.get("status") or "", "")
 
 
 def value_range(values: list[float], extra: float = 0.06) -> tuple[float, float]:
@@ -372,8 +391,7 @@ def loss_plot(analysis: dict, out: Path, train_losses: dict[int, float] | None =
     image = Image.new("RGB", (WIDTH, height), COLOURS["background"])
     draw = ImageDraw.Draw(image)
 
-    status = {"floor": f"floor confirmed at epoch {series['floor']}", "no_floor_yet": "no confirmed floor yet",
-              "too_short": "too few epochs to find a floor"}.get(series["status"] or "", "")
+    status = series["status_text"]
     draw.text((LEFT, 14), f"Loss per epoch: {title}", fill=COLOURS["text"], font=fonts["title"])
     draw.text((right, 16), status, fill=COLOURS["floor"] if series["floor"] is not None else COLOURS["muted"],
               font=fonts["heading"], anchor="ra")

@@ -33,6 +33,8 @@ TREND_ERRORS = 1.0  # the trailing trend may fall by the margin plus this many s
 RELATIVE_MARGIN = 1e-4  # as in ReduceLROnPlateau's default threshold: progress below 0.01% never counts
 MIN_POINTS = 5  # with fewer usable epochs a floor cannot be told from noise
 NOISE_POINTS = 8  # the noise is read from the later half of the curve, but from at least this many epochs
+KNEE_SHARE = 0.9  # the steep descent ends where 90% of the curve's total drop is behind it
+KNEE_NOISE = 3.0  # a total drop under 3 noise sigmas is no descent at all: the whole curve is tail
 CURVE_SOURCES = {"eval_loss": "eval", "loss": "epoch_average"}  # epochs.jsonl key -> what that curve is
 DEFAULT_SELECTION = SelectionConfig()  # job.yaml's defaults, for callers without a job (animad floor, benches)
 
@@ -51,6 +53,9 @@ class Floor:
     margin: float
     trend_drop: float | None  # how far the trailing trend line falls, when it was measured
     ignored: dict[int, str]  # epoch -> why it was left out
+    knee: int | None = None  # the first epoch after the steep descent (find_knee); the trend never starts before it
+    trend_from: int | None = None  # the trend line's first epoch, when it was measured (its last is the last epoch)
+    trend_allowed: float | None = None  # how far it may fall and still count as flat
 
 
 def sort_curve(epochs, losses) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +195,38 @@ def find_candidate(epochs: np.ndarray, level: np.ndarray, later: np.ndarray, mar
     return int(epochs[settled[0]]) if len(settled) else None
 
 
+def find_knee(epochs: np.ndarray, losses: np.ndarray, level: np.ndarray, noise: float,
+              margin: float | None = None) -> int | None:
+    """Given a clean curve, its level, its noise and the floor's margin, return the first epoch after its steep descent.
+
+    The drop runs from the first epoch (clean_curve never drops the first) to the lowest level (a
+    running mean, not biased low by noise as the lowest loss is). The curve read against it is a
+    running median of 3, which a lone noisy epoch cannot move; it must stay within the last 10% of
+    the drop from the knee to the bottom, so one early lucky epoch does not end the descent.
+    The descent also ends where the level stays within `margin` (the floor's own "within noise")
+    of the bottom level: when the whole drop is small against the noise, its last 10% is far below
+    the noise, no epoch would qualify, and the knee would fall to the bottom (issue 20: a knee after
+    the lowest epoch and one pick on the guide's own kind of curve). The earlier of the two counts.
+    """
+    if len(losses) == 0:
+        return None
+    bottom_index = int(np.argmin(level))
+    drop = float(losses[0] - level[bottom_index])
+    if len(losses) < 3 or drop <= KNEE_NOISE * noise:
+        return int(epochs[0])
+    padded = np.pad(losses, 1, mode="edge")  # edge, not reflect: the first epoch keeps its own height
+    median = np.median(np.lib.stride_tricks.sliding_window_view(padded, 3), axis=1)
+    threshold = losses[0] - KNEE_SHARE * drop
+    worst_ahead = np.maximum.accumulate(median[: bottom_index + 1][::-1])[::-1]
+    below = np.flatnonzero(worst_ahead <= threshold)
+    knee = int(below[0]) if len(below) else bottom_index
+    if margin is not None:
+        level_ahead = np.maximum.accumulate(level[: bottom_index + 1][::-1])[::-1]
+        settled = np.flatnonzero(level_ahead <= level[bottom_index] + margin)
+        knee = min(knee, int(settled[0]))  # never empty: the bottom itself is within margin of itself
+    return int(epochs[knee])
+
+
 def measure_drop(epochs: np.ndarray, losses: np.ndarray) -> float:
     """Given a stretch of curve, return how far its Theil-Sen line falls from its first epoch to its last."""
     if len(losses) < 3:
@@ -211,22 +248,27 @@ def decide_floor(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
     level = smooth_mean(filtered, width)
     scale = float(np.median(np.abs(losses))) if count else 0.0
     margin = max(noise * (1 + LEVEL_ERRORS * math.sqrt(inflation / width)), RELATIVE_MARGIN * scale)
+    knee = find_knee(epochs, losses, level, noise, margin) if count else None
     if count < MIN_POINTS or epochs[-1] < min_epoch:
         status = "empty" if count == 0 else "too_short"
-        return Floor(status, None, None, epochs, losses, level, noise, margin, None, ignored)
+        return Floor(status, None, None, epochs, losses, level, noise, margin, None, ignored, knee)
     candidate = find_candidate(epochs, level, smooth_mean(filtered, 2 * width + 1), margin, min_epoch)
     # Both tests need their full length: patience epochs after the candidate, and 2 * patience
-    # epochs of curve for the trend line (on fewer, a noisy start can pass for flat).
-    if candidate is None or epochs[-1] - candidate < patience or epochs[-1] - epochs[0] < 2 * patience:
-        return Floor("no_floor_yet", None, candidate, epochs, losses, level, noise, margin, None, ignored)
+    # epochs of curve after the knee for the trend line (on fewer, a noisy start can pass for flat).
+    # The line never reaches back into the steep descent, whose drop is not the tail's trend (issue
+    # 20: "its trend over the last 8 epochs still falls by 0.297" where the tail fell 0.035); cut
+    # short at the knee instead, it would pass a curve still falling under AR(1) noise for flat.
+    trend_from = int(epochs[-1]) - 2 * patience
+    if candidate is None or epochs[-1] - candidate < patience or trend_from < max(int(epochs[0]), knee):
+        return Floor("no_floor_yet", None, candidate, epochs, losses, level, noise, margin, None, ignored, knee)
     # The trend over the last 2 * patience epochs, even where they reach back before the candidate:
     # a short stretch of autocorrelated noise can look flat, a line over twice the patience cannot.
-    recent = epochs >= epochs[-1] - 2 * patience
+    recent = epochs >= trend_from
     drop = measure_drop(epochs[recent], losses[recent])
     allowed = margin + TREND_ERRORS * noise * math.sqrt(12 * inflation / int(recent.sum()))
     status = "floor" if drop < allowed else "no_floor_yet"
     return Floor(status, candidate if status == "floor" else None, candidate, epochs, losses, level, noise, margin,
-                 drop, ignored)
+                 drop, ignored, knee, trend_from, allowed)
 
 
 def floor_confirmed(epochs, losses, *, patience: int = DEFAULT_SELECTION.patience,
