@@ -53,11 +53,11 @@ class LoraFile:
 
 
 def preview_rows(epochs: list[int], strengths: list[float]) -> list[Row]:
-    rows = [Row("baseline", None, 0.0)]
+    rows = [Row(key="baseline", epoch=None, strength=0.0)]
     for epoch in epochs:
         for strength in strengths:
             suffix = "" if len(strengths) == 1 else f"@{strength:g}"
-            rows.append(Row(f"e{epoch:04d}{suffix}", epoch, strength))
+            rows.append(Row(key=f"e{epoch:04d}{suffix}", epoch=epoch, strength=strength))
     return rows
 
 
@@ -135,7 +135,8 @@ def render_previews(config: JobConfig, files, epoch_files: dict[int, Path], out_
     return targets
 
 
-def render(config: JobConfig, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop, on_image=None) -> None:
+def render(config: JobConfig, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop,
+           on_image=None) -> None:
     """Load the models once and render each image in todo ({(row, prompt): (path, chunks)}), row by row."""
     precision = resolve_precision(config)
     device, dtype = precision.device, precision.weight_dtype
@@ -208,7 +209,8 @@ def review_rows(shortlist: list[int], lowest: int | None, strengths: list[float]
         wanted.add((lowest, SOFTER))
     wanted |= {(row.epoch, row.strength) for row in added}
     ordered = sorted(wanted, key=lambda pair: (pair[0], -pair[1]))
-    return [Row("baseline", None, 0.0)] + [Row(row_key(e, s), e, s) for e, s in ordered]
+    return [Row(key="baseline", epoch=None, strength=0.0)] + [Row(key=row_key(e, s), epoch=e, strength=s)
+                                                              for e, s in ordered]
 
 
 def hand_rows(paths: JobPaths, name: str, epochs, strengths, shortlist: list[int]) -> list[Row]:
@@ -226,7 +228,7 @@ def hand_rows(paths: JobPaths, name: str, epochs, strengths, shortlist: list[int
             raise UserError(f"--epoch {epoch}: {paths.epoch_file(name, epoch)} does not exist (epochs saved in "
                             f"{paths.epochs_dir}: {have}). Pick one of those; keep_epochs: shortlist removes the "
                             "others once a package is written.")
-    return [Row(row_key(e, float(s)), e, float(s)) for e in epochs for s in (strengths or [1.0])]
+    return [Row(key=row_key(e, float(s)), epoch=e, strength=float(s)) for e in epochs for s in (strengths or [1.0])]
 
 
 def with_hand_picks(analysis: dict, added: list[Row]) -> dict:
@@ -268,7 +270,7 @@ def previous_selection(outbox: Path) -> dict:
         kind = kinds[index] if index < len(kinds) and isinstance(kinds[index], dict) else {}
         prompts.append(Prompt(text, str(kind.get("kind") or USER), str(kind.get("note") or "")))
     seeds = [int(s) for s in summary.get("seeds") or [] if isinstance(s, int)]
-    added = [Row(row_key(int(r["epoch"]), float(r["strength"])), int(r["epoch"]), float(r["strength"]))
-             for r in summary.get("added_rows") or []
+    added = [Row(key=row_key(int(r["epoch"]), float(r["strength"])), epoch=int(r["epoch"]),
+                 strength=float(r["strength"])) for r in summary.get("added_rows") or []
              if isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("strength"), (int, float))]
     return {"prompts": prompts, "seeds": seeds if len(seeds) == len(prompts) else [], "added_rows": added}

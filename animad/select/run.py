@@ -98,7 +98,8 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
                                  should_stop=should_stop, on_image=preview_progress(on_progress))
         if should_stop and should_stop():
             return Path(outbox)  # stopped mid-render: the next run renders the rest (finished images are kept)
-        cells = [PreviewCell(row, index, path) for (row, index), path in images.items() if path.is_file()]
+        cells = [PreviewCell(row=row, prompt_index=index, image=path) for (row, index), path in images.items()
+                 if path.is_file()]
     try:
         warnings = [p for p in json.loads(paths.report.read_text()) if p.get("severity") == "warning"]
     except (OSError, ValueError):
