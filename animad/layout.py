@@ -6,6 +6,8 @@ A job folder looks like this:
       dataset/               the frozen dataset (daemon jobs; `animad train DIR` points at DIR instead)
       job.resolved.yaml      the config with every default filled in
       job.json               identity: name, dataset path, model files, created time
+      accept.json            daemon jobs: the queue row's name, source, created, outbox folder, and how far
+                             accepting got (daemon/accept_record.py; a rebuilt queue reads it)
       report.json            validation problems (warnings travel to the review package)
       epochs/NAME-e0001.safetensors   every epoch, with its true number
       epochs.jsonl           one JSON object per finished epoch (what select/ reads)

@@ -12,9 +12,13 @@ after the rename (the test prints which, as "torn" when a temp file was left beh
 
 from __future__ import annotations
 
+import collections
+import datetime
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +28,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from animad.config.daemon import load_daemon_config
+from animad.daemon.accept_record import AcceptRecord
 from animad.daemon.queue import pid_alive
 from animad.daemon.states import Phase, Status
 from animad.demo.synthetic import make_dataset, tiny_job
@@ -255,3 +261,112 @@ def test_kill_9_at_random_moments_across_a_whole_run_ends_bit_identical(tmp_path
     for image in images:  # none torn by a kill mid-render
         with Image.open(image) as handle:
             handle.verify()
+
+
+# -- accept-phase kills (issue 23): the daemon dies mid-accept, at every phase, and nothing is ------------
+# -- duplicated, renamed or lost. The daemon kills itself at the chosen point (ANIMAD_KILL_AT,   ------------
+# -- daemon/kill_points.py): deterministic, no timing race.                                      ------------
+
+ACCEPT_KILLS = [  # (kill point, its n-th visit, whether the accept copies as across file systems)
+    ("accept-copy-file", 1, True),  # mid-copy
+    ("accept-copy-file", 5, True),
+    ("accept-verified", 1, True),  # the copy verified, not yet in place
+    ("accept-placed", 1, True),  # the verified copy in place, the inbox folder whole
+    ("accept-remove-file", 5, True),  # half way through removing the inbox folder ...
+    ("accept-remove-file", 1, True),  # ... and again while the restart finishes that removal
+    ("accept-frozen", 1, True),  # the inbox folder gone, no job files yet
+    ("accept-placed", 1, False),  # renamed into the job folder (one file system)
+    ("accept-frozen", 1, False),
+]
+
+
+def closed_window() -> list[str]:
+    """A training window that opens two hours from now: accepted jobs wait, nothing trains."""
+    now = datetime.datetime.now()
+    start, end = now + datetime.timedelta(hours=2), now + datetime.timedelta(hours=3)
+    return [f"{start:%H:%M}-{end:%H:%M}"]
+
+
+def dataset_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def die_at(daemon: DaemonProcess, point: str, queue_names: set[str]) -> None:
+    """Wait for a daemon started with ANIMAD_KILL_AT to kill itself (failing if every drop got queued instead)."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while daemon.process.poll() is None:
+        rows = daemon.queue.all()
+        queued = {r["name"] for r in rows if r["status"] == Status.QUEUED}
+        assert not queue_names <= queued, f"every drop was queued; the daemon never reached {point}"
+        assert time.monotonic() < deadline, f"the daemon never reached {point}"
+        time.sleep(0.05)
+    daemon.log.close()
+    assert daemon.process.returncode == -signal.SIGKILL, daemon.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("filesystem", ["one", "two"])
+def test_kills_at_every_accept_phase_leave_no_duplicate_no_renamed_job_and_no_lost_file(tmp_path, daemon_config,
+                                                                                       filesystem):
+    inbox = tmp_path / "inbox"
+    if filesystem == "two":  # a real second file system: every accept copies, verifies and removes
+        shm = Path("/dev/shm")
+        if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("needs /dev/shm on another file system")
+        inbox = shm / f"animad-chaos-{os.getpid()}-{time.time_ns()}"
+    configure(daemon_config, windows=closed_window(), dirs={"inbox": str(inbox)})
+    kills = [k for k in ACCEPT_KILLS if filesystem == "one" or k[2]]
+    drops: dict[str, dict[str, str]] = {}
+    per_phase: collections.Counter = collections.Counter()
+    found: collections.Counter = collections.Counter()  # the accept.json phases the kills left
+    try:
+        for index, (point, visit, copy) in enumerate(kills):
+            # A new drop each round (a subfolder too); the daemon first recovers the last round's kill.
+            name = f"d{index}"
+            folder = make_dataset(inbox / name, count=6, subsets={"": 4, "more": 3}, job=tiny_job(), seed=index)
+            drops[name] = dataset_hashes(folder)
+            env = {"ANIMAD_KILL_AT": f"{point}:{visit}", "ANIMAD_ACCEPT_COPY": "1" if copy else "0"}
+            daemon = DaemonProcess(daemon_config, env=env).start()
+            die_at(daemon, point, set(drops))
+            per_phase[f"{point}:{visit}{' (copy)' if copy else ' (rename)'}"] += 1
+            for row in daemon.queue.by_status(Status.ACCEPTING):  # what the next start will find
+                record = AcceptRecord.read(Path(row["job_dir"])) if row["job_dir"] else None
+                found[record.phase if record else "no record"] += 1
+        daemon = DaemonProcess(daemon_config).start()  # no kill: every drop is taken
+        rows = daemon.wait(lambda: (rs := daemon.queue.all()) and {r["name"] for r in rs if r["status"]
+                                                                    == Status.QUEUED} == set(drops) and
+                           not [r for r in rs if r["status"] == Status.ACCEPTING] and rs, what="every drop queued")
+        daemon.stop()
+        left_in_inbox = sorted(p.name for p in inbox.iterdir()) if inbox.is_dir() else []
+
+        jobs = [r for r in rows  # an accept rolled back (cancelled, no job or outbox folder) is not a job
+                if not (r["status"] == Status.CANCELLED and r["job_dir"] is None and r["outbox_dir"] is None)]
+        duplicates = len(jobs) - len({r["name"] for r in jobs}) + len(left_in_inbox)
+        renamed = 0
+        lost = 0
+        for row in jobs:
+            paths = JobPaths(Path(row["job_dir"]))
+            names = {row["name"], json.loads(paths.meta.read_text())["name"],
+                     yaml.safe_load(paths.resolved.read_text())["name"]}
+            renamed += names != {Path(row["source"]).name}
+            have = dataset_hashes(paths.root / "dataset")
+            lost += sum(have.get(rel) != digest for rel, digest in drops[row["name"]].items())
+        outboxes = sorted(Path(r["outbox_dir"]).name for r in jobs)
+        duplicates += len(outboxes) - len(set(outboxes)) + sum(o not in drops for o in outboxes)
+
+        # The database lost: the rebuilt queue has the same jobs, names, creation times and outbox folders.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{daemon.queue.path}{suffix}").unlink(missing_ok=True)
+        daemon.queue.disconnect()
+        daemon = DaemonProcess(daemon_config).start()
+        rebuilt = daemon.wait(lambda: len(rs := daemon.queue.all()) == len(jobs) and rs, what="the rebuilt queue")
+        daemon.stop()
+        keys = ("id", "name", "created", "outbox_dir", "job_dir")
+        renamed += sum([r[k] for k in keys] != [j[k] for k in keys] for r, j in zip(rebuilt, jobs))
+    finally:
+        if filesystem == "two":
+            shutil.rmtree(inbox, ignore_errors=True)
+    print(f"accept kills per phase ({filesystem} file system(s)):", dict(per_phase), "recorded phases left:",
+          dict(found), f"duplicates {duplicates}, renamed jobs {renamed}, lost files {lost}", flush=True)
+    assert sum(per_phase.values()) == len(kills)
+    assert (duplicates, renamed, lost) == (0, 0, 0), (rows, left_in_inbox)

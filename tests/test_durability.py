@@ -170,6 +170,9 @@ def fifty_job_folders(config) -> tuple[Path, dict[int, tuple]]:
         shutil.copytree(template, folder)
         meta = json.loads((folder / "job.json").read_text())
         (folder / "job.json").write_text(json.dumps({**meta, "name": name}))
+        record = json.loads((folder / "accept.json").read_text())  # the job's own record, as accepting writes it
+        (folder / "accept.json").write_text(json.dumps({**record, "job": job_id, "name": name,
+                                                        "outbox_dir": str(daemon.dir("outbox") / name)}))
         kind = job_id % 5
         if kind == 1:  # paused mid-run: a resume state
             (folder / "state").mkdir(exist_ok=True)

@@ -81,6 +81,12 @@ def patiently(call, seconds: float = 30.0):
             time.sleep(0.05)
 
 
+# A row holds its job's name unless it is an accept that was rolled back (daemon/freeze.py roll_back:
+# cancelled, never started, no job folder, no outbox folder): the folder it was for is taken again as a
+# new job of the same name, and `animad pause <name>` or a chained job's `job:<name>` means that one.
+HOLDS_NAME = "not (status = 'cancelled' and started is null and job_dir is null and outbox_dir is null)"
+
+
 def queue_path(daemon) -> Path:
     """The queue database of a daemon config (its state dir)."""
     return daemon.dir("state") / "animad.sqlite"
@@ -195,12 +201,13 @@ class Queue:
             return [self._row(r) for r in db.execute("select * from jobs order by id")]
 
     def find(self, key: str) -> list[dict]:
-        """Rows matching an id, or a name (newest first)."""
+        """Rows matching an id, or a name (newest first; an accept that was rolled back holds no name)."""
         with self.connect() as db:
             if str(key).isdigit():
                 rows = db.execute("select * from jobs where id = ?", (int(key),)).fetchall()
             else:
-                rows = db.execute("select * from jobs where name = ? order by id desc", (key,)).fetchall()
+                rows = db.execute(f"select * from jobs where name = ? and {HOLDS_NAME} order by id desc",
+                                  (key,)).fetchall()
         return [self._row(r) for r in rows]
 
     def by_status(self, *statuses: Status) -> list[dict]:
@@ -231,7 +238,8 @@ class Queue:
     def by_name(self, name: str) -> list[dict]:
         """Every row with exactly this job name (a name of digits too, unlike find), oldest first."""
         with self.connect() as db:
-            return [self._row(r) for r in db.execute("select * from jobs where name = ? order by id", (name,))]
+            return [self._row(r) for r in db.execute(f"select * from jobs where name = ? and {HOLDS_NAME} "
+                                                     "order by id", (name,))]
 
     @staticmethod
     def _row(row) -> dict | None:

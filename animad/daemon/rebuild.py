@@ -5,13 +5,20 @@ At start the daemon runs `PRAGMA quick_check` on its queue. A damaged file is mo
 row (the database was damaged, emptied or deleted) is registered again with its last state read
 from the folder:
 
-- `finished.txt` and a review package newer than it in the outbox: done;
+- `finished.txt` and a review package newer than it in the job's outbox folder: done;
 - `finished.txt` alone: queued to (re)run selection;
 - a resume state: queued first, to resume where it stopped;
 - a frozen dataset and config: queued from the start;
-- a dataset with no config (killed mid-accept): checked again and queued, or failed with the report.
+- an accept.json short of `done` (killed mid-accept): accepting, and finished or rolled back from its
+  recorded phase right after, as if the database had never been lost;
+- a dataset with no config (killed mid-accept before accept.json was kept): checked again and queued,
+  or failed with the report.
 
 - `cancelled.txt` (written by `animad cancel`, removed by `animad retry`): cancelled, as the user left it.
+
+The row's name, source, creation time and outbox folder are the ones recorded when the job was accepted
+(accept.json; job.json for older folders), never a folder's name inside the job: the rebuilt queue has
+the same names and writes each review package where the first one went.
 
 A failed job cannot be told from the disk; it comes back queued (it gets another try), and the log names it.
 If the database cannot be put right without a person (the file cannot be moved aside, or a new one
@@ -21,6 +28,7 @@ which the systemd unit does not restart.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import sqlite3
@@ -28,6 +36,7 @@ import time
 from pathlib import Path
 
 from animad.config.daemon import Daemon
+from animad.daemon.accept_record import DONE, AcceptRecord
 from animad.daemon.freeze import folder_id, job_folder, outbox_folder
 from animad.daemon.queue import CorruptDatabase, Queue
 from animad.daemon.states import Phase, Status
@@ -95,9 +104,10 @@ def adopt_job_folders(daemon: Daemon, queue: Queue) -> list[int]:
         job_id = folder_id(folder)
         if job_id is None or not folder.is_dir() or str(folder) in known_dirs:
             continue
-        if not (folder / "dataset").is_dir():
+        fields = unfinished_accept(folder)
+        if fields is None and not (folder / "dataset").is_dir():
             continue  # nothing was frozen here (a kill before the move): the dataset is still in the inbox
-        fields = folder_state(daemon, queue, folder)
+        fields = fields or folder_state(daemon, queue, folder)
         if job_id in known_ids:  # only an older, id-reusing database can get here: keep the folder, new id
             job_id = max(known_ids | {job_id}) + 1
         fields.setdefault("error", f"re-registered from its job folder {folder} after the queue database was lost")
@@ -113,30 +123,85 @@ def adopt_job_folders(daemon: Daemon, queue: Queue) -> list[int]:
 def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
     """The row a job folder stands for, from what is on disk."""
     paths = JobPaths(folder)
-    meta = paths.read_meta()
-    name = meta.get("name") or folder.name.split("-", 1)[1]
-    fields = {"name": name, "source": meta.get("source"), "priority": 0}
+    known = recorded_identity(folder)
+    name = known["name"]
+    fields = {"name": name, "source": known["source"], "priority": 0,
+              **({"created": known["created"]} if known["created"] is not None else {})}
     if not paths.resolved.is_file():  # killed between the move and the job files: check it again
         result = check_folder(paths.root / "dataset", daemon, work_dir=daemon.dir("state"))
         if not result.ok:
             return {**fields, "status": Status.FAILED, "phase": Phase.TRAIN, "error": result.report()}
-        write_job_files(paths, result)
-    outbox = daemon.dir("outbox") / safe_name(name)
+        write_job_files(paths, result, name=name, source=known["source"])  # the job's name, not "dataset"
     ended = paths.ended_at()  # when training ended (None: it has not)
+    outbox = recorded_outbox(daemon, queue, known, ended is not None)
     if ended is not None:
-        index = outbox / "index.html"
-        if index.is_file() and index.stat().st_mtime >= ended:
+        if package_written(outbox, ended):
             return {**fields, "status": Status.DONE, "phase": Phase.SELECT, "outbox_dir": str(outbox)}
     if (paths.root / CANCELLED).is_file():  # after done: a cancel that came too late to stop it changes nothing
         phase = Phase.SELECT if ended is not None else Phase.TRAIN
         return {**fields, "status": Status.CANCELLED, "phase": phase, "finished": time.time(),
-                "outbox_dir": str(outbox_folder(daemon, queue, name)),
+                "outbox_dir": str(outbox),
                 "error": f"cancelled (as {paths.root / CANCELLED} records); re-registered after the queue "
                          "database was lost"}
     if ended is not None:
         return {**fields, "status": Status.QUEUED, "phase": Phase.SELECT, "resume_first": 1,
-                "outbox_dir": str(outbox_folder(daemon, queue, name))}
+                "outbox_dir": str(outbox)}
     resume = 1 if paths.resume_state.is_file() else 0
     return {**fields, "status": Status.QUEUED, "phase": Phase.TRAIN, "resume_first": resume,
-            "outbox_dir": str(outbox_folder(daemon, queue, name))}
+            "outbox_dir": str(outbox)}
 
+
+# -- the job's identity, as its folder records it (kept apart from the state above) -----------------
+
+def unfinished_accept(folder: Path) -> dict | None:
+    """The row of a job folder whose accept a kill cut (accept.json short of `done`): `accepting`, so
+    that finish_accepting, which runs next, finishes or rolls back its recorded phase (a half-removed
+    inbox folder is removed, not taken again), as if the database had never been lost. None otherwise."""
+    record = AcceptRecord.read(folder)
+    if record is None or record.phase == DONE:
+        return None
+    known = recorded_identity(folder)
+    return {"name": known["name"], "source": known["source"], "priority": 0, "status": Status.ACCEPTING,
+            "phase": Phase.TRAIN, "outbox_dir": known["outbox_dir"],
+            **({"created": known["created"]} if known["created"] is not None else {})}
+
+
+def recorded_identity(folder: Path) -> dict:
+    """name, source, created (epoch seconds) and outbox_dir of a job folder, as recorded when it was
+    accepted: accept.json (the queue row's own values), else job.json, else the folder's name.
+
+    Never the name of a folder inside the job: <job>/dataset is checked again after a kill, and its
+    folder name is not the job's.
+    """
+    record = AcceptRecord.read(folder)
+    meta = JobPaths(folder).read_meta()
+    name = (record and record.get("name")) or meta.get("name") or folder.name.split("-", 1)[1]
+    created = record.get("created") if record else None
+    if created is None and meta.get("created"):
+        try:
+            created = dt.datetime.fromisoformat(meta["created"]).timestamp()
+        except (TypeError, ValueError):
+            created = None
+    return {"name": name, "source": (record and record.get("source")) or meta.get("source"),
+            "created": created, "outbox_dir": record.get("outbox_dir") if record else None}
+
+
+def recorded_outbox(daemon: Daemon, queue: Queue, known: dict, finished: bool) -> Path:
+    """The job's review package folder: the one it was given when accepted (outbox/<name>-2 stays -2).
+    A folder from before accept.json: outbox/<name> if it finished and a package is there (its own,
+    most likely), else a free one."""
+    if known["outbox_dir"]:
+        return Path(known["outbox_dir"])
+    outbox = daemon.dir("outbox") / safe_name(known["name"])
+    if finished and (outbox / "index.html").is_file():
+        return outbox
+    return outbox_folder(daemon, queue, known["name"])
+
+
+def package_written(outbox: Path, ended: float) -> bool:
+    """Whether the review package in outbox was written after training ended (selection ran)."""
+    index = Path(outbox) / "index.html"
+    try:
+        return index.stat().st_mtime >= ended
+    except OSError:
+        return False

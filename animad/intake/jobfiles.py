@@ -17,22 +17,25 @@ from animad.intake.check import CheckResult, job_name
 from animad.intake.dataset import ROOT_KEY, Dataset, scan_dataset
 
 
-def write_job_files(paths: JobPaths, result: CheckResult, dataset_dir: Path | None = None) -> None:
+def write_job_files(paths: JobPaths, result: CheckResult, dataset_dir: Path | None = None, *,
+                    name: str | None = None, source: str | None = None) -> None:
     """Freeze a checked job: job.resolved.yaml (every default filled in, `auto` resolved against the
     checked dataset), job.json, report.json and dataset-report.json (the dataset report, for the page).
 
     dataset_dir is recorded when training reads the user's folder in place (`animad train DIR`);
     daemon jobs keep their frozen copy in <job>/dataset and leave it out.
+    name and source: the job's, as its queue row records them. A daemon that completes an accept
+    after a restart checks <job>/dataset, whose folder name is not the job's name.
     """
     config = result.config
     resolved = resolved_dict(config, len(result.dataset.items))  # `batch_size: auto` becomes a number here
-    resolved["name"] = job_name(result.folder, config)
+    resolved["name"] = name or job_name(result.folder, config)
     resolved["data"]["subsets"] = caption_settings(resolved["data"]["subsets"], result.dataset)
     header = "# Resolved by animad: every default filled in. Training reads this file, not the inbox.\n"
     write_atomic(paths.resolved, (header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)).encode())
     meta = {
         "name": resolved["name"],
-        "source": str(result.folder),
+        "source": source or str(result.folder),
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "model_files": result.files.as_dict() if result.files else None,
     }

@@ -6,7 +6,7 @@ as on the page), `contact_sheet.png`, `loss_curve.png`, `comfyui-workflow.json`,
 `index.html`. Each preview carries the ComfyUI graph that made it; in the package copy the graph
 loads the package's LoRA file name, so a PNG dragged into ComfyUI finds the file the user copied.
 
-Re-runs: the package is assembled in a hidden sibling folder (`.<name>.partial-*`) and renamed into
+Re-runs: the package is assembled in a hidden sibling folder (`.<name>.partial-<pid>-*`) and renamed into
 place at the end, so nobody ever sees half a package. An existing `<name>/` (an earlier run of the
 same job, perhaps with the user's notes in it) is first renamed, whole and untouched, to
 `<name>.previous-<YYYYmmdd-HHMMSS>`; nothing the user put there is deleted or overwritten. Its name
@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,7 +44,7 @@ from animad.select.plot import loss_plot
 from animad.select.sheet import contact_sheet
 from animad.train.optim import default_lr
 
-STALE_PARTIAL_SECONDS = 3600  # a staging folder this old is a leftover from a killed run
+STALE_PARTIAL_SECONDS = 3600  # an old-style staging folder (no writer pid in its name) this old is a leftover
 WORKFLOW_FILE = "comfyui-workflow.json"
 DATASET_REPORT = "dataset-report.json"  # intake's dataset report, in the job folder
 
@@ -267,16 +268,51 @@ def previous_name(folder: Path) -> Path | None:
 
 
 def remove_stale_partials(folder: Path) -> None:
-    """Remove our own staging folders left behind by a killed run (hidden, named .<name>.partial-*)."""
+    """Remove our own staging folders left behind by a killed write of this package (.<name>.partial-*).
+
+    A staging folder is named after its writer's process (`.<name>.partial-<pid>-<random>`): one whose
+    writer is gone is a leftover (LoRA copies and all) and goes at the next write, a retry's included;
+    one whose writer still runs is left to it (for a day: no write takes that long). A folder named any other way is not ours, except
+    mkdtemp's own `.<name>.partial-<8 characters>` of earlier versions, removed once an hour old.
+    """
     prefix = f".{folder.name}.partial-"
     for entry in folder.parent.iterdir():
         try:
             if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
                 continue
-            if time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS:
+            suffix = entry.name[len(prefix):]
+            writer = STAGING_NAME.fullmatch(suffix)
+            if writer is not None:  # a live pid a day later is another process that got the number
+                stale = (not writer_running(int(writer.group(1)))
+                         or time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS * 24)
+            else:
+                stale = (OLD_STAGING_NAME.fullmatch(suffix) is not None
+                         and time.time() - entry.stat().st_mtime > STALE_PARTIAL_SECONDS)
+            if stale:
                 shutil.rmtree(entry)
         except OSError:
             pass
+
+
+STAGING_NAME = re.compile(r"(\d+)-[a-z0-9_]{8}")  # <writer pid>-<mkdtemp's random part>
+OLD_STAGING_NAME = re.compile(r"[a-z0-9_]{8}")  # mkdtemp's random part alone (before the pid was in the name)
+
+
+def writer_running(pid: int) -> bool:
+    """Whether the process that made a staging folder still runs (this one: yes, another thread writes)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    try:  # exited but not yet reaped: not writing anything
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def listed_files(root: Path) -> list[str]:
@@ -293,7 +329,8 @@ def write_review_package(outbox: Path, review: Review) -> Path:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(folder)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+        # Named after this process, so that a later write can tell a killed writer's leftover.
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{os.getpid()}-", dir=folder.parent))
     except OSError as error:
         # The outbox is the user's folder: one line saying which and what to do, not a traceback.
         raise UserError(f"outbox {folder.parent}: cannot write the review package there "
