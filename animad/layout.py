@@ -20,16 +20,20 @@ A job folder looks like this:
       selection/             previews rendered for the review package
       init_from.safetensors  network.init_from: job:<name>: that job's LoRA, copied here before training
       init_from.json         which job and epoch it came from, and its sha256
+      ending.json            how training ended (an Ending record: train/ending.py decides, select/ and daemon/ read)
+      finished.txt           the same, as one sentence for people (older runs have this file alone)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
 from pathlib import Path
 
 from animad.errors import UserError
+from animad.fsutil import write_atomic
 
 NAME_CHARS = 80  # long job names are cut; the epoch and kind always follow in the file name
 NAME_BYTES = 160  # file systems allow 255 bytes; leave room for "-e0023-lowest.safetensors" etc.
@@ -61,6 +65,42 @@ class JobPaths:
     init_lora = property(lambda self: self.root / "init_from.safetensors")
     init_record = property(lambda self: self.root / "init_from.json")
 
+    # How training ended: only the methods below open these (tests/test_layout.py checks it).
+    _ending = property(lambda self: self.root / "ending.json")
+    _finished = property(lambda self: self.root / "finished.txt")
+
+    def write_ending(self, ending: Ending) -> None:
+        """The record, then the sentence: finished.txt is the marker that training is over, so it comes last."""
+        write_atomic(self._ending, (json.dumps(dataclasses.asdict(ending), indent=1) + "\n").encode())
+        self._finished.write_text(ending.sentence + "\n")
+
+    def read_ending(self) -> Ending | None:
+        """How training ended, or None while it has not. The one reader: a run from before ending.json
+        (its finished.txt a sentence alone) is read from the sentence's known wordings."""
+        try:
+            sentence = self._finished.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"{self._finished}: cannot read it ({error})") from None
+        try:
+            fields = json.loads(self._ending.read_text(encoding="utf-8"))
+            return Ending(**{f.name: fields[f.name] for f in dataclasses.fields(Ending)})
+        except (OSError, ValueError, TypeError, KeyError):
+            return Ending.from_sentence(sentence)
+
+    def clear_ending(self) -> None:
+        """A finished run trains on (its limit was raised): its ending is no longer true."""
+        self._finished.unlink(missing_ok=True)
+        self._ending.unlink(missing_ok=True)
+
+    def ended_at(self) -> float | None:
+        """When training ended (the sentence's modification time), or None while it has not."""
+        try:
+            return self._finished.stat().st_mtime
+        except OSError:
+            return None
+
     def epoch_file(self, name: str, epoch: int) -> Path:
         return self.epochs_dir / f"{name}-e{epoch:04d}.safetensors"
 
@@ -69,6 +109,30 @@ class JobPaths:
             return json.loads(self.meta.read_text())
         except (OSError, ValueError):
             return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ending:
+    """How a run's training ended: train/ending.py decides it, select/, daemon/ and the page read it.
+
+    Nothing reads the sentence for facts: it is for people (finished.txt, the review page).
+    """
+
+    kind: str  # "floor": stopped at the confirmed floor; "max_epochs" / "max_steps": that limit; "unknown"
+    epochs: int | None  # epochs trained (None: an old run's sentence does not say)
+    floor_epoch: int | None  # the floor was confirmed after this epoch (None: no floor ended the run)
+    cooldown_epochs: int  # the last epochs cooled the learning rate to 0 (0: no cooldown)
+    sentence: str
+
+    @classmethod
+    def from_sentence(cls, sentence: str) -> Ending:
+        """An old run's finished.txt: the wordings train/ending.py wrote before ending.json existed."""
+        floor = re.search(r"confirmed loss floor after epoch (\d+)", sentence)
+        cooled = re.search(r"cooled the learning rate to 0 over (\d+) epochs", sentence)
+        limit = re.search(r"reached (max_epochs|max_steps)", sentence)
+        kind = "floor" if floor else limit.group(1) if limit else "unknown"
+        return cls(kind=kind, epochs=None, floor_epoch=int(floor.group(1)) if floor else None,
+                   cooldown_epochs=int(cooled.group(1)) if cooled else 0, sentence=sentence)
 
 
 def read_epochs_log(path: Path) -> list[dict]:
@@ -97,17 +161,46 @@ def read_epochs_log(path: Path) -> list[dict]:
     return records
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """One line of epochs.jsonl: one finished epoch. train/loop.py builds it (train/tracking.py appends it);
+    read_epochs_log is its one reader. A field an older file lacks gets its default there, so no reader
+    after it needs a fallback."""
+
+    epoch: int
+    step: int | None = None  # optimizer steps after this epoch
+    loss: float | None = None  # the epoch's mean training loss
+    eval_loss: float | None = None  # the stable eval (train/evaluation.py)
+    eval_by_sigma: dict[str, float] = dataclasses.field(default_factory=dict)
+    lr: float | None = None  # the LR after the epoch's last step
+    d_lr: float | None = None  # d*lr (Prodigy), else lr
+    prodigy_d: float | None = None
+    cooldown: bool = False  # trained in the cooldown (older runs had none)
+    seconds: float | None = None  # the epoch's steps over every launch, and its eval
+    eval_seconds: float | None = None
+    file: str | None = None  # its network file, relative to the job folder
+    time: str | None = None  # when it was written
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def parse_epoch_record(text: str) -> dict | None:
-    """Given one line of epochs.jsonl, return its record, or None if it is not one."""
+    """Given one line of epochs.jsonl, return its record (every EpochRecord field, defaults for those an
+    older line lacks), or None if it is not one.
+
+    The rows stay dicts keyed by EpochRecord's fields: the floor analysis and the curve readers index
+    them by key (every key is there, so none needs a fallback)."""
     try:
-        record = json.loads(text)
-        record["epoch"] = int(record["epoch"])
+        fields = json.loads(text)
+        fields["epoch"] = int(fields["epoch"])
         for key in ("loss", "eval_loss"):
-            if record.get(key) is not None:
-                float(record[key])
-    except (ValueError, TypeError, KeyError):
+            if fields.get(key) is not None:
+                float(fields[key])
+        known = {field.name for field in dataclasses.fields(EpochRecord)}
+        return EpochRecord(**{key: value for key, value in fields.items() if key in known}).to_dict()
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return record
 
 
 def safe_name(name, fallback: str = "lora") -> str:

@@ -72,7 +72,7 @@ def run_one(root: Path, daemon_config: Path, name: str, seed: int, overrides: di
             "best_eval": round(losses[best], 5), "best_epoch": records[best]["epoch"],
             "final_eval": round(losses[-1], 5), "final_lr": records[-1]["lr"],
             "cooldown_epochs": f"{cooled[0]}-{cooled[-1]}" if cooled else None,
-            "finished": (paths.root / "finished.txt").read_text().strip()}
+            "finished": paths.read_ending().sentence}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

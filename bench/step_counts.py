@@ -162,8 +162,10 @@ def train_counted(workdir: Path, models: dict, job: dict) -> tuple[OpCounter, di
     from animad.train.run import train_job
 
     # The loop's function for one micro-batch's forward and backward (before the sync-free step
-    # existed, only the forward was its own function: the counts then cover the forward only).
+    # existed, only the forward was its own function: the counts then cover the forward only). Since
+    # train_step calls the backward itself (issue 18), the backward is tallied with the micro-batch.
     MICRO_BATCH = "micro_batch_backward" if hasattr(loop, "micro_batch_backward") else "micro_batch_loss"
+    backward_apart = not hasattr(loop, "micro_batch_backward")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     daemon = load_daemon_config(write_daemon_config(workdir / "animad.yaml", models))
@@ -180,6 +182,14 @@ def train_counted(workdir: Path, models: dict, job: dict) -> tuple[OpCounter, di
         def wrapper(original):
             def counted(*args, **kwargs):
                 calls[tally] += 1
+                with counter.counting(tally):
+                    return original(*args, **kwargs)
+            return counted
+        return wrapper
+
+    def tallied(tally):  # counts the ops and syncs under `tally`, not the calls
+        def wrapper(original):
+            def counted(*args, **kwargs):
                 with counter.counting(tally):
                     return original(*args, **kwargs)
             return counted
@@ -212,7 +222,9 @@ def train_counted(workdir: Path, models: dict, job: dict) -> tuple[OpCounter, di
     try:
         with patched(loop, "train_step", count("step")), \
                 patched(loop, MICRO_BATCH, count("micro_batch")), \
-                patched(loop, "eval_velocity", count("eval")), \
+                patched(loop, "eval_velocity", count("eval"), missing_ok=True), \
+                patched(loop, "evaluate", count("eval") if backward_apart else tallied("eval")), \
+                patched(torch.autograd, "backward", tallied("micro_batch") if backward_apart else (lambda f: f)), \
                 patched(loop, "embed_captions", count("text")), \
                 patched(loop, "host_values", counter.host_read, missing_ok=True), \
                 patched(pipeline.Anima, "compile_blocks", count_block_calls), counter:

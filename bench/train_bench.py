@@ -152,6 +152,7 @@ def production_step(config: DiTConfig, device, side: int, batch: int, checkpoint
     from animad.train import loop
     from animad.train.batches import epoch_plan, item_buckets
     from animad.train.caches import LatentEntry
+    from animad.train.progress import Progress
     from animad.train.precision import resolve_precision
     from animad.train.ranks import SINGLE
 
@@ -177,11 +178,11 @@ def production_step(config: DiTConfig, device, side: int, batch: int, checkpoint
     anima = random_anima(config, device, dtype)
     sizes = loop.plan_sizes(job, dataset, buckets, 1)
     parts = loop.build_parts(None, job, anima, precision, sizes)  # no init_from: paths are not read
-    caches = loop.Caches(buckets, latents, texts, False)
+    caches = loop.Caches(buckets=buckets, latents=latents, texts=texts, live_text=False)
     run = loop.Run(paths=None, config=job, files=None, dataset=dataset, group=SINGLE, precision=precision,
                    anima=anima, hashes=None, fingerprint="", caches=caches, sizes=sizes, parts=parts, eval_set=None,
                    tracker=loop.NoTracker(), should_stop=lambda: False, on_progress=lambda _: None)
-    progress = loop.Progress()
+    progress = Progress()
     plan = epoch_plan(dataset, buckets, batch, job.seed, 1)
     parts.network.train()
     times = []

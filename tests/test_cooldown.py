@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from animad.config.job import JobConfig, load_resolved
 from animad.daemon.progress import describe_progress
 from animad.demo.synthetic import tiny_job
-from animad.layout import read_epochs_log
+from animad.layout import Ending, read_epochs_log
 from animad.train.checkpoint import rank_and_alpha, save_lora, sshs_hashes
 from animad.train.floor import floor_reached
 from animad.train.optim import Cooldown, build_scheduler, follow_cooldown, lr_factor
@@ -63,6 +63,11 @@ def test_the_cooldown_starts_at_the_confirmed_floor_and_ends_at_lr_0(cooled):
     assert (paths.root / "finished.txt").read_text() == (
         f"stopped at the confirmed loss floor after epoch {confirmed}, then cooled the learning rate to 0 over "
         f"{epochs} epochs\n")
+    # The record behind the sentence: what select/ and the daemon read (never the sentence).
+    assert paths.read_ending() == Ending(
+        kind="floor", epochs=confirmed + epochs, floor_epoch=confirmed, cooldown_epochs=epochs,
+        sentence=f"stopped at the confirmed loss floor after epoch {confirmed}, then cooled the learning rate to 0 "
+                 f"over {epochs} epochs")
 
 
 def test_tensorboard_steps_follow_the_same_decay(cooled):
@@ -204,6 +209,8 @@ def test_a_constant_schedule_that_finds_no_floor_still_ends_cooled(tmp_path, dae
     assert [r["cooldown"] for r in records] == [False, False, False, True, True, True]
     assert records[2]["lr"] == pytest.approx(3e-3) and records[-1]["lr"] == 0.0
     assert (paths.root / "finished.txt").read_text() == "reached max_epochs 6\n"
+    assert paths.read_ending() == Ending(kind="max_epochs", epochs=6, floor_epoch=None, cooldown_epochs=3,
+                                         sentence="reached max_epochs 6")
     with safe_open(str(paths.epoch_file("ds", 6)), "pt") as f:
         assert f.metadata()["ss_lr_scheduler"] == ("constant, cooled linearly to 0 from epoch 4 over 3 epochs "
                                                    "(to end at the last epoch)")

@@ -17,7 +17,8 @@ from animad.cli.main import main
 from animad.config.job import JobConfig
 from animad.demo.synthetic import make_dataset, tiny_job
 from animad.layout import JobPaths, read_epochs_log
-from animad.train.loop import Progress, reopen_finished
+from animad.train.ending import reopen_finished
+from animad.train.progress import Progress
 
 from train_helpers import prepare, train
 

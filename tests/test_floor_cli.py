@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from animad.errors import UserError
-from animad.layout import read_epochs_log
+from animad.layout import EpochRecord, read_epochs_log
 from animad.select.curve import read_curve_file
 from animad.train.floor import epoch_curve
 
@@ -154,7 +154,10 @@ def test_the_one_epochs_log_reader_and_the_one_curve_rule(tmp_path):
     assert read_epochs_log(path) == []  # no epoch finished yet
     good = [{"epoch": 1, "loss": 0.5, "eval_loss": 0.4}, {"epoch": 2, "loss": 0.45, "eval_loss": None}]
     path.write_text("".join(json.dumps(r) + "\n" for r in good) + "\n" + '{"epoch": 3, "lo')
-    assert read_epochs_log(path) == good  # blank lines and a torn last line are skipped
+    # blank lines and a torn last line are skipped; a field an older line lacks gets EpochRecord's default
+    assert read_epochs_log(path) == [EpochRecord(**r).to_dict() for r in good]
+    assert [{key: r[key] for key in good[0]} for r in read_epochs_log(path)] == good
+    assert all(r["cooldown"] is False and r["lr"] is None for r in read_epochs_log(path))
     path.write_text(json.dumps(good[0]) + '\n{"epoch": "x"}\n' + json.dumps(good[1]) + "\n")
     with pytest.raises(UserError, match="epochs.jsonl: line 2 is not an epoch record"):
         read_epochs_log(path)

@@ -152,6 +152,129 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "animad/train/ranks.py:2: the DiT's LoRA name prefix: x = 'lora_unet_blocks_0'"]
 
 
+# The files saying how a job's training ended: opened only through JobPaths (animad/layout.py), so the
+# record has one writer and one reader, and nobody reads facts out of the sentence.
+ENDING_FILES = ("finished.txt", "ending.json")
+LOOP = PACKAGE / "train" / "loop.py"
+LOSS = "flow_loss"
+# One-line functions the loop keeps on purpose: the step's host read (bench/step_counts.py counts it there).
+LOOP_SEAMS = {"host_values"}
+
+
+def code_strings(tree: ast.AST) -> list[ast.Constant]:
+    """The string constants of a module that are not docstrings."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def ending_file_mentions(package: Path) -> list[str]:
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).as_posix() == "layout.py":
+            continue
+        for node in code_strings(ast.parse(path.read_text(), str(path))):
+            found += [f"{path.relative_to(package.parent)}:{node.lineno}: names {name}"
+                      for name in ENDING_FILES if name in node.value]
+    return found
+
+
+def thin_wrappers(tree: ast.Module) -> list[str]:
+    """Module-level functions whose whole body (bar the docstring, inside with-blocks) returns one call."""
+    found = []
+    for function in tree.body:
+        if not isinstance(function, ast.FunctionDef) or function.name in LOOP_SEAMS:
+            continue
+        body = function.body[1:] if ast.get_docstring(function) else function.body
+        while len(body) == 1 and isinstance(body[0], ast.With):
+            body = body[0].body
+        if len(body) == 1 and isinstance(body[0], ast.Return) and isinstance(body[0].value, ast.Call):
+            found.append(f"{function.name} (line {function.lineno})")
+    return found
+
+
+def calls_to(tree: ast.Module, start: str, target: str) -> int | None:
+    """How many calls down from function `start` the module calls `target` (1: start calls it), or None."""
+    calls = {f.name: {n.func.id for n in ast.walk(f) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+             for f in tree.body if isinstance(f, ast.FunctionDef)}
+    level, seen = {start}, set()
+    for depth in range(1, len(calls) + 1):
+        called = set().union(*(calls.get(name, set()) for name in level))
+        if target in called:
+            return depth
+        seen |= level
+        level = called - seen
+        if not level:
+            return None
+    return None
+
+
+def report_fallbacks(package: Path, keys: set[str]) -> list[str]:
+    """`.get("<a progress report key>"...)` on a report (p, progress, report, sent, state) in the modules that
+    read reports: Report.read is the one place that knows what older rows lack (a queue row's own fields,
+    `row.get(...)`, and a package summary's picks are not the report)."""
+    pattern = re.compile(r"\b(p|progress|report|sent|state)\.get\(\s*[\"'](" + "|".join(sorted(keys)) + r")[\"']")
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        if path.name == "progress_report.py" or "progress_report import" not in text:
+            continue
+        found += [f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+                  for number, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    return found
+
+
+def test_progress_reports_are_read_through_their_one_reader(tmp_path):
+    import dataclasses
+
+    from animad.progress_report import Report
+
+    keys = {field.name for field in dataclasses.fields(Report)}
+    assert not report_fallbacks(PACKAGE, keys), "\n".join(report_fallbacks(PACKAGE, keys))
+    # The rule catches what it forbids, and leaves a queue row's own fields alone.
+    package = tmp_path / "animad"
+    package.mkdir()
+    (package / "view.py").write_text("from animad.progress_report import Report\n"
+                                     "end = p.get('end_epoch', p.get('max_epochs'))\npid = row.get('pid')\n"
+                                     "epoch = pick.get('epoch')\n")
+    (package / "other.py").write_text("epoch = pick.get('epoch')  # no reports read here\n")
+    assert report_fallbacks(package, keys) == ["animad/view.py:2: end = p.get('end_epoch', p.get('max_epochs'))"]
+
+
+def test_only_jobpaths_opens_the_ending_files():
+    found = ending_file_mentions(PACKAGE)
+    assert not found, "go through JobPaths.write_ending / read_ending / ended_at:\n" + "\n".join(found)
+
+
+def test_the_loop_reads_top_to_bottom():
+    tree = ast.parse(LOOP.read_text())
+    assert not thin_wrappers(tree), thin_wrappers(tree)
+    # The loss is computed one call below the step's body (micro_batch_loss calls flow_loss).
+    assert calls_to(tree, "train_step", LOSS) == 2
+    # Classes before their first use: every record is defined above the first function.
+    first_function = min(f.lineno for f in tree.body if isinstance(f, ast.FunctionDef))
+    assert all(c.lineno < first_function for c in tree.body if isinstance(c, ast.ClassDef))
+
+
+def test_the_loop_and_ending_checks_catch_what_they_forbid(tmp_path):
+    package = tmp_path / "animad"
+    (package / "select").mkdir(parents=True)
+    (package / "layout.py").write_text("FINISHED = 'finished.txt'\n")  # its home: fine
+    (package / "select" / "run.py").write_text('"""Reads finished.txt (a docstring: fine)."""\n'
+                                               "text = (root / 'finished.txt').read_text()\n")
+    assert ending_file_mentions(package) == ["animad/select/run.py:2: names finished.txt"]
+    tree = ast.parse("def velocity(run, x):\n    with run.ctx():\n        return run.model(x)\n\n"
+                     "def host_values(t):\n    return t.tolist()\n\n"
+                     "def step(run):\n    return loss(run) + 1\n\n"
+                     "def loss(run):\n    return deeper(run) * 2\n\n"
+                     "def deeper(run):\n    x = 1\n    return flow_loss(run, x)\n")
+    assert thin_wrappers(tree) == ["velocity (line 1)"]
+    assert calls_to(tree, "step", "flow_loss") == 3 and calls_to(tree, "deeper", "flow_loss") == 1
+    assert calls_to(tree, "velocity", "flow_loss") is None
+
+
 def test_no_test_module_imports_another():
     found = imports_of_test_modules(TESTS)
     assert not found, "move what is shared into a helper module:\n" + "\n".join(found)

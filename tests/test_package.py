@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from html.parser import HTMLParser
@@ -292,7 +293,8 @@ def test_if_the_final_rename_fails_the_earlier_package_is_put_back(tmp_path, mon
 
 from animad.errors import UserError  # noqa: E402
 from animad.select.page import render_page  # noqa: E402
-from animad.select.run import comfyui_loader, select_job  # noqa: E402
+from animad.select.package import comfyui_loader  # noqa: E402
+from animad.select.run import select_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +339,9 @@ def test_select_adds_rows_and_prompts_without_rendering_again(small_job, tmp_pat
     assert len(summary["previews"]) == len(summary["rows"]) * 6
     assert all(p["loader"] == "LoraLoaderModelOnly" for p in summary["shortlist"])
     assert summary["schedule"]["text"].startswith("cosine") and "ran all 2 epochs" in summary["schedule"]["text"]
+    # How training ended, as the record the run wrote (readers take facts from it, not from the sentence).
+    assert summary["ending"] == {"kind": "max_epochs", "epochs": 2, "floor_epoch": None, "cooldown_epochs": 0,
+                                 "sentence": "reached max_epochs 2"} == dataclasses.asdict(paths.read_ending())
     rendered = image_stats(paths.selection)
     assert len(rendered) == len(summary["previews"])
 
@@ -454,23 +459,30 @@ def test_page_links_the_workflow_file_when_the_package_has_one():
 def test_the_schedule_line_says_what_the_run_followed():
     from types import SimpleNamespace
 
-    from animad.select.run import schedule_followed
+    from animad.layout import Ending
+    from animad.train.ending import schedule_followed
 
     config = SimpleNamespace(schedule=SimpleNamespace(type="cosine", max_epochs=200),
                              selection=SimpleNamespace(stop_at_floor=True))
     records = [{"epoch": e, "lr": 1.0 if e <= 31 else (37 - e) / 6, "cooldown": e > 31} for e in range(1, 38)]
-    cooled = schedule_followed(config, records, "stopped at the confirmed loss floor after epoch 31, then cooled "
-                                                "the learning rate to 0 over 6 epochs")
+    cooled = schedule_followed(config, records, Ending(
+        kind="floor", epochs=37, floor_epoch=31, cooldown_epochs=6, sentence="stopped at the confirmed loss floor "
+        "after epoch 31, then cooled the learning rate to 0 over 6 epochs"))
     assert cooled["text"] == "cosine; floor confirmed at epoch 31, LR cooled to 0 over 6 epochs, stopped at 37 of " \
                              "max 200"
     assert cooled["floor_confirmed_at"] == 31 and cooled["cooldown_epochs"] == 6
-    cut = schedule_followed(config, records[:31], "stopped at the confirmed loss floor after epoch 31")
+    cut = schedule_followed(config, records[:31], Ending(kind="floor", epochs=31, floor_epoch=31, cooldown_epochs=0,
+                                                         sentence="stopped at the confirmed loss floor after epoch 31"))
+    # An old run's finished.txt (a sentence alone) reads the same through its one tolerant reader.
+    assert schedule_followed(config, records, Ending.from_sentence(
+        "stopped at the confirmed loss floor after epoch 31, then cooled the learning rate to 0 over 6 epochs")) == cooled
     assert cut["text"] == "cosine; floor confirmed at epoch 31, stopped at 31 of max 200"
     config.schedule = SimpleNamespace(type="constant", max_epochs=37)
-    assert schedule_followed(config, records, "reached max_epochs 37")["text"] == \
+    limit = Ending(kind="max_epochs", epochs=37, floor_epoch=None, cooldown_epochs=6, sentence="reached max_epochs 37")
+    assert schedule_followed(config, records, limit)["text"] == \
         "constant; no floor confirmed, LR cooled to 0 over the last 6 epochs, ran all 37 epochs"
     config.schedule = SimpleNamespace(type="auto", max_epochs=37)  # auto names what it resolved to
-    assert schedule_followed(config, records, "reached max_epochs 37")["text"].startswith("constant; ")
+    assert schedule_followed(config, records, limit)["text"].startswith("constant; ")
 
 
 def test_select_flags_parse_and_bad_values_are_clear_errors(capsys):

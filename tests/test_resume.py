@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from animad.layout import read_epochs_log
+from animad.layout import EpochRecord, read_epochs_log
 from animad.demo.synthetic import make_dataset, tiny_job
 from daemon_helpers import HANG_SECONDS
 
@@ -112,7 +112,7 @@ def test_resume_cuts_a_torn_last_line_so_the_next_record_stands_alone(tmp_path):
     path = tmp_path / "epochs.jsonl"
     path.write_text(json.dumps({"epoch": 1, "loss": 0.5}) + "\n" + '{"epoch": 2, "lo')  # killed mid-write
     tracker = Tracker(tmp_path / "tb", path, resume_step=4, resume_epoch=1)
-    tracker.epoch({"epoch": 2, "loss": 0.4})
+    tracker.epoch(EpochRecord(epoch=2, loss=0.4))
     tracker.close()
     assert [r["epoch"] for r in read_epochs_log(path)] == [1, 2]
     assert [r["epoch"] for r in tracker.records] == [1, 2]  # what the loop asks the floor about

@@ -161,6 +161,58 @@ def test_alpha_mask_trains_only_the_opaque_part(tmp_path, daemon_config, monkeyp
         assert all(torch.count_nonzero(g[..., :half]) > 0 for g in grad)  # each sample's opaque half does
 
 
+def test_alpha_mask_flips_with_the_latents(tmp_path, daemon_config, monkeypatch):
+    # Every image's right half is transparent, and flips are on. A flipped sample trains the mirrored
+    # latents, so its transparent half is on the left: the loss must take nothing from the left half
+    # there (and nothing from the right half of an unflipped sample). Before the fix the mask was the
+    # unflipped image's whatever the latents were.
+    from PIL import Image
+
+    from animad.train import loop
+
+    job = tiny_job(epochs=2, selection={"stop_at_floor": False}, data={"alpha_mask": True, "flip": True})
+    paths, daemon = prepare(tmp_path, daemon_config, job)
+    for image in paths.dataset.glob("*.png"):
+        rgba = Image.open(image).convert("RGBA")
+        assert rgba.width % 16 == 0  # the half boundary falls between latent pixels (8 image pixels each)
+        rgba.paste((255, 0, 0, 255), (0, 0, rgba.width // 4, rgba.height))  # asymmetric: its mirror differs
+        alpha = Image.new("L", rgba.size, 0)
+        alpha.paste(255, (0, 0, rgba.width // 2, rgba.height))
+        rgba.putalpha(alpha)
+        rgba.save(image)
+    caches, seen = [], []  # seen: (x0 of the micro-batch, the gradient of its prediction, filled in backward)
+    fill_caches, flow_loss = loop.fill_caches, loop.flow_loss
+
+    def kept_caches(*args, **kwargs):
+        caches.append(fill_caches(*args, **kwargs))
+        return caches[-1]
+
+    def observed_loss(prediction, x0, noise, mask=None):
+        if prediction.requires_grad:
+            entry = [x0.detach().cpu(), None]
+            prediction.register_hook(lambda grad: entry.__setitem__(1, grad.detach().cpu()))
+            seen.append(entry)
+        return flow_loss(prediction, x0, noise, mask)
+
+    monkeypatch.setattr(loop, "fill_caches", kept_caches)
+    monkeypatch.setattr(loop, "flow_loss", observed_loss)
+    status, _ = train(paths, daemon)
+    assert status == "finished"
+    latents = caches[0].latents
+    sides = []
+    for x0, grad in seen:
+        for sample, g in zip(x0, grad):
+            flipped = any(e.flipped is not None and torch.equal(sample, e.flipped) for e in latents)
+            plain = any(torch.equal(sample, e.latents) for e in latents)
+            assert flipped != plain  # each sample is one cache entry's latents or its mirror's (not both)
+            half = g.shape[-1] // 2
+            transparent, opaque = (g[..., :half], g[..., half:]) if flipped else (g[..., half:], g[..., :half])
+            assert torch.count_nonzero(transparent) == 0  # the transparent half adds nothing to the loss
+            assert torch.count_nonzero(opaque) > 0  # the opaque half does
+            sides.append(flipped)
+    assert True in sides and False in sides  # both kinds of sample were trained
+
+
 def test_schedules_shape():
     assert lr_factor(0, 100, 10, "constant") < 0.2 and lr_factor(10, 100, 10, "constant") == 1.0
     assert lr_factor(100, 100, 0, "linear") == 0.0 and abs(lr_factor(50, 100, 0, "cosine") - 0.5) < 1e-9
@@ -288,21 +340,21 @@ def test_ip_noise_gamma_changes_training_and_is_in_the_metadata(tmp_path, daemon
 def test_an_out_of_memory_error_halves_the_micro_batch_with_the_same_result(tmp_path, daemon_config, monkeypatch):
     """A simulated OOM in the forward: the step is redone at half the micro-batch, and the run ends with
     the weights of a run at that micro-batch from its first step (and of one that never ran out)."""
-    from animad.train import loop
+    from animad.anima.pipeline import Anima
 
-    real_velocity = loop.velocity
+    real_velocity = Anima.velocity
 
     def run(name, oom_at_call):
         calls = {"n": 0}
 
-        def velocity(run_, x_t, sigma, embeddings):
+        def velocity(anima, x_t, sigma, context):
             if torch.is_grad_enabled():
                 calls["n"] += 1
                 if calls["n"] == oom_at_call and x_t.shape[0] > 1:
                     raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return real_velocity(run_, x_t, sigma, embeddings)
+            return real_velocity(anima, x_t, sigma, context)
 
-        monkeypatch.setattr(loop, "velocity", velocity)
+        monkeypatch.setattr(Anima, "velocity", velocity)
         job = tiny_job(epochs=2, selection={"stop_at_floor": False}, precision={"save": "fp32"},
                        data={"batch_size": 2, "grad_accum": 2})
         paths, daemon = prepare(tmp_path / name, daemon_config, job)

@@ -13,6 +13,7 @@ from animad.fsutil import write_atomic
 from animad.layout import JobPaths
 from animad.logs import setup_logging
 from animad.outcomes import Exit
+from animad.progress_report import Report
 from animad.signals import StopFlag
 
 
@@ -114,14 +115,15 @@ class ProgressBar:
         self.close()
         self.redirect.__exit__(*exc)
 
-    def __call__(self, progress: dict) -> None:
-        phase = progress.get("phase")
+    def __call__(self, sent: dict) -> None:
+        progress = Report.read(sent)
+        phase = progress.phase
         if phase == "training":
             self._training(progress)
-        elif phase in self.COUNTED and progress.get("total"):
+        elif phase in self.COUNTED and progress.total:
             self._counted(phase, progress)
         elif phase in ("eval", "saving") and self.phase == "training":
-            self.bar.set_postfix_str(f"{'evaluating' if phase == 'eval' else 'saving'} epoch {progress.get('epoch')}")
+            self.bar.set_postfix_str(f"{'evaluating' if phase == 'eval' else 'saving'} epoch {progress.epoch}")
         elif phase in self.SAID:
             self._close()
             self.file.write(self.SAID[phase] + "\n")
@@ -137,29 +139,26 @@ class ProgressBar:
                         desc=label)
         self.phase = phase
 
-    def _counted(self, phase: str, progress: dict) -> None:
+    def _counted(self, phase: str, progress: Report) -> None:
         label, unit = self.COUNTED[phase]
         if self.phase != phase:
-            self._open(phase, label, progress["total"], progress["done"], unit)
-        self.bar.total = progress["total"]
-        self.bar.update(progress["done"] - self.bar.n)
+            self._open(phase, label, progress.total, progress.done, unit)
+        self.bar.total = progress.total
+        self.bar.update(progress.done - self.bar.n)
 
-    def _training(self, progress: dict) -> None:
-        # end_step moves once the floor is confirmed (the cooldown's end); older dicts lack it.
-        end_step = progress.get("end_step", progress["total_steps"])
-        label = f"epoch {progress['epoch']}/{progress.get('end_epoch', progress['max_epochs'])}"
+    def _training(self, progress: Report) -> None:
+        # end_step moves once the floor is confirmed (the cooldown's end).
+        label = f"epoch {progress.epoch}/{progress.end_epoch}"
         if self.phase != "training":
-            self._open("training", label, end_step, progress["step"] - 1, "step")
-        self.bar.total = end_step
+            self._open("training", label, progress.end_step, progress.step - 1, "step")
+        self.bar.total = progress.end_step
         self.bar.set_description(label, refresh=False)
-        floor = progress.get("floor")
-        extra = {"floor": floor} if floor and floor != "off" else {}
-        if progress.get("cooling"):
-            left = progress.get("cooldown_epochs_left")
+        extra = {"floor": progress.floor} if progress.floor and progress.floor != "off" else {}
+        if progress.cooling:
+            left = progress.cooldown_epochs_left
             extra = {"cooling": f"{left} epoch{'' if left == 1 else 's'} left"}
-        self.bar.set_postfix(loss=f"{progress['loss']:.4f}", s_it=f"{progress['s_per_it']:.2f}", **extra,
-                             refresh=False)
-        self.bar.update(progress["step"] - self.bar.n)
+        self.bar.set_postfix(loss=f"{progress.loss:.4f}", s_it=f"{progress.s_per_it:.2f}", **extra, refresh=False)
+        self.bar.update(progress.step - self.bar.n)
 
     def _close(self) -> None:
         if self.bar:

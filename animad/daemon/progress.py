@@ -8,12 +8,14 @@ paused, queued or cancelled job, or one whose process has exited, shows where it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
 
 from animad.daemon.states import Status
+from animad.progress_report import Report
 from animad.safe_text import safe
 
 LOOP = ("training", "eval", "saving")  # the phases of the epoch loop: the epoch/step/loss numbers stay shown
@@ -44,12 +46,12 @@ class PhaseClock:
         self.overhead_began: float | None = None
 
     def add(self, progress: dict, now: float | None = None) -> bool:
-        """Merge one report; True when it started a new phase (worth writing at once)."""
+        """Merge one report (a partial one: what changed); True when it started a new phase (worth writing at once)."""
         now = time.time() if now is None else now
-        phase = progress.get("phase", self.state.get("phase"))
-        changed = phase != self.state.get("phase")
+        sent, previous = Report.read(progress), Report.read(self.state).phase
+        phase = sent.phase or previous
+        changed = phase != previous
         if changed:
-            previous = self.state.get("phase")
             if phase in ("eval", "saving") and previous not in ("eval", "saving"):
                 self.overhead_began = now
             if phase == "training" and previous in ("eval", "saving") and self.overhead_began is not None:
@@ -64,8 +66,8 @@ class PhaseClock:
             self.anchor = None
             self.state["phase_since"] = now
         self.state.update(progress)
-        if phase in COUNTED and "done" in progress and "total" in progress and "eta_seconds" not in progress:
-            done, total = progress["done"], progress["total"]
+        if phase in COUNTED and sent.done is not None and sent.total is not None and sent.eta_seconds is None:
+            done, total = sent.done, sent.total
             if self.anchor is None or done < self.anchor[1]:  # a new count within the phase starts a new rate
                 self.anchor = (now, done)
                 self.state.pop("eta_seconds", None)
@@ -86,15 +88,11 @@ def _duration(seconds) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def describe_floor(p: dict) -> str:
+def floor_words(p: Report) -> str:
     """E.g. "; floor: confirmed at epoch 31, cooling down, 4 epochs left", "; floor: not yet"; "" when not watched."""
-    floor = p.get("floor")
-    if floor is None or floor == "off":
-        words = ""
-    else:
-        words = f"; floor: {floor}"
-    if p.get("cooling"):
-        left = p.get("cooldown_epochs_left")
+    words = "" if p.floor is None or p.floor == "off" else f"; floor: {p.floor}"
+    if p.cooling:
+        left = p.cooldown_epochs_left
         words += f"{',' if words else ';'} cooling down, {left} epoch{'s' if left != 1 else ''} left"
     return words
 
@@ -104,28 +102,29 @@ def first_line(text: str) -> str:
     return safe(text.splitlines()[0]) if text and text.splitlines() else ""
 
 
-def position(p: dict) -> str:
+def position(p: Report) -> str:
     """Where a job stands: "epoch 3/10 step 120/400" (to where the run now ends), or ""."""
-    if "epoch" not in p or "step" not in p:
+    if p.epoch is None or p.step is None:
         return ""
-    return (f"epoch {p['epoch']}/{p.get('end_epoch', p.get('max_epochs', '?'))} step {p['step']}/"
-            f"{p.get('end_step', p.get('total_steps', '?'))}")
+    return (f"epoch {p.epoch}/{'?' if p.end_epoch is None else p.end_epoch} step {p.step}/"
+            f"{'?' if p.end_step is None else p.end_step}")
 
 
-def training_eta(p: dict, now: float, since_report: float) -> float | None:
+def training_eta(p: Report, now: float, since_report: float) -> float | None:
     """Seconds to the run's end: steps left at the measured s/it, plus eval and save time per epoch left.
 
     In the loop's own eval/save phases the steps left do not move, the epoch's remaining eval time is
     counted instead (its mean so far, minus the time the phase has run).
     """
-    if p.get("eta_seconds") is None:
+    if p.eta_seconds is None:
         return None
-    overhead = p.get("epoch_overhead_seconds") or 0.0
-    epochs_left = max(0, p.get("end_epoch", p.get("max_epochs", p.get("epoch", 0))) - p.get("epoch", 0))
-    if p.get("phase") in ("eval", "saving"):
-        in_phase = now - p.get("phase_since", now)
-        return p["eta_seconds"] + max(0.0, overhead - in_phase) + overhead * epochs_left
-    return max(0.0, p["eta_seconds"] - since_report) + overhead * (epochs_left + 1)
+    overhead = p.epoch_overhead_seconds or 0.0
+    epoch = p.epoch or 0
+    epochs_left = max(0, (p.end_epoch if p.end_epoch is not None else epoch) - epoch)
+    if p.phase in ("eval", "saving"):
+        in_phase = now - (p.phase_since if p.phase_since is not None else now)
+        return p.eta_seconds + max(0.0, overhead - in_phase) + overhead * epochs_left
+    return max(0.0, p.eta_seconds - since_report) + overhead * (epochs_left + 1)
 
 
 def progress_figures(row: dict, now: float | None = None, alive: bool | None = None) -> dict:
@@ -135,10 +134,10 @@ def progress_figures(row: dict, now: float | None = None, alive: bool | None = N
     User text in the line (errors, paths) is escaped, so it cannot break a table.
     """
     now = time.time() if now is None else now
-    p = row.get("progress") or {}
+    p = Report.read(row.get("progress"))
     status = row["status"]
-    out = {"line": "", "phase": p.get("phase"), "eta_seconds": None, "eta_until": None,
-           "done": p.get("done"), "total": p.get("total"), "live": False}
+    out = {"line": "", "phase": p.phase, "eta_seconds": None, "eta_until": None,
+           "done": p.done, "total": p.total, "live": False}
     if status == Status.FAILED:
         out["line"] = first_line(row.get("error") or "")[:80] or "failed"
     elif status == Status.DONE:
@@ -149,7 +148,7 @@ def progress_figures(row: dict, now: float | None = None, alive: bool | None = N
         if alive is False:
             out.update(line="its process has exited; the daemon records how it ended at its next look (if this "
                             "stays, see the daemon's log: a full disk?)", phase="exited", done=None, total=None)
-        elif p.get("pid") and row.get("pid") and p["pid"] != row["pid"] or not p:
+        elif p.pid and row.get("pid") and p.pid != row["pid"] or p == Report():
             out.update(line=PHASE_WORDS["starting"], phase="starting", done=None, total=None)
         else:
             out["live"] = True
@@ -159,28 +158,25 @@ def progress_figures(row: dict, now: float | None = None, alive: bool | None = N
     return out
 
 
-def live_line(p: dict, now: float, since_report: float) -> dict:
-    phase = p.get("phase")
-    if "s_per_it" in p and phase in LOOP:
+def live_line(p: Report, now: float, since_report: float) -> dict:
+    phase = p.phase
+    if p.s_per_it is not None and phase in LOOP:
         eta = training_eta(p, now, since_report)
-        until = f" to {p['eta_until']}" if p.get("eta_until") else ""
-        doing = {"eval": f" (evaluating epoch {p.get('epoch')})",
-                 "saving": f" (saving epoch {p.get('epoch')})"}.get(phase, "")
+        until = f" to {p.eta_until}" if p.eta_until else ""
+        doing = {"eval": f" (evaluating epoch {p.epoch})", "saving": f" (saving epoch {p.epoch})"}.get(phase, "")
         # After an out-of-memory error the loop splits each batch (the same effective batch).
-        split = f"; {p['micro_batch']} image(s) per forward after running out of GPU memory" \
-            if p.get("micro_batch") else ""
-        line = (f"{position(p)} loss {p['loss']:.4f} {p['s_per_it']:.2f} s/it "
-                f"ETA {_duration(eta)}{until}{describe_floor(p)}{split}{doing}")
-        return {"line": line, "eta_seconds": eta, "eta_until": p.get("eta_until")}
+        split = f"; {p.micro_batch} image(s) per forward after running out of GPU memory" if p.micro_batch else ""
+        line = (f"{position(p)} loss {p.loss:.4f} {p.s_per_it:.2f} s/it "
+                f"ETA {_duration(eta)}{until}{floor_words(p)}{split}{doing}")
+        return {"line": line, "eta_seconds": eta, "eta_until": p.eta_until}
     words = PHASE_WORDS.get(phase, safe(phase or ""))
-    if phase in COUNTED and p.get("total"):
-        eta = p.get("eta_seconds")
-        eta = None if eta is None else max(0.0, eta - since_report)
+    if phase in COUNTED and p.total:
+        eta = None if p.eta_seconds is None else max(0.0, p.eta_seconds - since_report)
         until = "caching is done" if phase == "caching" else "the last preview"
-        return {"line": f"{words} {p['done']}/{p['total']} ETA {_duration(eta)}", "eta_seconds": eta,
+        return {"line": f"{words} {p.done}/{p.total} ETA {_duration(eta)}", "eta_seconds": eta,
                 "eta_until": until}
     if phase in ("eval", "saving"):
-        return {"line": f"{'evaluating' if phase == 'eval' else 'saving'} epoch {p.get('epoch')}"}
+        return {"line": f"{'evaluating' if phase == 'eval' else 'saving'} epoch {p.epoch}"}
     return {"line": words}
 
 
@@ -210,21 +206,21 @@ def saved_point(row: dict) -> dict | None:
     return point
 
 
-def resting_line(row: dict, p: dict) -> str:
+def resting_line(row: dict, p: Report) -> str:
     """A job no process runs: where it stands and what comes next; never a rate or an ETA.
 
     Its position is its saved state's (saved_point) where there is one: where it truly resumes.
     """
     saved = saved_point(row) if row["status"] in (Status.QUEUED, Status.PAUSED) else None
-    if saved is not None and "epoch" in p and "step" in p:
-        p = {**p, "epoch": saved["epoch"], "step": saved["step"]} if saved else \
-            {k: v for k, v in p.items() if k not in ("epoch", "step")}
+    if saved is not None and p.epoch is not None and p.step is not None:
+        p = dataclasses.replace(p, epoch=saved["epoch"], step=saved["step"]) if saved else \
+            dataclasses.replace(p, epoch=None, step=None)
     status, where = row["status"], position(p)
     if status in (Status.QUEUED, Status.PAUSED) and row.get("job_dir") and not os.path.isdir(row["job_dir"]):
         return f"its job folder is gone: drop the dataset into the inbox again, or animad cancel {row['id']}"
-    if p.get("phase") == "waiting" and status in (Status.QUEUED, Status.PAUSED):
-        return safe(p.get("waiting") or f"waiting for {p.get('waiting_for')}")  # a chained job (daemon/chain.py)
-    selecting = p.get("phase") in ("selecting", "previews") or str(row.get("phase")) == "select"
+    if p.phase == "waiting" and status in (Status.QUEUED, Status.PAUSED):
+        return safe(p.waiting or f"waiting for {p.waiting_for}")  # a chained job (daemon/chain.py)
+    selecting = p.phase in ("selecting", "previews") or str(row.get("phase")) == "select"
     if status == Status.CANCELLED:
         if where or selecting:
             return (f"cancelled{' at ' + where if where and not selecting else ' after training'}; files kept "

@@ -132,18 +132,18 @@ def folder_state(daemon: Daemon, queue: Queue, folder: Path) -> dict:
         if not result.ok:
             return {**fields, "status": Status.FAILED, "phase": Phase.TRAIN, "error": result.report()}
         write_job_files(paths, result, name=name, source=known["source"])  # the job's name, not "dataset"
-    finished = paths.root / "finished.txt"
-    outbox = recorded_outbox(daemon, queue, known, finished.is_file())
-    if finished.is_file():
-        if package_written(outbox, finished):
+    ended = paths.ended_at()  # when training ended (None: it has not)
+    outbox = recorded_outbox(daemon, queue, known, ended is not None)
+    if ended is not None:
+        if package_written(outbox, ended):
             return {**fields, "status": Status.DONE, "phase": Phase.SELECT, "outbox_dir": str(outbox)}
     if (paths.root / CANCELLED).is_file():  # after done: a cancel that came too late to stop it changes nothing
-        phase = Phase.SELECT if finished.is_file() else Phase.TRAIN
+        phase = Phase.SELECT if ended is not None else Phase.TRAIN
         return {**fields, "status": Status.CANCELLED, "phase": phase, "finished": time.time(),
                 "outbox_dir": str(outbox),
                 "error": f"cancelled (as {paths.root / CANCELLED} records); re-registered after the queue "
                          "database was lost"}
-    if finished.is_file():
+    if ended is not None:
         return {**fields, "status": Status.QUEUED, "phase": Phase.SELECT, "resume_first": 1,
                 "outbox_dir": str(outbox)}
     resume = 1 if paths.resume_state.is_file() else 0
@@ -198,10 +198,10 @@ def recorded_outbox(daemon: Daemon, queue: Queue, known: dict, finished: bool) -
     return outbox_folder(daemon, queue, known["name"])
 
 
-def package_written(outbox: Path, finished: Path) -> bool:
-    """Whether the review package in outbox was written after training finished (selection ran)."""
+def package_written(outbox: Path, ended: float) -> bool:
+    """Whether the review package in outbox was written after training ended (selection ran)."""
     index = Path(outbox) / "index.html"
     try:
-        return index.stat().st_mtime >= finished.stat().st_mtime
+        return index.stat().st_mtime >= ended
     except OSError:
         return False

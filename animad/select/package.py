@@ -30,10 +30,14 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from animad.anima import comfyui
-from animad.config.job import load_resolved
+from animad.anima.comfyui import has_text_encoder_part
+from animad.anima.lora_names import read_lora_file
+from animad.config.daemon import Daemon
+from animad.config.job import JobConfig, load_resolved
 from animad.config.problems import ConfigError
 from animad.errors import UserError
 from animad.fsutil import fsync_dir
+from animad.intake.models import job_model_files
 from animad.layout import JobPaths, read_epochs_log, safe_name
 from animad.select.page import render_page
 from animad.select.plot import loss_plot
@@ -229,9 +233,9 @@ def training_facts(job_folder) -> dict:
         "dim": net.dim, "alpha": net.alpha if net.alpha is not None else net.dim, "init_from": net.init_from or None,
         "optimizer": opt.type, "lr": default_lr(opt), "resolution": resolution, "batch_size": data.batch_size,
         "grad_accum": data.grad_accum, "epochs_trained": len(records), "max_epochs": config.schedule.max_epochs,
-        "steps": records[-1].get("step") if records else 0,
-        "seconds": sum(float(r.get("seconds") or 0.0) for r in records),
-        "started": records[0].get("time") if records else None, "ended": records[-1].get("time") if records else None,
+        "steps": records[-1]["step"] if records else 0,
+        "seconds": sum(float(r["seconds"] or 0.0) for r in records),
+        "started": records[0]["time"] if records else None, "ended": records[-1]["time"] if records else None,
         "description": config.description or None,
     }
 
@@ -414,3 +418,21 @@ def write_summary_and_page(staging: Path, summary: dict) -> None:
     # Every file the package itself wrote: anything else found in the folder later is the user's.
     summary["files"] = sorted(listed_files(staging) + ["summary.json"])
     (staging / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def comfyui_loader(lora_file: Path) -> str:
+    """The ComfyUI node that loads the whole LoRA: LoraLoader when it also patches the text encoder
+    (LoraLoaderModelOnly would silently drop that half), LoraLoaderModelOnly otherwise."""
+    # read_lora_file gives our names for ComfyUI/PEFT-style files too, which the anima/ check reads.
+    return "LoraLoader" if has_text_encoder_part(read_lora_file(lora_file)) else "LoraLoaderModelOnly"
+
+
+def model_names(paths: JobPaths, config: JobConfig, daemon: Daemon) -> dict[str, str]:
+    """The job's base model files as ComfyUI's loaders name them ({} when the files cannot be found now)."""
+    try:
+        files = job_model_files(paths, config, daemon)
+    except UserError:
+        return {}
+    return {"unet_name": comfyui.file_name(files.dit, "unet_name"),
+            "clip_name": comfyui.file_name(files.text_encoder, "clip_name"),
+            "vae_name": comfyui.file_name(files.vae, "vae_name")}

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,11 @@ from safetensors import safe_open
 
 from animad.anima import comfyui
 from animad.anima.pipeline import Anima
+from animad.config.job import JobConfig
+from animad.errors import UserError
+from animad.layout import JobPaths
+from animad.select.package import package_folder
+from animad.select.prompts import USER, Prompt
 from animad.train.networks.network import load_weights, network_from_state, read_network_file
 from animad.train.precision import resolve_precision
 
@@ -47,11 +53,11 @@ class LoraFile:
 
 
 def preview_rows(epochs: list[int], strengths: list[float]) -> list[Row]:
-    rows = [Row("baseline", None, 0.0)]
+    rows = [Row(key="baseline", epoch=None, strength=0.0)]
     for epoch in epochs:
         for strength in strengths:
             suffix = "" if len(strengths) == 1 else f"@{strength:g}"
-            rows.append(Row(f"e{epoch:04d}{suffix}", epoch, strength))
+            rows.append(Row(key=f"e{epoch:04d}{suffix}", epoch=epoch, strength=strength))
     return rows
 
 
@@ -99,7 +105,7 @@ def lora_file(path: Path) -> LoraFile:
     return LoraFile(Path(path).name, comfyui.has_text_encoder_part(keys), comfyui.lora_file_hash(path))
 
 
-def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, prompts: list[str],
+def render_previews(config: JobConfig, files, epoch_files: dict[int, Path], out_dir: Path, prompts: list[str],
                     seeds: list[int], settings: dict, rows: list[Row] | None = None,
                     should_stop=None, on_image=None) -> dict[tuple[str, int], Path]:
     """Render every (row, prompt) image into out_dir; an image already rendered from the same recipe is kept.
@@ -129,7 +135,8 @@ def render_previews(config, files, epoch_files: dict[int, Path], out_dir: Path, 
     return targets
 
 
-def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop, on_image=None) -> None:
+def render(config: JobConfig, files, epoch_files, prompts, seeds, settings, rows, todo, should_stop,
+           on_image=None) -> None:
     """Load the models once and render each image in todo ({(row, prompt): (path, chunks)}), row by row."""
     precision = resolve_precision(config)
     device, dtype = precision.device, precision.weight_dtype
@@ -181,3 +188,89 @@ def render(config, files, epoch_files, prompts, seeds, settings, rows, todo, sho
                     on_image(done, len(todo))
     if network is not None:
         network.detach_all()
+
+
+SOFTER = 0.8  # the guide: "try 0.8" when a LoRA overpowers the prompt; rendered for the lowest-loss epoch
+
+
+def row_key(epoch: int, strength: float) -> str:
+    """e0012 at strength 1.0, e0012@0.8 otherwise: a row keeps its name whatever else is rendered."""
+    return f"e{epoch:04d}" if strength == 1.0 else f"e{epoch:04d}@{strength:g}"
+
+
+def review_rows(shortlist: list[int], lowest: int | None, strengths: list[float], added: list[Row]) -> list[Row]:
+    """Baseline first, then (epoch, strength) rows by epoch, stronger first.
+
+    Default strengths ([], the schema default): every pick at 1.0 and the lowest also at 0.8.
+    Any other previews.strengths: every pick at each of them. Rows added by hand come on top.
+    """
+    wanted = {(epoch, s) for epoch in shortlist for s in (strengths or [1.0])}
+    if not strengths and lowest is not None and lowest in shortlist:
+        wanted.add((lowest, SOFTER))
+    wanted |= {(row.epoch, row.strength) for row in added}
+    ordered = sorted(wanted, key=lambda pair: (pair[0], -pair[1]))
+    return [Row(key="baseline", epoch=None, strength=0.0)] + [Row(key=row_key(e, s), epoch=e, strength=s)
+                                                              for e, s in ordered]
+
+
+def hand_rows(paths: JobPaths, name: str, epochs, strengths, shortlist: list[int]) -> list[Row]:
+    """The rows `--epoch N --strength S` ask for: each epoch at each strength (1.0 by default; every
+    shortlisted epoch when only strengths are given). An epoch without its file is a UserError."""
+    for strength in strengths:
+        if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
+            raise UserError(f"--strength must be a number of at least 0 (got {strength})")
+    epochs = list(epochs) or list(shortlist)
+    for epoch in epochs:
+        if not paths.epoch_file(name, epoch).is_file():
+            saved = sorted(int(p.stem.rsplit("-e", 1)[-1]) for p in paths.epochs_dir.glob(f"{name}-e*.safetensors")
+                           if p.stem.rsplit("-e", 1)[-1].isdigit())
+            have = ", ".join(map(str, saved)) or "none"
+            raise UserError(f"--epoch {epoch}: {paths.epoch_file(name, epoch)} does not exist (epochs saved in "
+                            f"{paths.epochs_dir}: {have}). Pick one of those; keep_epochs: shortlist removes the "
+                            "others once a package is written.")
+    return [Row(key=row_key(e, float(s)), epoch=e, strength=float(s)) for e in epochs for s in (strengths or [1.0])]
+
+
+def with_hand_picks(analysis: dict, added: list[Row]) -> dict:
+    """Epochs added by hand join the shortlist (their files are copied into the package, the plot marks them)."""
+    losses = dict(zip(analysis.get("epochs") or [], analysis.get("losses") or []))
+    picks = list(analysis.get("picks") or [])
+    for epoch in sorted({row.epoch for row in added} - set(analysis.get("shortlist") or [])):
+        picks.append({"epoch": epoch, "loss": losses.get(epoch), "kind": "added",
+                      "reason": f"added by hand (animad select --epoch {epoch})"})
+    picks.sort(key=lambda pick: pick["epoch"])
+    return {**analysis, "picks": picks, "shortlist": [pick["epoch"] for pick in picks]}
+
+
+def row_labels(rows: list[Row], analysis: dict) -> dict[str, str]:
+    kind = {pick["epoch"]: pick["kind"] for pick in analysis["picks"]}
+    labels = {"baseline": "no LoRA"}
+    for row in rows[1:]:
+        strength = "" if row.strength == 1.0 else f" @ {row.strength:g}"
+        labels[row.key] = f"epoch {row.epoch} ({kind.get(row.epoch, 'pick')}){strength}"
+    return labels
+
+
+def previous_selection(outbox: Path) -> dict:
+    """What the existing package rendered: {"prompts": [Prompt], "seeds": [int], "added_rows": [Row]}.
+
+    Read from its summary.json; no package (or an unreadable one) gives {} and the job's defaults.
+    """
+    summary_file = package_folder(outbox) / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict):
+        return {}
+    texts = [str(t) for t in summary.get("prompts") or []]
+    kinds = summary.get("prompt_kinds") or []
+    prompts = []
+    for index, text in enumerate(texts):
+        kind = kinds[index] if index < len(kinds) and isinstance(kinds[index], dict) else {}
+        prompts.append(Prompt(text, str(kind.get("kind") or USER), str(kind.get("note") or "")))
+    seeds = [int(s) for s in summary.get("seeds") or [] if isinstance(s, int)]
+    added = [Row(key=row_key(int(r["epoch"]), float(r["strength"])), epoch=int(r["epoch"]),
+                 strength=float(r["strength"])) for r in summary.get("added_rows") or []
+             if isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("strength"), (int, float))]
+    return {"prompts": prompts, "seeds": seeds if len(seeds) == len(prompts) else [], "added_rows": added}

@@ -22,6 +22,7 @@ import dataclasses
 import re
 from collections import Counter
 
+from animad.errors import UserError
 from animad.intake.dataset import split_tags
 
 CAPTION, NO_TRIGGER, NOVEL, USER = "caption", "no_trigger", "novel", "user"
@@ -276,3 +277,42 @@ def combine_prompts(defaults: list[Prompt], user: list[str], mode: str) -> list[
     known = {p.text for p in defaults}
     return defaults + [p for p in mine if p.text not in known]
 
+
+FIRST_SEED = 1000  # prompts without a seed of their own get 1000, 1001, ...
+
+
+def choose_prompts(job_prompts: list[Prompt], job_seeds: list[int], previous: dict, given: list[str],
+                   given_seeds: list[int], mode: str) -> tuple[list[Prompt], list[int]]:
+    """(prompts, one seed each): the given prompts added to the package's ('add') or as the whole set
+    ('replace'); with nothing given, the job's own set (and seeds, or the given ones)."""
+    if mode not in ("add", "replace"):
+        raise UserError(f"--prompts-mode must be add or replace (got {mode!r})")
+    if given and mode == "replace":
+        prompt_set = [Prompt(text, USER) for text in dict.fromkeys(given) if text.strip()]
+        if not prompt_set:
+            raise UserError("--prompts-mode replace: every --prompt given is empty; give at least one prompt")
+        return prompt_set, fill_seeds(given_seeds, len(prompt_set))
+    if previous or given:
+        prompt_set = previous.get("prompts") or job_prompts
+        seeds = fill_seeds(previous.get("seeds") or job_seeds, len(prompt_set))
+        return add_prompts(prompt_set, seeds, given, given_seeds)
+    return job_prompts, fill_seeds(given_seeds or job_seeds, len(job_prompts))
+
+
+def fill_seeds(seeds: list[int], count: int) -> list[int]:
+    """One seed per prompt: the given ones (a single seed serves every prompt), then 1000 + index."""
+    seeds = list(seeds)
+    if len(seeds) == 1 and count > 1:
+        seeds = seeds * count
+    return (seeds + [FIRST_SEED + i for i in range(len(seeds), count)])[:count]
+
+
+def add_prompts(prompt_set: list[Prompt], seeds: list[int], new: list[str], new_seeds: list[int]):
+    """The set with the new user prompts appended (a text already there is not added twice)."""
+    prompt_set, seeds = list(prompt_set), list(seeds)
+    fresh = [text for text in dict.fromkeys(new) if text.strip() and text not in {p.text for p in prompt_set}]
+    given = fill_seeds(new_seeds, len(fresh)) if new_seeds else []
+    for index, text in enumerate(fresh):
+        seeds.append(given[index] if given else FIRST_SEED + len(prompt_set))
+        prompt_set.append(Prompt(text, USER))
+    return prompt_set, seeds

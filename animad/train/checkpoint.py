@@ -15,6 +15,7 @@ from safetensors.torch import save
 
 from animad import __version__
 from animad.anima.facts import LORA_FILE_IDS
+from animad.config.job import JobConfig
 from animad.fsutil import write_atomic
 from animad.train.networks import kind_named, kind_of_file
 from animad.train.networks.network import file_modules
@@ -92,7 +93,7 @@ def number(value: float) -> str:
     return f"{value:g}"
 
 
-def lora_metadata(config, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
+def lora_metadata(config: JobConfig, *, epoch: int, step: int, dataset, files, base_hash: str, started: str,
                   rank_dims: tuple[int, float], session: str, schedule: FollowedSchedule) -> dict[str, str]:
     """ss_* keys (what LoRA inspectors and sd-scripts read) and ModelSpec 1.0.1 keys; Anima's ids come from anima/.
 

@@ -47,7 +47,7 @@ def build_eval_set(dataset, latents, eval_config, timesteps, seed: int, samples_
     sigmas = eval_sigmas(eval_config.sigmas, timesteps)
     generator = torch.Generator().manual_seed(seed + 7919)
     noise = [torch.randn((len(sigmas),) + tuple(latents[i].latents.shape), generator=generator) for i in items]
-    return EvalSet(items, sigmas, noise)
+    return EvalSet(items=items, sigmas=sigmas, noise=noise)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import logging
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from animad.config.job import JobConfig
 from animad.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Precision:
         return contextlib.nullcontext()
 
 
-def resolve_precision(config, device: torch.device | None = None) -> Precision:
+def resolve_precision(config: JobConfig, device: torch.device | None = None) -> Precision:
     """device overrides the job's device setting (each rank of a multi-GPU job has its own GPU)."""
     wanted = config.device
     if device is None and wanted == "auto":

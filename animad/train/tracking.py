@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from animad.fsutil import write_atomic
-from animad.layout import read_epochs_log
+from animad.layout import EpochRecord, read_epochs_log
 
 
 class Tracker:
@@ -45,20 +45,22 @@ class Tracker:
         self.writer.add_scalar("max_norm/max_key_norm", largest, step)
         self.writer.add_scalar("norm/avg_key_norm", mean, step)
 
-    def epoch(self, record: dict) -> None:
-        epoch = record["epoch"]
-        self.writer.add_scalar("loss/epoch_average", record["loss"], epoch)
-        if record.get("eval_loss") is not None:
-            self.writer.add_scalar("eval/loss", record["eval_loss"], epoch)
-            for sigma, value in record.get("eval_by_sigma", {}).items():
+    def epoch(self, record: EpochRecord) -> None:
+        """The one writer of epochs.jsonl: its record appended as one line."""
+        epoch = record.epoch
+        self.writer.add_scalar("loss/epoch_average", record.loss, epoch)
+        if record.eval_loss is not None:
+            self.writer.add_scalar("eval/loss", record.eval_loss, epoch)
+            for sigma, value in record.eval_by_sigma.items():
                 self.writer.add_scalar(f"eval/sigma_{sigma}", value, epoch)
         self.writer.flush()
+        row = record.to_dict()
         try:  # a torn last line (full disk, kill) is skipped by readers and cut off on resume
             with open(self.epochs_log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(row) + "\n")
         except OSError as error:
             raise OSError(error.errno, error.strerror, str(self.epochs_log)) from error
-        self.records.append(record)
+        self.records.append(row)
 
     def close(self) -> None:
         self.writer.close()

@@ -23,6 +23,7 @@ precision.gradient_checkpointing applies.
 from __future__ import annotations
 
 from animad.anima import memory
+from animad.config.job import JobConfig
 from animad.config.vram import VramPlan, pick
 
 
@@ -34,7 +35,7 @@ def job_size(data_config) -> tuple[int, int]:
     return int(resolution[0]), int(resolution[1])
 
 
-def configured(config, text_encoder_live: bool, model_config=None) -> VramPlan:
+def configured(config: JobConfig, text_encoder_live: bool, model_config=None) -> VramPlan:
     """vram: off (or no GPU): exactly what precision.gradient_checkpointing says, everything on the device."""
     every = checkpoint_every(config.precision.gradient_checkpointing)
     width, height = job_size(config.data)
@@ -52,7 +53,7 @@ def checkpoint_every(value) -> int:
     return max(0, int(value))
 
 
-def plan_for_job(config, budget: int | None, text_encoder_live: bool, model_config=None) -> VramPlan:
+def plan_for_job(config: JobConfig, budget: int | None, text_encoder_live: bool, model_config=None) -> VramPlan:
     """What build_parts applies: the picker's plan for vram: auto on a GPU, else the configured one."""
     if budget is None or config.precision.vram == "off":
         return configured(config, text_encoder_live, model_config)

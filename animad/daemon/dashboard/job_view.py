@@ -15,6 +15,7 @@ from pathlib import Path
 from animad.daemon.actions import kept_epochs
 from animad.errors import UserError
 from animad.layout import JobPaths, read_epochs_log
+from animad.progress_report import Report
 from animad.safe_text import safe
 
 LOG_LINES = 40
@@ -24,15 +25,15 @@ SETTINGS_BYTES = 64 * 1024
 
 def job_view(row: dict, shown: dict) -> dict:
     paths = JobPaths(Path(row["job_dir"])) if row.get("job_dir") else None
-    progress = row.get("progress") or {}
+    progress = Report.read(row.get("progress"))
     return {
         "id": row["id"],
         "name": row["name"],
         "curve": curve(paths),
-        "end_epoch": progress.get("end_epoch", progress.get("max_epochs")),
-        "floor": {"state": progress.get("floor"), "cooling": bool(progress.get("cooling")),
-                  "cooldown_epochs_left": progress.get("cooldown_epochs_left")},
-        "rate": {"s_per_it": progress.get("s_per_it") if shown.get("live") else None},
+        "end_epoch": progress.end_epoch,
+        "floor": {"state": progress.floor, "cooling": bool(progress.cooling),
+                  "cooldown_epochs_left": progress.cooldown_epochs_left},
+        "rate": {"s_per_it": progress.s_per_it if shown.get("live") else None},
         "log": log_tail(paths.log) if paths else [],
         "settings": settings_text(paths.resolved) if paths else "",
         "epoch_files": epoch_files(paths) if paths else [],
@@ -48,8 +49,8 @@ def curve(paths: JobPaths | None) -> list[dict]:
         records = read_epochs_log(paths.epochs_log)
     except UserError:
         return []  # a damaged log: `animad status` and the job's own run say so; the page shows no curve
-    return [{"epoch": r["epoch"], "loss": r.get("loss"), "eval_loss": r.get("eval_loss"),
-             "cooldown": bool(r.get("cooldown"))} for r in records]
+    return [{"epoch": r["epoch"], "loss": r["loss"], "eval_loss": r["eval_loss"], "cooldown": r["cooldown"]}
+            for r in records]
 
 
 def log_tail(path: Path, lines: int = LOG_LINES) -> list[str]:
