@@ -4,6 +4,7 @@ local time the test sets; either way with real SQLite, a real watchdog and real 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import signal
@@ -159,3 +160,9 @@ def drop(staging: Path, inbox: Path) -> Path:
     target = inbox / staging.name
     shutil.move(str(staging), target)
     return target
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """Every file under folder by its relative path, with its sha256: what "nothing lost or changed" compares."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

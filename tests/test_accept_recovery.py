@@ -9,7 +9,6 @@ so nothing trains). Real files, real SQLite; every wait is for a state.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from animad.config.daemon import load_daemon_config
 from animad.daemon.states import Status
 from animad.demo.synthetic import make_dataset, tiny_job
 from animad.layout import JobPaths
-from daemon_helpers import HANG_SECONDS, ServiceInProcess, configure
+from daemon_helpers import HANG_SECONDS, ServiceInProcess, configure, hashes
 
 NOON = dt.datetime(2026, 3, 2, 12, 0)  # outside the 22:00-07:00 window: jobs are queued, none starts
 TESTS = Path(__file__).resolve().parent
@@ -34,11 +33,6 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture()
 def config(daemon_config):
     return configure(daemon_config, windows=["22:00-07:00"])
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def kill_accept(config: Path, folder: Path, moment: str, copy: bool = False) -> None:

@@ -7,7 +7,6 @@ the window, so nothing trains) or a real `animad` process; every wait is for a s
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import resource
@@ -25,7 +24,7 @@ from animad.daemon.queue import Queue
 from animad.daemon.states import Phase, Status
 from animad.demo.synthetic import make_dataset, tiny_job
 from animad.outcomes import Exit
-from daemon_helpers import HANG_SECONDS, ServiceInProcess, configure
+from daemon_helpers import HANG_SECONDS, ServiceInProcess, configure, hashes
 
 NOON = dt.datetime(2026, 3, 2, 12, 0)  # outside the 22:00-07:00 window: jobs are queued, none starts
 REPO = Path(__file__).resolve().parents[1]
@@ -34,11 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def config(daemon_config):
     return configure(daemon_config, windows=["22:00-07:00"])
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def all_dataset_hashes(state: Path) -> list[dict[str, str]]:
