@@ -32,6 +32,7 @@ from animad.daemon.runner import Runner
 from animad.daemon.states import ACTIVE, Status
 from animad.daemon.window import is_open, local_now, next_close, next_open
 from animad.errors import UserError, is_disk_full
+from animad.progress_report import Report
 
 log = logging.getLogger("animad.daemon")
 
@@ -198,10 +199,10 @@ class Service:
 def waits_on_held(queue: Queue, row: dict, seen: frozenset = frozenset()) -> bool:
     """A chained job waiting (directly or down its chain) for a held job: nothing to do until a person
     resumes that one, so `animad run --once` does not wait for it."""
-    p = row.get("progress") or {}
-    if p.get("phase") != "waiting" or row["id"] in seen:
+    p = Report.read(row.get("progress"))
+    if p.phase != "waiting" or row["id"] in seen:
         return False
-    source = named_job(queue, p.get("waiting_for") or "", row["id"])
+    source = named_job(queue, p.waiting_for or "", row["id"])
     if source is None:
         return False
     return bool(source["held"]) or waits_on_held(queue, source, seen | {row["id"]})
