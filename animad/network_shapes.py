@@ -17,6 +17,7 @@ tensors in all three:
 from __future__ import annotations
 
 KINDS = ("lora", "lokr", "loha")
+TITLES = {"lora": "LoRA", "lokr": "LoKr", "loha": "LoHa"}  # as people write them
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:

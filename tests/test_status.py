@@ -321,3 +321,24 @@ def test_with_parallel_jobs_each_running_job_shows_its_gpu(config):
     assert all(row[created - 1] == " " and row[created] != " " for row in rows.values()), out  # aligned
     shown = {j["name"]: j["shown"]["gpu"] for j in json.loads(animad(config, "status", "--json").stdout)["jobs"]}
     assert shown == {"first": "gpu 0", "second": "gpu 1", "waiting": None}
+
+
+def test_status_names_a_lokr_or_loha_job_and_lora_goes_without_saying(config, tmp_path):
+    daemon = load_daemon_config(config)
+    queue = Queue(daemon.dir("state") / "animad.sqlite")
+    training = {"phase": "training", "epoch": 3, "max_epochs": 10, "step": 30, "total_steps": 100, "end_epoch": 10,
+                "end_step": 100, "loss": 0.4, "pid": 1}
+    for name, network in [("plain", {"dim": 16}), ("kron", {"type": "lokr", "dim": 100000, "factor": 8}),
+                          ("hada", {"type": "loha", "dim": 8})]:
+        job_dir = tmp_path / "jobs" / name
+        job_dir.mkdir(parents=True)
+        (job_dir / "job.resolved.yaml").write_text(yaml.safe_dump({"name": name, "network": network}))
+        row = queue.add(name, f"/nowhere/{name}")
+        queue.update(row, status=Status.PAUSED, progress=training, job_dir=str(job_dir))
+    data = json.loads(animad(config, "status", "--json").stdout)
+    shown = {j["name"]: j["shown"] for j in data["jobs"]}
+    assert {name: s["network"] for name, s in shown.items()} == {"plain": "LoRA", "kron": "LoKr", "hada": "LoHa"}
+    assert shown["kron"]["line"].startswith("LoKr \u00b7 saved at epoch 3/10")
+    assert shown["plain"]["line"].startswith("saved at epoch 3/10")
+    out = animad(config, "status").stdout
+    assert "LoHa \u00b7 saved at epoch 3/10" in out and "LoRA" not in out

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
+from pathlib import Path
+
+import yaml
 
 from animad.config.daemon import Daemon
 from animad.config.window import parse_windows
@@ -19,6 +23,8 @@ from animad.daemon.progress import progress_figures
 from animad.daemon.queue import Queue, pid_alive, queue_path
 from animad.daemon.states import ACTIVE, RUNNABLE
 from animad.daemon.window import is_open, local_now, next_close, next_open
+from animad.layout import JobPaths
+from animad.network_shapes import TITLES
 from animad.select.try_first import package_try_first
 
 DASHBOARD_FILE = "dashboard.json"  # written by the daemon once its dashboard listens, removed when it stops
@@ -78,9 +84,36 @@ def take_snapshot(daemon: Daemon, queue: Queue | None = None, now: dt.datetime |
         shown[row["id"]]["gpu"] = where_it_runs(row, shown[row["id"]]) if many_slots else None
         shown[row["id"]]["status"] = status_word(row, shown[row["id"]])
         shown[row["id"]]["line"] += package_try_first(row)  # a done job: "(try epoch N first)", as its page says
+        shown[row["id"]]["network"] = network_title(row)
+        if shown[row["id"]]["network"] != TITLES["lora"]:  # LoRA, the default, goes without saying
+            shown[row["id"]]["line"] = f"{shown[row['id']]['network']} \u00b7 {shown[row['id']]['line']}"
     inbox = inbox_view(daemon, rows, alive, clock, daemon_pid=pid)
     return Snapshot(pid, alive, open_now, change, rows, shown, inbox, many_slots,
                     dashboard_url(daemon) if alive else None)
+
+
+def network_title(row: dict) -> str:
+    """LoRA, LoKr or LoHa: the kind the job trains, from its job.resolved.yaml (LoRA until that exists)."""
+    if not row.get("job_dir"):
+        return TITLES["lora"]
+    path = JobPaths(row["job_dir"]).resolved
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return TITLES["lora"]
+    return resolved_network_title(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=512)
+def resolved_network_title(path: str, stamp: int) -> str:
+    # Cached by the file's mtime: the dashboard asks every 2 s for every row, the file is written once.
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return TITLES["lora"]
+    network = data.get("network") if isinstance(data, dict) else None
+    kind = network.get("type") if isinstance(network, dict) else None
+    return TITLES.get(kind, TITLES["lora"])
 
 
 def dashboard_url(daemon: Daemon) -> str | None:
