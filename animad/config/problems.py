@@ -30,6 +30,12 @@ class Problem:
         return f"{text}\n    -> {fix}" if fix else text
 
 
+# What an inbox folder's report ends with: the daemon re-checks a folder by itself, so the user only fixes it.
+INBOX_ENDING = ("Fix the errors above in the folder; the daemon checks it again by itself once it changes "
+                "(saving job.yaml always counts), and once a full disk has room again or a missing model "
+                "file is back.")
+
+
 class Problems:
     """An ordered list of problems that knows which of them block the job."""
 
@@ -56,8 +62,7 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self.errors)
 
-    def render(self, title: str, ending: str = "Fix the errors above in the folder; the daemon checks it again "
-                                               "by itself once it changes (saving job.yaml always counts).") -> str:
+    def render(self, title: str, ending: str = INBOX_ENDING) -> str:
         """Every problem, then (when there are errors) the ending: what to do next where the folder is."""
         errors, warnings = self.errors, self.warnings
         head = f"{safe(title)}: {len(errors)} error(s), {len(warnings)} warning(s)"

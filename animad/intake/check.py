@@ -15,7 +15,7 @@ from animad.anima.facts import latent_bytes
 from animad.anima.files import ModelFiles
 from animad.config.daemon import Daemon, resolve_path
 from animad.config.job import JOB_PREFIX, JobConfig, load_job_file
-from animad.config.problems import Problems
+from animad.config.problems import INBOX_ENDING, Problems
 from animad.errors import ModelFileError
 from animad.fsutil import free_bytes, human_bytes
 from animad.intake.dataset import Dataset, links_outside, scan_dataset
@@ -23,9 +23,6 @@ from animad.intake.models import resolve_model_files
 from animad.intake.report import DatasetReport, build_report
 from animad.network_shapes import file_bytes, file_kind
 from animad.safe_text import safe
-
-INBOX_ENDING = ("Fix the errors above in the folder; the daemon checks it again by itself once it changes "
-                "(saving job.yaml always counts).")
 
 
 @dataclasses.dataclass
