@@ -23,6 +23,7 @@ def test_demo_ends_with_a_review_package(tmp_path):
     assert f"file://{package / 'index.html'}" in result.stdout  # it says where to look
     summary = json.loads((package / "summary.json").read_text())
     assert summary["warnings"] == []  # the demo's own job trips none of animad check's warnings
+    assert f"try epoch {summary['try_first']['epoch']} first" in result.stdout  # where to start, as the page says
     assert summary["shortlist"] and summary["epochs_trained"] >= 1
     for pick in summary["shortlist"]:
         with safe_open(str(package / pick["file"]), "pt") as lora:  # a loadable LoRA, sd-scripts keys

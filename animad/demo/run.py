@@ -22,6 +22,7 @@ from animad.daemon.status import dashboard_url
 from animad.daemon.states import FINAL, Status
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config
 from animad.errors import UserError
+from animad.select.try_first import package_try_first_line
 
 NAME = "demo-shapes"
 # The job's description: the review page shows it at the top (and the LoRA files carry it), so the
@@ -78,6 +79,9 @@ def run_demo(root: Path, epochs: int) -> int:
     index = Path(row["outbox_dir"]) / "index.html"
     print(f"4/4 done. Review package: {index}")
     print(f"     open it in a browser: file://{index}")
+    first = package_try_first_line(index.parent)
+    if first:
+        print(f"     {first}")  # as the page, `animad train` and `animad status` say it
     return 0
 
 
