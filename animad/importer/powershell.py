@@ -46,48 +46,44 @@ def statements(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _drop_comment(line: str) -> str:
-    quote = None
-    for i, c in enumerate(line):
+def _scan(text: str, opens: str = "({[", closes: str = ")}]"):
+    """Each character with whether it is quoted and the bracket depth after it: the one reading of
+    PowerShell quotes and brackets that comments, line joining and splitting share."""
+    quote, depth = None, 0
+    for c in text:
+        quoted = quote is not None
         if quote:
             if c == quote:
                 quote = None
         elif c in "\"'":
             quote = c
-        elif c == "#":
+        elif c in opens:
+            depth += 1
+        elif c in closes:
+            depth -= 1
+        yield c, quoted, depth
+
+
+def _drop_comment(line: str) -> str:
+    for i, (c, quoted, _) in enumerate(_scan(line)):
+        if c == "#" and not quoted:
             return line[:i]
     return line
 
 
 def _balance(line: str) -> int:
-    depth, quote = 0, None
-    for c in line:
-        if quote:
-            if c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c in "({":
-            depth += 1
-        elif c in ")}":
-            depth -= 1
+    """Brackets a line leaves open (square ones do not join lines)."""
+    depth = 0
+    for _, _, depth in _scan(line, "({", ")}"):
+        pass
     return depth
 
 
 def _split_top(text: str, separators: str) -> list[str]:
     """Split on separators outside quotes and brackets."""
-    parts, current, quote, depth = [], "", None, 0
-    for c in text:
-        if quote:
-            if c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c in "({[":
-            depth += 1
-        elif c in ")}]":
-            depth -= 1
-        elif depth == 0 and c in separators:
+    parts, current = [], ""
+    for c, quoted, depth in _scan(text):
+        if not quoted and depth == 0 and c in separators:
             parts.append(current)
             current = ""
             continue
