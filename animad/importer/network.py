@@ -21,6 +21,9 @@ from animad.importer.sources import Flag, Sources, key_values
 # network.dim's bound, as config/job.py states it (sd-scripts' "full matrix" LoKr configs write 100000)
 MAX_DIM = {f.name: f for f in dataclasses.fields(NetworkConfig)}["dim"].metadata["max"]
 ANIMA_LORA = NETWORK_MODULES["lora"]  # sd-scripts' Anima LoRA module
+# The kind we train in place of another network, and why (named by a module and by LyCORIS' algo alike)
+KRONA = ("lokr", "KronA is not trained here; LoKr, a Kronecker product too, is the closest")
+OFT = ("lora", "OFT is not trained here; the closest low-parameter kind is a LoRA")
 # module -> (kind, why it is not exactly that kind, or None)
 MODULES = {
     ANIMA_LORA: ("lora", None),
@@ -34,20 +37,19 @@ MODULES = {
                                 "a LoRA at network.dim"),
     "networks.oft": ("lora", "OFT (an orthogonal rotation of the weights) is not trained here; the closest "
                              "low-parameter kind is a LoRA"),
-    "networks.oft_flux": ("lora", "OFT is not trained here; the closest low-parameter kind is a LoRA"),
+    "networks.oft_flux": OFT,
     "networks.krona": ("lokr", "KronA (a Kronecker-product adapter) is not trained here; LoKr, a Kronecker product "
                                "too, is the closest"),
 }
 LYCORIS = {
     "lora": ("lora", None), "locon": ("lora", None), "lokr": ("lokr", None), "loha": ("loha", None),
-    "kron": ("lokr", "KronA is not trained here; LoKr, a Kronecker product too, is the closest"),
-    "krona": ("lokr", "KronA is not trained here; LoKr, a Kronecker product too, is the closest"),
+    "kron": KRONA, "krona": KRONA,
     "ia3": ("lora", "IA3 (a learned scale per channel) is not trained here; the closest is a small LoRA"),
     "dylora": ("lora", "DyLoRA is not trained here; the closest is a LoRA at network.dim"),
     "glora": ("lora", "GLoRA is not trained here; the closest is a LoRA"),
     "full": ("lora", "native fine-tuning (full weight deltas) is not trained here; the closest is a LoRA (raise "
                      "network.dim for more capacity)"),
-    "diag-oft": ("lora", "OFT is not trained here; the closest low-parameter kind is a LoRA"),
+    "diag-oft": OFT,
     "boft": ("lora", "BOFT is not trained here; the closest low-parameter kind is a LoRA"),
 }
 # network_args that have no key here, and why
