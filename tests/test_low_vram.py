@@ -56,15 +56,18 @@ def test_parameter_counts_match_the_modules_and_the_released_file():
     assert memory.network_parameters(SMALL, 4) == sum(p.numel() for lora in loras for p in lora.parameters())
 
 
+def block_inputs(tokens: int, text_tokens: int, batch: int):
+    """A block's inputs at these sizes: x (needing its gradient), context, t_emb, adaln and rope."""
+    return (torch.randn(batch, tokens, SMALL.dim, requires_grad=True), torch.randn(batch, text_tokens, SMALL.context_dim),
+            torch.randn(batch, SMALL.dim), torch.randn(batch, 3 * SMALL.dim), rope_3d(SMALL, 4, tokens // 4, "cpu"))
+
+
 @pytest.mark.parametrize("tokens,text_tokens,batch,rank", [(24, 10, 2, 4), (40, 7, 1, 8)])
 def test_block_activation_count_equals_what_autograd_saves(tokens, text_tokens, batch, rank):
     torch.manual_seed(0)
     block = Block(SMALL)
     loras = with_lora(block, rank)
-    x = torch.randn(batch, tokens, SMALL.dim, requires_grad=True)
-    context = torch.randn(batch, text_tokens, SMALL.context_dim)
-    t_emb, adaln = torch.randn(batch, SMALL.dim), torch.randn(batch, 3 * SMALL.dim)
-    rope = rope_3d(SMALL, 4, tokens // 4, "cpu")
+    x, context, t_emb, adaln, rope = block_inputs(tokens, text_tokens, batch)
     params = list(block.parameters()) + [p for lora in loras for p in lora.parameters()]
     measured, out = saved_bytes(lambda: block(x, context, t_emb, adaln, rope), params + [context, *rope])
     out.sum().backward()  # the graph is a real training graph
@@ -309,10 +312,7 @@ def test_lokr_and_loha_save_no_activation_of_their_own(kind, dim):
             module.attach()
             modules.append(module)
     tokens, text_tokens, batch = 24, 10, 2
-    x = torch.randn(batch, tokens, SMALL.dim, requires_grad=True)
-    context = torch.randn(batch, text_tokens, SMALL.context_dim)
-    t_emb, adaln = torch.randn(batch, SMALL.dim), torch.randn(batch, 3 * SMALL.dim)
-    rope = rope_3d(SMALL, 4, tokens // 4, "cpu")
+    x, context, t_emb, adaln, rope = block_inputs(tokens, text_tokens, batch)
     params = list(block.parameters()) + [p for m in modules for p in m.parameters()]
     measured, out = saved_bytes(lambda: block(x, context, t_emb, adaln, rope), params + [context, *rope])
     out.sum().backward()
