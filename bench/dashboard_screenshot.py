@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser_cdp import Browser, chromium_path  # noqa: E402
 
+from animad.anima.tiny import make_tiny_model_set  # noqa: E402
 from animad.config.daemon import load_daemon_config  # noqa: E402
 from animad.daemon.queue import Queue, queue_path  # noqa: E402
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config  # noqa: E402
@@ -57,10 +58,7 @@ def main() -> None:
         raise SystemExit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="animad-dashboard-shot-") as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "animad", "make-tiny", str(tmp / "models")], check=True,
-                       stdout=subprocess.DEVNULL)
-        models = {**{k: tmp / "models" / f"{k}.safetensors" for k in ("dit", "text_encoder", "vae")},
-                  "tokenizers": tmp / "models" / "tokenizers"}
+        models = make_tiny_model_set(tmp / "models")
         config = write_daemon_config(tmp / "animad.yaml", models, windows=["always"], settle_seconds=1.0,
                                      inhibit_sleep=False, dashboard={"port": args.port})
         queue = Queue(queue_path(load_daemon_config(config)))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser_cdp import Browser, chromium_path  # noqa: E402
 
+from animad.anima.tiny import make_tiny_model_set  # noqa: E402
 from animad.demo.synthetic import make_dataset, tiny_job, write_daemon_config  # noqa: E402
 
 
@@ -38,10 +39,7 @@ def main() -> None:
         raise SystemExit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="animad-review-shot-") as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "animad", "make-tiny", str(tmp / "models")], check=True,
-                       stdout=subprocess.DEVNULL)
-        models = {**{k: tmp / "models" / f"{k}.safetensors" for k in ("dit", "text_encoder", "vae")},
-                  "tokenizers": tmp / "models" / "tokenizers"}
+        models = make_tiny_model_set(tmp / "models")
         config = write_daemon_config(tmp / "animad.yaml", models, windows=["always"], inhibit_sleep=False)
         make_dataset(tmp / "outfit", count=8, size=(64, 64), seed=3,
                      job=tiny_job(epochs=args.epochs, selection={"stop_at_floor": False}))
