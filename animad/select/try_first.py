@@ -13,6 +13,7 @@ Everything is computed from the picks and the noise the shortlist was built from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -92,8 +93,19 @@ def package_try_first(row: dict) -> str:
     """
     if row.get("status") != "done" or not row.get("outbox_dir"):
         return ""
+    path = Path(row["outbox_dir"]) / "summary.json"
     try:
-        summary = json.loads((Path(row["outbox_dir"]) / "summary.json").read_text(encoding="utf-8"))
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return ""
+    return summary_try_first(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=512)
+def summary_try_first(path: str, stamp: int) -> str:
+    # Cached by the file's mtime: the dashboard asks every 2 s for every done job; a package is written once.
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     first = summary.get("try_first") if isinstance(summary, dict) else None
