@@ -65,6 +65,12 @@ def file_name(path, widget: str) -> str:
     return Path(path).name
 
 
+def loader_names(files) -> dict[str, str]:
+    """A model set's three files (dit, text_encoder, vae) as the UNET, CLIP and VAE loaders name them."""
+    return {"unet_name": file_name(files.dit, "unet_name"), "clip_name": file_name(files.text_encoder, "clip_name"),
+            "vae_name": file_name(files.vae, "vae_name")}
+
+
 # The template's node ids, kept so a graph of ours reads side by side with the template.
 SAVE, CLIP_LOADER, VAE_LOADER, VAE_DECODE, LATENT, NEGATIVE, KSAMPLER, POSITIVE, UNET, LORA = (
     "46", "71", "72", "73", "74", "75", "76", "77", "78", "83")

@@ -32,12 +32,10 @@ from PIL import Image, PngImagePlugin
 from animad.anima import comfyui
 from animad.anima.comfyui import has_text_encoder_part
 from animad.anima.lora_names import read_lora_file
-from animad.config.daemon import Daemon
-from animad.config.job import JobConfig, load_resolved
+from animad.config.job import load_resolved
 from animad.config.problems import ConfigError
 from animad.errors import UserError
 from animad.fsutil import fsync_dir
-from animad.intake.models import job_model_files
 from animad.layout import JobPaths, read_epochs_log, safe_name
 from animad.select.page import render_page
 from animad.select.plot import loss_plot
@@ -425,14 +423,3 @@ def comfyui_loader(lora_file: Path) -> str:
     (LoraLoaderModelOnly would silently drop that half), LoraLoaderModelOnly otherwise."""
     # read_lora_file gives our names for ComfyUI/PEFT-style files too, which the anima/ check reads.
     return "LoraLoader" if has_text_encoder_part(read_lora_file(lora_file)) else "LoraLoaderModelOnly"
-
-
-def model_names(paths: JobPaths, config: JobConfig, daemon: Daemon) -> dict[str, str]:
-    """The job's base model files as ComfyUI's loaders name them ({} when the files cannot be found now)."""
-    try:
-        files = job_model_files(paths, config, daemon)
-    except UserError:
-        return {}
-    return {"unet_name": comfyui.file_name(files.dit, "unet_name"),
-            "clip_name": comfyui.file_name(files.text_encoder, "clip_name"),
-            "vae_name": comfyui.file_name(files.vae, "vae_name")}

@@ -72,8 +72,7 @@ def recipe(files, settings: dict, row: Row, prompt: str, seed: int, lora: LoraFi
     return comfyui.Recipe(
         prompt=prompt, seed=seed, negative_prompt=settings["negative_prompt"], steps=settings["steps"],
         cfg=float(settings["cfg"]), width=settings["width"], height=settings["height"], sampler=settings["sampler"],
-        shift=float(settings["flow_shift"]), unet_name=comfyui.file_name(files.dit, "unet_name"),
-        clip_name=comfyui.file_name(files.text_encoder, "clip_name"), vae_name=comfyui.file_name(files.vae, "vae_name"),
+        shift=float(settings["flow_shift"]), **comfyui.loader_names(files),
         lora_name=lora.name if lora and row.epoch is not None else None, lora_strength=float(row.strength),
         lora_text_encoder=bool(lora and lora.text_encoder))
 

@@ -17,14 +17,15 @@ import logging
 import time
 from pathlib import Path
 
+from animad.anima import comfyui
 from animad.config.daemon import Daemon
 from animad.config.job import load_resolved
-from animad.errors import disk_full_is_user_error
+from animad.errors import UserError, disk_full_is_user_error
 from animad.intake.jobfiles import load_job_dataset
 from animad.intake.models import job_model_files
 from animad.layout import JobPaths, read_epochs_log
 from animad.progress_report import Report
-from animad.select.package import PreviewCell, Review, comfyui_loader, model_names, write_review_package
+from animad.select.package import PreviewCell, Review, comfyui_loader, write_review_package
 from animad.select.previews import (hand_rows, previous_selection, render_previews, review_rows, row_labels,
                                     with_hand_picks)
 from animad.select.prompts import choose_prompts, combine_prompts, default_prompts
@@ -91,8 +92,13 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
     settings = {"steps": steps or pv.steps, "cfg": pv.cfg, "flow_shift": pv.flow_shift, "sampler": pv.sampler,
                 "width": size or pv.width, "height": size or pv.height, "negative_prompt": pv.negative_prompt}
     cells = []
-    if previews:
+    try:
         files = job_model_files(paths, config, daemon)
+    except UserError:
+        if previews:
+            raise
+        files = None  # no previews to render: the workflow file then keeps the template's names
+    if previews:
         # The sampling settings alone go to the renderer: which rows are drawn is not a setting, so an
         # added row or strength leaves the images already rendered valid.
         images = render_previews(config, files, epoch_files, paths.selection, texts, prompt_seeds, settings, rows,
@@ -108,7 +114,7 @@ def _select_job(paths: JobPaths, *, daemon: Daemon, outbox: Path, prompts=None, 
     ending = paths.read_ending()
     stopped = ending.sentence if ending else "training did not finish"
     shown_settings = {**settings, "strengths": sorted({row.strength for row in rows[1:]}, reverse=True),
-                      "model_names": model_names(paths, config, daemon)}
+                      "model_names": comfyui.loader_names(files) if files else {}}
     review = Review(
         job_name=config.name, trigger=config.trigger, analysis=analysis_dict, curve_source=CURVE_SOURCES[key],
         train_losses={r["epoch"]: r["loss"] for r in records}, lora_files=epoch_files, prompts=texts,
