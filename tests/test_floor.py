@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from animad.select.floor_words import FloorNumbers, plot_status, verdict
-from animad.select.shortlist import KINDS, analyze_curve, find_knee
-from animad.train.floor import cooldown_epochs, decide_floor, floor_confirmed, floor_reached
+from animad.select.shortlist import KINDS, analyze_curve
+from animad.train.floor import cooldown_epochs, decide_floor, find_knee, floor_confirmed, floor_reached
 
 from curve_families import (FALLING, FALLING_AR1, FAMILIES, NEW_FAMILIES, knee_then_tail, make_curve, new_family,
                             still_falling, with_cooldown)

@@ -17,7 +17,7 @@ from animad.fsutil import human_bytes
 from animad.safe_text import safe
 from animad.select.floor_words import FloorNumbers, verdict
 from animad.select.prompts import KIND_LABELS
-from animad.select.shortlist import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
+from animad.train.floor import KNEE_NOISE  # a total drop under this many noise sigmas is no descent at all
 
 # No script-src, so nothing runs even if some text slipped through unescaped; images only from the
 # package's own folder (file:), nothing from the network.

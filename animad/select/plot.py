@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from animad.select.floor_words import FloorNumbers, plot_status
-from animad.select.shortlist import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
 from animad.select.sheet import font
+from animad.select.try_first import BAND_SIGMAS  # the shortlist's band: dips within it of the lowest loss
 
 WIDTH = 1100
 LEFT, RIGHT = 86, 28  # room for the y tick labels / a little air on the right

@@ -27,10 +27,8 @@ import math
 import numpy as np
 
 from animad.select.floor_words import FloorNumbers, account
-from animad.select.try_first import BAND_SIGMAS, choose_try_first, noise_band  # noqa: F401 (BAND_SIGMAS: plot.py)
-# KNEE_NOISE (page.py) and find_knee (tests) lived here before the knee moved to train/floor.py.
-from animad.train.floor import (DEFAULT_SELECTION, KNEE_NOISE, Floor, decide_floor, find_knee,  # noqa: F401
-                                level_width, sort_curve)
+from animad.select.try_first import choose_try_first, noise_band
+from animad.train.floor import DEFAULT_SELECTION, Floor, decide_floor, level_width, sort_curve
 
 # Past a confirmed floor, no pick more than this many noise sigmas above the lowest loss. The issue
 # asks for ~3 true sigmas; the estimate itself is off by up to ~30% (bench/floor_accuracy.py), so 2.5.
