@@ -127,7 +127,7 @@ def measure_new_family(family: str, count: int) -> dict:
     The band and the descent are read from the known noiseless curve and noise sigma, not from the
     detector's own estimates: a detector that misjudged its noise would otherwise grade itself.
     """
-    floors, counts, outside, on_descent, knee_late, words = 0, [], 0, 0, 0, []
+    floors, counts, outside, on_descent, knee_late = 0, [], 0, 0, 0
     false_stops = 0
     for seed in range(SEED_BASE, SEED_BASE + count):
         epochs, losses, clean, sigma = new_family(family, seed)

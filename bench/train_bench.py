@@ -248,7 +248,6 @@ def configurations(config: DiTConfig, device, side: int, steps: int, warmup: int
 def bench_vae_and_previews(device, dtype, side: int, full: bool) -> dict:
     from diffusers import AutoencoderKLQwenImage
 
-    from animad.anima import sampling
     from animad.anima.vae import VAE
 
     vae = VAE(AutoencoderKLQwenImage(base_dim=96 if full else 8).to(device, dtype).eval())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import signal
 import socket

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from animad.config.daemon import load_daemon_config
-from animad.daemon.inbox import SettleTracker, inbox_state_file
+from animad.daemon.inbox import SettleTracker
 from animad.daemon.progress import PhaseClock, progress_figures
 from animad.daemon.queue import Queue
 from animad.daemon.states import Status

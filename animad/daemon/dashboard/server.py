@@ -117,7 +117,7 @@ def start_dashboard(daemon: Daemon, mailbox: Mailbox) -> Dashboard | None:
 def build_app(daemon: Daemon, mailbox: Mailbox, token: str, hosts: set[str], pages_need_token: bool):
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
     from starlette.routing import Route
 
     queue = Queue(queue_path(daemon))  # one connection per server thread, reads only
